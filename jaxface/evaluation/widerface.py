@@ -1,0 +1,645 @@
+"""The WIDER FACE evaluation, exactly as the official MATLAB eval_tools compute it, vectorised.
+
+Official tool (``wider_eval.m`` -> ``read_pred.m``, ``norm_score.m``,
+``evaluation.m``, ``boxoverlap.m``, ``VOCap``), step by step, and how it is done here:
+
+1. ``read_pred``: for each image of ``wider_face_val.mat`` read
+   ``<pred>/<event>/<image>.txt`` (image name, count ``N``, ``N`` lines
+   ``x y w h score``) and sort it by descending score (stable). A missing file means
+   no detections. Here: same, but a malformed file is an error naming the file and
+   line (the official tool prints "Invalid format" and silently drops the image).
+2. ``norm_score``: ``s' = (s - min) / (max - min)`` over every detection of the run.
+   MATLAB starts from ``max = realmin('single')``, ``min = realmax('single')``, so
+   both bounds are *single precision* (and ``max`` is at least 1.18e-38), and the
+   normalised score is computed in single precision; it is then stored back into a
+   double matrix. Reproduced with float32 arithmetic. If all scores are equal the
+   result is 0/0 = NaN and no detection passes any threshold (official behaviour).
+3. ``image_evaluation``: corners ``[x, y, x + w, y + h]``; for each detection in score
+   order the "overlap" with every face via ``boxoverlap`` ("+1 pixel" convention)
+   and ``[m, idx] = max(overlap)``. The ground truth is ``int32`` in the .mat files,
+   so MATLAB evaluates ``boxoverlap`` in integer arithmetic: the overlap is the IoU
+   rounded to the nearest integer (0 or 1) and ``idx`` is the *first* face (in file
+   order) with IoU >= 0.5, not the best one; detection corners are rounded where
+   they meet the ground truth and the union is rounded. Reproduced exactly by
+   `jaxface.ops.boxes.matlab_int32_boxoverlap` (with float ground truth, plain
+   float IoU and first arg-max are used, again as MATLAB would).
+4. If ``m >= 0.5``: an *ignored* face (not in the setting's ``gt_list``) makes the
+   detection "dropped" (neither TP nor FP); a kept face not yet matched makes it a
+   TP; otherwise (already matched, or ``m < 0.5``) it is a FP.
+5. ``image_pr_info``: thresholds ``tau_t = 1 - t/1000``, ``t = 1..1000``; per image
+   the number of non-dropped detections and of TPs among those with ``s' >= tau``.
+   Images with no detections or no ground-truth box are skipped (their detections
+   are not counted at all) but their kept faces still count in ``count_face``
+   (``sum length(gt_list{j})``).
+6. precision ``= sum TP / sum non-dropped`` (0/0 = NaN kept, as MATLAB),
+   recall ``= sum TP / count_face``.
+7. ``VOCap``: ``mrec = [0; rec; 1]``, ``mpre = [0; prec; 0]``, precision made
+   non-increasing from the right with NaN-ignoring ``max``, ``AP = sum (mrec(i) -
+   mrec(i-1)) * mpre(i)`` over the points where recall changes.
+
+Vectorisation: all detections of all images are flattened. Steps 3-4 only need,
+per detection, ``idx`` and whether ``m >= 0.5``: that does not depend on the
+difficulty setting, so it is computed once for the three settings. Candidate
+(detection, face) pairs come from a per-image sort of the faces by ``x1`` and two
+``searchsorted`` calls: a face can reach overlap >= 0.5 only if its ``x1`` lies in
+``[x1_d - 2 W_d - 1, x2_d + 1]`` (``W`` are +1 widths, detection corners as they meet
+the ground truth). Proof: overlap >= 0.5 needs ``3 * inter >= area_face`` (the
+rounded union is at least the face area), so ``inter_w >= W_face / 3`` and
+``W_face <= 3 * inter_w <= 3 W_d``; a face starting left of the detection overlaps
+it by at most ``x1_face + W_face - x1_d``, so ``x1_face >= x1_d - 2 W_face / 3 >=
+x1_d - 2 W_d``. The pruning is therefore exact, not a heuristic. "First detection to reach a face" is a ``np.unique`` on the
+matched pairs, and the per-threshold sums are one ``bincount`` over each
+detection's first passing threshold. Each setting then costs a few vector ops.
+
+Detection-file rules (documented choices where the official tool is undefined):
+  * non-finite values (NaN/inf) in any column -> `PredictionFormatError` (file, line);
+    MATLAB would let one ``inf`` score turn every normalised score into NaN.
+  * negative widths/heights are kept and go through the official arithmetic
+    unchanged: such a box is in practice a false positive (only a width or height
+    in (-1, 0) can still meet a tiny face after MATLAB's corner rounding).
+  * columns are separated by whitespace or commas; exactly 5 per line; the count
+    line must be a non-negative integer; blank lines may only follow the last box.
+  * the first line (image name) is not checked, like the official tool.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import sys
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from jaxface.data.widerface import (
+    WiderFaceAnnotations,
+    read_mat,
+    resolve_in_root,
+)
+from jaxface.ops.boxes import (
+    intersection_wh,
+    iou,
+    matlab_int32_boxoverlap,
+    matlab_round,
+    xywh_to_xyxy,
+)
+
+__all__ = [
+    "SETTINGS",
+    "PredictionFormatError",
+    "Predictions",
+    "WiderGroundTruth",
+    "SettingResult",
+    "read_prediction_file",
+    "read_predictions",
+    "write_prediction_file",
+    "write_predictions",
+    "load_ground_truth",
+    "normalize_scores",
+    "match_detections",
+    "evaluate",
+    "voc_ap",
+    "save_results",
+    "main",
+]
+
+PathLike = Union[str, os.PathLike]
+SETTINGS: Tuple[str, ...] = ("easy", "medium", "hard")
+_F32_REALMIN = float(np.finfo(np.float32).tiny)  # realmin('single')
+_F32_REALMAX = float(np.finfo(np.float32).max)  # realmax('single')
+
+
+class PredictionFormatError(ValueError):
+    """A prediction file is malformed (the message names the file and line)."""
+
+
+# ---------------------------------------------------------------------------
+# Predictions: flat container, reading and writing the standard folder.
+# ---------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Predictions:
+    """Detections of every image of a ground-truth list, flat.
+
+    Attributes (``I`` images in ground-truth order, ``D`` detections):
+      offsets: ``[I + 1]`` int64; image ``i`` owns detections ``offsets[i]:offsets[i+1]``.
+      boxes: ``[D, 4]`` float64 ``x y w h``.
+      scores: ``[D]`` float64 raw scores.
+    Within an image detections are sorted by descending score (stable), as
+    ``read_pred.m`` does; `from_lists` sorts.
+    """
+
+    offsets: np.ndarray
+    boxes: np.ndarray
+    scores: np.ndarray
+
+    @property
+    def num_images(self) -> int:
+        return int(self.offsets.shape[0] - 1)
+
+    @property
+    def num_detections(self) -> int:
+        return int(self.scores.shape[0])
+
+    @property
+    def image_index(self) -> np.ndarray:
+        """``[D]`` int64 image of each detection."""
+        return np.repeat(np.arange(self.num_images), np.diff(self.offsets))
+
+    @classmethod
+    def from_lists(
+        cls, per_image: Sequence[Optional[Tuple[np.ndarray, np.ndarray]]]
+    ) -> "Predictions":
+        """Builds from ``[(boxes [n, 4] xywh, scores [n]) or None]`` per image; sorts each image."""
+        boxes, scores, counts = [], [], []
+        for k, item in enumerate(per_image):
+            if item is None:
+                counts.append(0)
+                continue
+            b = np.asarray(item[0], np.float64).reshape(-1, 4)
+            s = np.asarray(item[1], np.float64).reshape(-1)
+            if b.shape[0] != s.shape[0]:
+                raise ValueError(f"image {k}: {b.shape[0]} boxes but {s.shape[0]} scores")
+            if not (np.isfinite(b).all() and np.isfinite(s).all()):
+                raise ValueError(f"image {k}: non-finite box or score")
+            order = np.argsort(-s, kind="stable")
+            boxes.append(b[order])
+            scores.append(s[order])
+            counts.append(s.shape[0])
+        return cls(
+            offsets=np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]),
+            boxes=np.concatenate(boxes) if boxes else np.zeros((0, 4)),
+            scores=np.concatenate(scores) if scores else np.zeros((0,)),
+        )
+
+
+def _parse_count(s: str) -> Optional[int]:
+    s = s.strip()
+    try:
+        return int(s)
+    except ValueError:
+        pass
+    try:
+        v = float(s)
+    except ValueError:
+        return None
+    return int(v) if math.isfinite(v) and v.is_integer() else None
+
+
+def read_prediction_file(path: PathLike) -> Tuple[np.ndarray, np.ndarray]:
+    """Reads one ``<event>/<image>.txt`` prediction file.
+
+    Returns:
+      ``(boxes [n, 4] float64 x y w h, scores [n] float64)`` in file order.
+    Raises:
+      PredictionFormatError: naming the file and 1-based line.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError as e:
+        raise PredictionFormatError(f"{path}: not UTF-8 text: {e}") from e
+    if len(lines) < 2:
+        raise PredictionFormatError(
+            f"{path}:{len(lines) + 1}: missing the detection count (line 1: image name, line 2: count)"
+        )
+    n = _parse_count(lines[1])
+    if n is None or n < 0:
+        raise PredictionFormatError(
+            f"{path}:2: expected the number of detections (a non-negative integer), got {lines[1]!r}"
+        )
+    body = lines[2 : 2 + n]
+    if len(body) < n:
+        raise PredictionFormatError(
+            f"{path}:{len(lines) + 1}: count says {n} detections but the file has {len(body)} box line(s)"
+        )
+    for k in range(2 + n, len(lines)):
+        if lines[k].strip():
+            raise PredictionFormatError(
+                f"{path}:{k + 1}: unexpected content after the {n} detections: {lines[k]!r}"
+            )
+    if n == 0:
+        return np.zeros((0, 4)), np.zeros((0,))
+    toks = [ln.replace(",", " ").split() for ln in body]
+    for k, t in enumerate(toks):
+        if len(t) != 5:
+            raise PredictionFormatError(
+                f"{path}:{k + 3}: expected 5 numbers 'x y w h score', got {body[k]!r}"
+            )
+    try:
+        arr = np.array(toks, dtype=np.float64)
+    except ValueError:
+        for k, t in enumerate(toks):
+            try:
+                [float(v) for v in t]
+            except ValueError:
+                raise PredictionFormatError(
+                    f"{path}:{k + 3}: expected 5 numbers 'x y w h score', got {body[k]!r}"
+                ) from None
+        raise
+    finite = np.isfinite(arr).all(axis=1)
+    if not finite.all():
+        k = int(np.flatnonzero(~finite)[0])
+        raise PredictionFormatError(
+            f"{path}:{k + 3}: non-finite value (NaN/inf) in 'x y w h score': {body[k]!r}"
+        )
+    return arr[:, :4], arr[:, 4]
+
+
+def read_predictions(pred_dir: PathLike, gt: WiderFaceAnnotations) -> Predictions:
+    """Reads ``pred_dir/<event>/<image>.txt`` for every image of ``gt`` (in its order).
+
+    A missing file means the image has no detections (official behaviour); files
+    for images not in ``gt`` are ignored.
+    """
+    per_image: List[Optional[Tuple[np.ndarray, np.ndarray]]] = []
+    root = pathlib.Path(pred_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"prediction directory not found: {root}")
+    for i in range(gt.num_images):
+        event = gt.events[int(gt.image_event[i])]
+        rel = f"{event}/{gt.image_names[i]}.txt"
+        p = root / rel  # names were validated by the ground-truth reader
+        if not p.is_file():
+            per_image.append(None)
+            continue
+        per_image.append(read_prediction_file(p))
+    return Predictions.from_lists(per_image)
+
+
+def _fmt(v: float) -> str:
+    return repr(float(v))
+
+
+def write_prediction_file(path: PathLike, name: str, boxes_xywh, scores) -> None:
+    """Writes one prediction file: ``name``, the count, then ``x y w h score`` lines.
+
+    Numbers are written with Python's shortest round-trip ``repr`` so reading
+    the file back gives the same float64 values.
+    """
+    b = np.asarray(boxes_xywh, np.float64).reshape(-1, 4)
+    s = np.asarray(scores, np.float64).reshape(-1)
+    if b.shape[0] != s.shape[0]:
+        raise ValueError(f"{path}: {b.shape[0]} boxes but {s.shape[0]} scores")
+    if not (np.isfinite(b).all() and np.isfinite(s).all()):
+        raise ValueError(f"{path}: refusing to write non-finite boxes or scores")
+    rows = np.concatenate([b, s[:, None]], axis=1).tolist()
+    out = [name, str(len(rows))] + [" ".join(map(_fmt, r)) for r in rows]
+    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(out) + "\n")
+
+
+def write_predictions(
+    out_dir: PathLike,
+    image_paths: Sequence[str],
+    boxes: Sequence[np.ndarray],
+    scores: Sequence[np.ndarray],
+) -> None:
+    """Writes the standard folder ``out_dir/<event>/<image>.txt``.
+
+    Args:
+      out_dir: destination root.
+      image_paths: per image ``"<event>/<image>.jpg"`` (any extension; it is
+        replaced by ``.txt``); must stay inside ``out_dir``.
+      boxes: per image ``[n, 4]`` ``x y w h``.
+      scores: per image ``[n]``.
+    """
+    if not (len(image_paths) == len(boxes) == len(scores)):
+        raise ValueError("image_paths, boxes and scores must have the same length")
+    for rel, b, s in zip(image_paths, boxes, scores):
+        stem = rel.rsplit(".", 1)[0] if "." in rel.rsplit("/", 1)[-1] else rel
+        target = resolve_in_root(out_dir, stem + ".txt", where="write_predictions")
+        write_prediction_file(target, stem.rsplit("/", 1)[-1], b, s)
+
+
+# ---------------------------------------------------------------------------
+# Ground truth.
+# ---------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class WiderGroundTruth:
+    """The four eval_tools files: ``face`` (image list for reading predictions) and
+    one annotation per difficulty setting (with ``keep``)."""
+
+    face: WiderFaceAnnotations
+    settings: Mapping[str, WiderFaceAnnotations]
+
+
+def load_ground_truth(gt_dir: PathLike, settings: Sequence[str] = SETTINGS) -> WiderGroundTruth:
+    """Reads ``wider_face_val.mat`` and ``wider_<setting>_val.mat`` from ``gt_dir``.
+
+    Raises:
+      FileNotFoundError: a file is missing.
+      ValueError: a setting file lacks ``gt_list`` or lists other images than
+        ``wider_face_val.mat`` (the official tool would silently misalign them).
+    """
+    gt_dir = pathlib.Path(gt_dir)
+    face_p = gt_dir / "wider_face_val.mat"
+    if not face_p.is_file():
+        raise FileNotFoundError(f"missing ground truth file {face_p}")
+    face = read_mat(face_p)
+    out = {}
+    for s in settings:
+        p = gt_dir / f"wider_{s}_val.mat"
+        if not p.is_file():
+            raise FileNotFoundError(f"missing ground truth file {p}")
+        ann = read_mat(p)
+        if ann.keep is None:
+            raise ValueError(f"{p}: no 'gt_list' field; not an eval_tools difficulty file")
+        if ann.events != face.events or ann.image_names != face.image_names:
+            raise ValueError(f"{p}: event/file lists differ from {face_p}")
+        out[s] = ann
+    return WiderGroundTruth(face=face, settings=out)
+
+
+# ---------------------------------------------------------------------------
+# The evaluation.
+# ---------------------------------------------------------------------------
+def normalize_scores(scores: np.ndarray) -> np.ndarray:
+    """``norm_score.m``: ``(s - min) / (max - min)`` in MATLAB single precision.
+
+    ``min``/``max`` start as ``realmax``/``realmin('single')``, so they are single;
+    MATLAB casts the double operand of a mixed single/double operation to single
+    and computes in single, which float32 NumPy arithmetic reproduces.
+
+    Args:
+      scores: ``[D]`` raw scores (float64) of every detection of the run.
+    Returns:
+      ``[D]`` float64 holding the single-precision normalised scores (NaN when all
+      scores are equal, as in MATLAB).
+    """
+    s = np.asarray(scores, np.float64)
+    if s.size == 0:
+        return s.copy()
+    hi = np.float32(max(_F32_REALMIN, float(s.max())))
+    lo = np.float32(min(_F32_REALMAX, float(s.min())))
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        out = (s.astype(np.float32) - lo) / (hi - lo)
+    return out.astype(np.float64)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Matches:
+    matched: np.ndarray  # [D] bool: max overlap >= threshold
+    face: np.ndarray  # [D] int64 global face index of the arg-max (-1 if unmatched)
+    first: np.ndarray  # [D] bool: matched and the first detection (in order) to match its face
+
+
+def match_detections(
+    gt: WiderFaceAnnotations, preds: Predictions, *, iou_threshold: float = 0.5
+) -> _Matches:
+    """Setting-independent part of ``image_evaluation``: per detection, the official
+    ``[m, idx] = max(boxoverlap(gt, det))`` and whether ``m >= iou_threshold``.
+
+    Exact for any input (the candidate pruning is a proof, not a heuristic); see the
+    module docstring. Integer ground truth uses MATLAB int32 arithmetic, float
+    ground truth uses double IoU.
+    """
+    if preds.num_images != gt.num_images:
+        raise ValueError(f"predictions cover {preds.num_images} images, ground truth {gt.num_images}")
+    n_det = preds.num_detections
+    none = _Matches(np.zeros(n_det, bool), np.full(n_det, -1, np.int64), np.zeros(n_det, bool))
+    if n_det == 0 or gt.num_faces == 0:
+        return none
+    integer_gt = gt.boxes.dtype.kind in "iu"
+    if integer_gt and gt.boxes.dtype != np.int32:
+        raise ValueError(f"{gt.source}: integer boxes must be int32 (MATLAB class emulated), got {gt.boxes.dtype}")
+    # Ground-truth corners [x, y, x + w, y + h] (int32 add saturates in MATLAB).
+    g = gt.boxes.astype(np.float64)
+    a = xywh_to_xyxy(g, xp=np)
+    if integer_gt:
+        a = np.clip(a, -(2.0**31), 2.0**31 - 1)
+    # Detection corners in double, as the tool computes them.
+    b = xywh_to_xyxy(preds.boxes, xp=np)
+    b_area = (b[:, 2] - b[:, 0] + 1) * (b[:, 3] - b[:, 1] + 1)
+    bq = matlab_round(b, xp=np) if integer_gt else b  # corners as they meet the ground truth
+
+    # Candidate faces per detection: same image, x1 in [x1_d - 2 W_d - 1, x2_d + 1].
+    face_img = gt.image_index
+    det_img = preds.image_index
+    shift, big = 2.0**31, 2.0**33
+    order = np.lexsort((a[:, 0], face_img))
+    keys = face_img[order] * big + (a[order, 0] + shift)
+    w_d = bq[:, 2] - bq[:, 0] + 1
+    lo = np.clip(bq[:, 0] - 2 * w_d - 1, -shift, shift)
+    hi = np.clip(bq[:, 2] + 1, -shift, shift)
+    start = np.searchsorted(keys, det_img * big + lo + shift, side="left")
+    end = np.searchsorted(keys, det_img * big + hi + shift, side="right")
+    counts = np.where(w_d > 0, np.maximum(end - start, 0), 0)
+    total = int(counts.sum())
+    if total == 0:
+        return none
+    di = np.repeat(np.arange(n_det), counts)
+    seg_start = np.cumsum(counts) - counts
+    gs = np.arange(total) - np.repeat(seg_start - start, counts)  # positions in the sorted faces
+    # Cheap necessary condition on 1-D columns first: the +1 intersection height
+    # must be positive (otherwise boxoverlap sets the overlap to 0).
+    ay1, ay2 = a[order, 1], a[order, 3]
+    ih = np.minimum(ay2[gs], bq[di, 3]) - np.maximum(ay1[gs], bq[di, 1]) + 1
+    ok = ih > 0
+    di, gi = di[ok], order[gs[ok]]
+    # Then the full intersection through the shared box op.
+    iw, ih = intersection_wh(a[gi], bq[di], plus_one=True, xp=np)
+    keep = (iw > 0) & (ih > 0)
+    di, gi = di[keep], gi[keep]
+    if integer_gt:
+        o = matlab_int32_boxoverlap(a[gi], bq[di], b_area=b_area[di], xp=np)
+    else:
+        o = iou(a[gi], b[di], plus_one=True, xp=np)
+    hit = o >= iou_threshold
+    di, gi, o = di[hit], gi[hit], o[hit]
+    if di.size == 0:
+        return none
+    # Arg-max per detection: largest overlap, then the first face in file order.
+    srt = np.lexsort((gi, -o, di))
+    di, gi = di[srt], gi[srt]
+    head = np.ones(di.size, bool)
+    head[1:] = di[1:] != di[:-1]
+    d_m, g_m = di[head], gi[head]  # d_m ascending
+    matched = np.zeros(n_det, bool)
+    matched[d_m] = True
+    face = np.full(n_det, -1, np.int64)
+    face[d_m] = g_m
+    # First detection (detections are image-major, score-sorted) to match each face.
+    _, first_pos = np.unique(g_m, return_index=True)
+    first = np.zeros(n_det, bool)
+    first[d_m[first_pos]] = True
+    return _Matches(matched, face, first)
+
+
+def voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
+    """``VOCap(rec, prec)`` of the WIDER plot code (NaN precisions handled like MATLAB ``max``)."""
+    mrec = np.concatenate([[0.0], recall, [1.0]])
+    mpre = np.concatenate([[0.0], precision, [0.0]])
+    mpre = np.fmax.accumulate(mpre[::-1])[::-1]
+    i = np.flatnonzero(mrec[1:] != mrec[:-1]) + 1
+    return float(np.sum((mrec[i] - mrec[i - 1]) * mpre[i]))
+
+
+@dataclasses.dataclass(frozen=True)
+class SettingResult:
+    """One difficulty setting.
+
+    Attributes (``T`` thresholds):
+      ap: average precision.
+      thresholds: ``[T]`` ``1 - t/T``.
+      precision, recall: ``[T]`` (precision NaN where nothing passes, as MATLAB).
+      tp, proposals: ``[T]`` int64 sums of TPs and of non-dropped detections.
+      num_faces: ``count_face``, the number of kept faces.
+    """
+
+    ap: float
+    thresholds: np.ndarray
+    precision: np.ndarray
+    recall: np.ndarray
+    tp: np.ndarray
+    proposals: np.ndarray
+    num_faces: int
+
+
+def _first_threshold(norm: np.ndarray, num_thresholds: int) -> np.ndarray:
+    """Per detection the smallest ``t`` with ``s' >= 1 - t/T`` (``T + 1`` if none)."""
+    tau = 1.0 - np.arange(1, num_thresholds + 1) / num_thresholds  # descending, as MATLAB
+    k = np.searchsorted(tau[::-1], norm, side="right")  # number of tau <= s'
+    k = np.where(np.isnan(norm), 0, k)
+    return num_thresholds + 1 - k
+
+
+def evaluate(
+    gt: WiderGroundTruth,
+    preds: Predictions,
+    *,
+    settings: Optional[Sequence[str]] = None,
+    iou_threshold: float = 0.5,
+    num_thresholds: int = 1000,
+) -> Dict[str, SettingResult]:
+    """The official evaluation of ``preds`` (aligned with ``gt.face``) in each setting."""
+    settings = tuple(gt.settings) if settings is None else tuple(settings)
+    if preds.num_images != gt.face.num_images:
+        raise ValueError(
+            f"predictions cover {preds.num_images} images but {gt.face.source} lists {gt.face.num_images}"
+        )
+    norm = normalize_scores(preds.scores)
+    t_first = _first_threshold(norm, num_thresholds)
+    det_img = preds.image_index
+    tau = 1.0 - np.arange(1, num_thresholds + 1) / num_thresholds
+    cache: List[Tuple[WiderFaceAnnotations, _Matches]] = []
+    out = {}
+    for s in settings:
+        ann = gt.settings[s]
+        m = None
+        for other, mm in cache:  # share the matching between settings with the same boxes
+            if other.boxes.dtype == ann.boxes.dtype and np.array_equal(
+                other.face_offsets, ann.face_offsets
+            ) and np.array_equal(other.boxes, ann.boxes):
+                m = mm
+                break
+        if m is None:
+            m = match_detections(ann, preds, iou_threshold=iou_threshold)
+            cache.append((ann, m))
+        evaluated = ann.faces_per_image[det_img] > 0  # images with an empty face list are skipped
+        kept_face = np.zeros(m.face.shape, bool)
+        kept_face[m.matched] = ann.keep[m.face[m.matched]]
+        dropped = m.matched & ~kept_face
+        tp_mask = m.first & kept_face & evaluated
+        prop_mask = evaluated & ~dropped
+        nb = num_thresholds + 2
+        tp = np.cumsum(np.bincount(t_first[tp_mask], minlength=nb))[1 : num_thresholds + 1]
+        prop = np.cumsum(np.bincount(t_first[prop_mask], minlength=nb))[1 : num_thresholds + 1]
+        count_face = int(ann.keep_list_lengths.sum())
+        with np.errstate(invalid="ignore", divide="ignore"):
+            precision = tp / prop
+            recall = tp / count_face if count_face else np.full(tp.shape, np.nan)
+        out[s] = SettingResult(
+            ap=voc_ap(recall, precision),
+            thresholds=tau,
+            precision=precision,
+            recall=recall,
+            tp=tp.astype(np.int64),
+            proposals=prop.astype(np.int64),
+            num_faces=count_face,
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Outputs and command line.
+# ---------------------------------------------------------------------------
+def _nan_to_none(x: np.ndarray) -> list:
+    return [None if not math.isfinite(v) else float(v) for v in np.asarray(x, np.float64).tolist()]
+
+
+def save_results(results: Mapping[str, SettingResult], out_dir: PathLike, *, label: str = "jaxface") -> None:
+    """Writes ``widerface_results.json`` and ``pr_<setting>.png`` (matplotlib Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {
+        s: {
+            "ap": r.ap,
+            "num_faces": r.num_faces,
+            "thresholds": _nan_to_none(r.thresholds),
+            "precision": _nan_to_none(r.precision),
+            "recall": _nan_to_none(r.recall),
+            "tp": r.tp.tolist(),
+            "proposals": r.proposals.tolist(),
+        }
+        for s, r in results.items()
+    }
+    with open(out / "widerface_results.json", "w", encoding="utf-8") as f:
+        json.dump(payload, f)
+    for s, r in results.items():
+        fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
+        ok = np.isfinite(r.precision)
+        ax.plot(r.recall[ok], r.precision[ok], lw=2, label=f"{label}-{r.ap:.3f}")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.01)
+        ax.set_xlabel("Recall")
+        ax.set_ylabel("Precision")
+        ax.set_title(f"WIDER FACE val, {s}")
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="lower left")
+        fig.tight_layout()
+        fig.savefig(out / f"pr_{s}.png")
+        plt.close(fig)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``jaxface widerface-eval --pred PRED_DIR --gt GT_DIR [--out OUT_DIR]``; prints the three APs."""
+    parser = argparse.ArgumentParser(
+        prog="jaxface widerface-eval",
+        description="Official WIDER FACE validation evaluation (easy / medium / hard AP).",
+    )
+    parser.add_argument("--pred", required=True, help="folder with <event>/<image>.txt prediction files")
+    parser.add_argument(
+        "--gt",
+        required=True,
+        help="folder with wider_face_val.mat and wider_{easy,medium,hard}_val.mat",
+    )
+    parser.add_argument("--out", default=None, help="write widerface_results.json and pr_<setting>.png here")
+    parser.add_argument("--label", default="jaxface", help="legend name in the plots")
+    args = parser.parse_args(argv)
+    try:
+        gt = load_ground_truth(args.gt)
+        preds = read_predictions(args.pred, gt.face)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    results = evaluate(gt, preds)
+    for s in SETTINGS:
+        if s in results:
+            print(f"{s.capitalize()} Val AP: {results[s].ap:.4f}")
+    if args.out:
+        save_results(results, args.out, label=args.label)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

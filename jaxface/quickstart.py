@@ -1,0 +1,81 @@
+"""The quickstart: the small variant of every task, trained and evaluated on the
+embedded synthetic data, then one results table (printed, and written as
+``results.json`` and ``results.md`` in the workdir).
+
+Each task adds its entry to :data:`ENTRIES`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import time
+
+# (row label, config file relative to configs/, variant, headline metrics)
+ENTRIES = [
+    ("attributes / BCE baseline", "lmle.py", "bce",
+     ("balanced_accuracy/mean_balanced_accuracy", "balanced_accuracy/mean_accuracy")),
+]
+
+
+def find_configs_dir(configs_dir: str | None = None) -> pathlib.Path:
+  candidates = [configs_dir] if configs_dir else [
+      "configs", pathlib.Path(__file__).resolve().parents[1] / "configs"]
+  for c in candidates:
+    p = pathlib.Path(c)
+    if (p / "lmle.py").exists():
+      return p
+  raise FileNotFoundError("the configs/ directory was not found; run from the repository root "
+                          "or pass --configs")
+
+
+def load_config(path: pathlib.Path, variant: str):
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  spec = importlib.util.spec_from_file_location(f"jaxface_config_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant)
+
+
+def run(workdir: str, *, configs_dir: str | None = None, only=None) -> list[dict]:
+  from jaxface import train  # pylint: disable=import-outside-toplevel
+  cdir = find_configs_dir(configs_dir)
+  os.makedirs(workdir, exist_ok=True)
+  data_dir = os.path.join(workdir, "tensorflow_datasets")
+  rows = []
+  for label, file, variant, headline in ENTRIES:
+    config = load_config(cdir / file, variant)
+    if only and config.task not in only:
+      continue
+    if not config.data.data_dir:
+      config.data.data_dir = data_dir
+    run_dir = os.path.join(workdir, f"{pathlib.Path(file).stem}_{variant}")
+    t0 = time.time()
+    result = train.train_and_evaluate(config, run_dir)
+    row = {"task": label, "config": f"configs/{file}:{variant}", "steps": result.step,
+           "status": result.status, "wall_time_s": round(time.time() - t0, 1)}
+    for key in headline:
+      if key in result.eval_results:
+        row[key.split("/")[-1]] = round(float(result.eval_results[key]), 4)
+    rows.append(row)
+  write_table(rows, workdir)
+  return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+  cols = []
+  for r in rows:
+    cols += [k for k in r if k not in cols]
+  lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+  for r in rows:
+    lines.append("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
+  return "\n".join(lines)
+
+
+def write_table(rows: list[dict], workdir: str):
+  table = markdown_table(rows)
+  print("\njaxface quickstart results\n" + table + "\n")
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(rows, f, indent=2)
+  with open(os.path.join(workdir, "results.md"), "w") as f:
+    f.write("# jaxface quickstart results\n\n" + table + "\n")

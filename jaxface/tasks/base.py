@@ -1,0 +1,114 @@
+"""The task plug-in interface of the one trainer (`jaxface.train`).
+
+A task is a model + data + loss + evaluators. The trainer owns everything else:
+the mesh, the sharded train state, the jitted step with donated state, the
+optimizer, metrics, writers, checkpoints, resumption and preemption. A new task is
+a new module in `jaxface/tasks/` registered with :func:`jaxface.tasks.register`
+and a config in `configs/`; it never copies the trainer.
+
+Contract (all arrays are host NumPy on the way in; everything inside `loss` and
+`predict` must be pure and jit-able with fixed shapes):
+
+* ``data(split, train)`` -> ``(source, transform)``: a random-access source
+  (``len`` + ``__getitem__``) and a per-example ``transform(example, rng)`` that
+  returns a dict of fixed-shape NumPy arrays (see `jaxface.data.pipeline`).
+* ``init_variables(rng, batch)`` -> flax variables ``{"params": ..., <collections>}``.
+* ``loss(params, model_state, batch, rng, task_state)`` ->
+  ``(scalar_loss, (new_model_state, metrics))`` with ``metrics`` a dict of scalars
+  averaged over steps by the trainer (``clu.metrics.Average``).
+* ``evaluators()`` -> ``{name: fn(state, ctx) -> dict of scalars}``; which of them
+  run is chosen by ``config.evals`` (a list of names).
+* ``init_task_state(...)`` / ``hooks()``: optional non-gradient state (e.g. LMLE's
+  cluster assignments) and periodic host-side hooks ``(state, ctx) -> state`` run
+  every ``every_steps`` (e.g. re-clustering), each timed and reported.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import jax
+import ml_collections
+import numpy as np
+
+
+@dataclasses.dataclass
+class Hook:
+  """A periodic host-side action: ``fn(state, ctx) -> state`` every ``every_steps``."""
+  name: str
+  every_steps: int
+  fn: Callable[[Any, "EvalContext"], Any]
+  at_start: bool = False
+
+
+@dataclasses.dataclass
+class EvalContext:
+  """What the trainer hands evaluators and hooks."""
+  mesh: jax.sharding.Mesh
+  workdir: str
+  step: int
+  process_index: int
+  process_count: int
+  writer: Any = None
+
+  @property
+  def batch_sharding(self):
+    return jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("data"))
+
+  @property
+  def replicated(self):
+    return jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+
+  def to_global(self, batch: Mapping[str, np.ndarray]):
+    """Host-local batch -> global jax arrays sharded on the leading (data) axis."""
+    sharding = self.batch_sharding
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+            for k, v in batch.items()}
+
+
+class Task(abc.ABC):
+  """Base class of every task plug-in; see the module docstring for the contract."""
+
+  name: str = ""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+
+  # -- data -----------------------------------------------------------------
+  @abc.abstractmethod
+  def data(self, split: str, *, train: bool):
+    """(source, transform) for a split."""
+
+  # -- model ----------------------------------------------------------------
+  @abc.abstractmethod
+  def init_variables(self, rng: jax.Array, batch: Mapping[str, jax.Array]) -> Mapping[str, Any]:
+    """Flax variables for a (global) example batch."""
+
+  @abc.abstractmethod
+  def loss(self, params, model_state, batch, rng, task_state):
+    """Scalar loss and ``(new_model_state, metrics)``."""
+
+  def metric_names(self) -> tuple[str, ...]:
+    """Names of the scalar metrics ``loss`` returns (besides ``loss``)."""
+    return ()
+
+  # -- extras ---------------------------------------------------------------
+  def init_task_state(self, rng: jax.Array, variables: Mapping[str, Any]) -> Any:
+    """Non-gradient state carried in the train state and checkpointed."""
+    del rng, variables
+    return {}
+
+  def hooks(self) -> list[Hook]:
+    return []
+
+  def evaluators(self) -> dict[str, Callable[[Any, EvalContext], dict[str, float]]]:
+    return {}
+
+  def trainable_mask(self, params) -> Any:
+    """Pytree of bools (same structure as params): False = frozen. Default: all."""
+    return jax.tree.map(lambda _: True, params)
+
+  def summary_metrics(self, results: Mapping[str, float]) -> dict[str, float]:
+    """The few headline numbers of this task for the quickstart table."""
+    return dict(results)

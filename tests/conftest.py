@@ -1,0 +1,33 @@
+"""Test setup: 8 host CPU devices, so sharded code runs on a laptop CPU.
+
+The flag must be set before JAX initialises its backends, hence at import of
+this conftest (pytest imports it before any test module).
+"""
+import os
+import pathlib
+import sys
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# Real data lives beside the project (../shared/data), never inside it.
+SHARED_DATA = pathlib.Path(os.environ.get("JAXFACE_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def shared_data(*parts: str) -> pathlib.Path:
+    """Path under ../shared/data; skips the calling test when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data not present: {path}")
+    return path
+
+
+@pytest.fixture
+def real_data():
+    return shared_data

@@ -1,0 +1,138 @@
+"""Streamed all-pairs TAR@FAR and chunked 1:N search against exact NumPy computations."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxface.evaluation import identification as I
+from jaxface.evaluation import verification as V
+
+RNG = np.random.default_rng(0)
+
+
+def _clustered(n, d, n_ids, noise=1.0):
+    labels = RNG.integers(0, n_ids, n)
+    centres = RNG.normal(size=(n_ids, d))
+    e = centres[labels] + noise * RNG.normal(size=(n, d))
+    return (e / np.linalg.norm(e, axis=1, keepdims=True)).astype(np.float32), labels
+
+
+@pytest.fixture(scope="module")
+def pairs_set():
+    e, lab = _clustered(1100, 32, 120)
+    iu = np.triu_indices(len(e), 1)
+    s = (e.astype(np.float64) @ e.T.astype(np.float64))[iu]
+    same = (lab[:, None] == lab[None, :])[iu]
+    return e, lab, s, same
+
+
+def _mesh():
+    return jax.sharding.Mesh(np.array(jax.devices()), ("x",))
+
+
+def test_histograms_match_exact_counts(pairs_set):
+    e, lab, s, same = pairs_set
+    n_bins = 2**16
+    # block does not divide N: exercises the padding mask and the diagonal tiles.
+    gen, imp = I.all_pairs_histograms(e, lab, n_bins=n_bins, block=256)
+    assert gen.sum() == same.sum() and imp.sum() == (~same).sum()
+    bins = np.clip(np.floor((s + 1) * n_bins / 2).astype(np.int64), 0, n_bins - 1)
+    ref_gen = np.bincount(bins[same], minlength=n_bins)
+    ref_imp = np.bincount(bins[~same], minlength=n_bins)
+    # float32 device scores vs float64 reference: only pairs within float32 rounding of a bin
+    # edge may land one bin off -- the cumulative counts agree up to a one-bin shift.
+    for got, ref in ((gen, ref_gen), (imp, ref_imp)):
+        cg, cr = np.cumsum(got), np.cumsum(ref)
+        assert np.all(cg[:-1] <= cr[1:]) and np.all(cr[:-1] <= cg[1:])
+        assert np.abs(got - ref).sum() <= 0.02 * ref.sum()
+    # Sharded over the 8 host devices: the identical histograms.
+    gen8, imp8 = I.all_pairs_histograms(e, lab, n_bins=n_bins, block=128, mesh=_mesh())
+    np.testing.assert_array_equal(gen8, gen)
+    np.testing.assert_array_equal(imp8, imp)
+
+
+def test_histogram_tar_at_far_agrees_with_exact_roc(pairs_set):
+    e, lab, s, same = pairs_set
+    gen, imp = I.all_pairs_histograms(e, lab, n_bins=2**16, block=512)
+    n_imp = (~same).sum()
+    for far in (1e-5, 1e-4, 1e-3, 1e-2):
+        h = I.histogram_tar_at_far(gen, imp, far)
+        # Exact TAR / FAR at the same threshold from the float64 scores.
+        thr = h["threshold"]
+        exact_tar = (s[same] >= thr).mean()
+        exact_far = (s[~same] >= thr).mean()
+        assert abs(h["tar"] - exact_tar) <= 2 / same.sum()
+        assert abs(h["far"] - exact_far) <= 20 / n_imp
+        # Against the exact pair-list ROC: the bin grid is 3e-5 wide, so TAR differs by the
+        # genuine pairs of at most a bin or so.
+        ex = V.tar_at_far(s, same, far)
+        assert abs(h["tar"] - ex) < 0.01, (far, h["tar"], ex)
+        hi = I.histogram_tar_at_far(gen, imp, far, method="interpolated")
+        assert abs(hi["tar"] - V.tar_at_far(s, same, far, method="interpolated")) < 0.01
+
+
+def _ref_topk(q, g, k):
+    sc = q.astype(np.float64) @ g.T.astype(np.float64)
+    idx = np.argsort(-sc, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(sc, idx, 1), idx
+
+
+@pytest.mark.parametrize("chunk,use_mesh", [(1000, False), (4096, False), (1000, True)])
+def test_search_top_k_matches_argsort(chunk, use_mesh):
+    g = RNG.normal(size=(9000, 24)).astype(np.float32)
+    q = RNG.normal(size=(37, 24)).astype(np.float32)
+    s, i = I.search_top_k(q, g, k=7, chunk=chunk, mesh=_mesh() if use_mesh else None)
+    rs, ri = _ref_topk(q, g, 7)
+    np.testing.assert_array_equal(i, ri)
+    np.testing.assert_allclose(s, rs, rtol=1e-5, atol=1e-5)
+
+
+def test_grouped_top_k_exact():
+    x = jnp.asarray(RNG.normal(size=(5, 64 * 256)).astype(np.float32))
+    v, i = jax.jit(lambda a: I._top_k(a, 30))(x)
+    rv, ri = jax.lax.top_k(x, 30)
+    np.testing.assert_array_equal(v, rv)
+    np.testing.assert_array_equal(i, ri)
+
+
+def test_cmc_rank_k_and_dir_at_fpir():
+    g, gl = _clustered(400, 16, 400, noise=0.0)  # one gallery image per identity
+    gl = np.arange(400)
+    probe_ids = np.r_[RNG.integers(0, 400, 150), np.arange(400, 450)]  # 50 non-mated
+    centres = np.r_[g, RNG.normal(size=(50, 16))]
+    pe = centres[probe_ids] + 0.35 * RNG.normal(size=(200, 16))
+    pe = (pe / np.linalg.norm(pe, axis=1, keepdims=True)).astype(np.float32)
+    s, i = I.search_top_k(pe, g, k=20, chunk=128)
+    curve = I.cmc(i, probe_ids, gl)
+    # Reference CMC from a full argsort, over mated probes + misses for non-mated ones.
+    full = np.argsort(-(pe.astype(np.float64) @ g.T), axis=1, kind="stable")
+    first = np.array([np.nonzero(gl[r] == p)[0][0] if p < 400 else 10**9 for r, p in zip(full, probe_ids)])
+    np.testing.assert_allclose(curve, [(first < r).mean() for r in range(1, 21)])
+    assert np.all(np.diff(curve) >= 0)
+    assert I.rank_k_accuracy(i, probe_ids, gl, 5) == curve[4]
+    res = I.dir_at_fpir(s, i, probe_ids, gl, fpir=[0.0, 0.1, 1.0])
+    mated = probe_ids < 400
+    non_top1 = np.sort(s[~mated, 0])[::-1]
+    for f, d, fp, t in zip([0.0, 0.1, 1.0], res["dir"], res["fpir"], res["threshold"]):
+        m = int(np.floor(f * 50 + 1e-9))
+        tt = non_top1[m] if m < 50 else -np.inf
+        assert t == tt and fp <= f + 1e-12
+        ref = np.mean([(s[q, 0] > tt) and gl[i[q, 0]] == probe_ids[q] for q in np.nonzero(mated)[0]])
+        assert d == pytest.approx(ref)
+    assert res["dir"][0] <= res["dir"][1] <= res["dir"][2]
+    assert res["dir"][2] == pytest.approx(curve[0] * 200 / 150)
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="embeddings"):
+        I.all_pairs_histograms(np.full((4, 3), np.nan), np.zeros(4))
+    with pytest.raises(ValueError, match="k=5"):
+        I.search_top_k(np.ones((2, 3)), np.ones((4, 3)), k=5)
+    with pytest.raises(ValueError, match="gallery: non-finite"):
+        I.search_top_k(np.ones((2, 3)), np.r_[np.ones((3, 3)), [[np.nan] * 3]], k=2)
+    with pytest.raises(ValueError, match="gallery: non-finite"):  # a NaN row far from the top-k
+        g = -np.ones((300, 3))
+        g[250] = np.nan
+        I.search_top_k(np.ones((2, 3)), g, k=2, chunk=64, mesh=_mesh())
+    with pytest.raises(ValueError, match="queries: non-finite"):
+        I.search_top_k(np.full((2, 3), np.inf), np.ones((4, 3)), k=2)
