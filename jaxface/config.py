@@ -13,7 +13,9 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.task = ""                    # a name from jaxface.tasks.available()
   c.seed = 0                     # init, data order and augmentation all derive from it
-  c.batch_size = 64              # global batch (all hosts, all devices)
+  c.batch_size = 64              # global batch (all hosts, all devices); per-device is derived
+  c.grad_accum_steps = 1         # microbatches per step (gradients averaged)
+  c.compute_dtype = "float32"    # float32 | bfloat16 (parameters and optimizer stay fp32)
   c.eval_batch_size = 128
   c.num_train_steps = 1000
   c.stop_at_step = 0             # >0: stop (with a checkpoint) at this step; resume later

@@ -59,7 +59,7 @@ def cmd_train(argv):
   result = train.train_and_evaluate(fv.config, fv.workdir)
   print(json.dumps({"status": result.status, "step": result.step, **result.eval_results},
                    indent=2, default=float))
-  return 0 if result.status in ("finished", "preempted") else 1
+  return 0 if result.status in ("finished", "preempted", "stopped") else 1
 
 
 def cmd_eval(argv):

@@ -15,6 +15,12 @@ import time
 ENTRIES = [
     ("attributes / BCE baseline", "lmle.py", "bce",
      ("balanced_accuracy/mean_balanced_accuracy", "balanced_accuracy/mean_accuracy")),
+    ("recognition / DREAM", "dream.py", "synthetic",
+     ("verification/ff_accuracy_mean", "verification/fp_accuracy_mean", "verification/fp_eer_mean", "identification/profile_rank1")),
+    ("detection / ScaleFace 3 branches", "scaleface.py", "synthetic",
+     ("wider/ap_easy", "wider/ap_medium", "wider/ap_hard")),
+    ("attributes / LMLE", "lmle.py", "synthetic",
+     ("cluster_knn/mean_balanced_accuracy", "cluster_knn/mean_accuracy")),
 ]
 
 

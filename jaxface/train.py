@@ -4,7 +4,12 @@
   ``config.model_parallel``, 1 by default), the train state placed with
   ``NamedSharding`` (replicated unless the task says otherwise), the batch sharded
   on ``data``;
-* one jitted train step with donated state; a non-finite loss or gradient skips the
+* one jitted train step with donated state; optional gradient accumulation over
+  ``config.grad_accum_steps`` microbatches and bf16 compute with fp32 parameters
+  (``config.compute_dtype``: float params, model state and batch are cast inside the
+  step; gradients, optimizer and stored state stay fp32; tasks compute their loss in
+  fp32 from the model outputs); per-host / per-device batch sizes are derived from
+  the global ``config.batch_size``; a non-finite loss or gradient skips the
   update (params, optimizer and model state are kept) and is counted; after
   ``config.max_consecutive_nonfinite`` in a row the run stops with the last good
   checkpoint intact;
@@ -203,9 +208,22 @@ class Trainer:
     self.task: Task = tasks_lib.get_task(config.task)(config)
     data_parallel = jax.device_count() // int(config.get("model_parallel", 1))
     self.global_batch = int(config.batch_size)
-    if self.global_batch % data_parallel:
+    accum = int(config.get("grad_accum_steps", 1))
+    if accum < 1:
+      raise ValueError(f"config.grad_accum_steps={accum} must be >= 1")
+    if self.global_batch % (data_parallel * accum):
       raise ValueError(f"config.batch_size={self.global_batch} must be divisible by the "
-                       f"data-parallel size {data_parallel} (devices / model_parallel)")
+                       f"data-parallel size {data_parallel} (devices / model_parallel)"
+                       + (f" times config.grad_accum_steps={accum}" if accum > 1 else ""))
+    if self.global_batch % jax.process_count():
+      raise ValueError(f"config.batch_size={self.global_batch} must be divisible by the "
+                       f"number of processes {jax.process_count()}")
+    # Derived from the global batch, never configured separately.
+    self.per_host_batch = self.global_batch // jax.process_count()
+    self.per_device_batch = self.global_batch // data_parallel
+    self.per_device_microbatch = self.per_device_batch // accum
+    if jnp.dtype(config.get("compute_dtype", "float32")) not in (jnp.float32, jnp.bfloat16):
+      raise ValueError(f"config.compute_dtype={config.compute_dtype!r}: expected float32 or bfloat16")
     self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
     self.batch_sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("data"))
     self.ctx = EvalContext(mesh=self.mesh, workdir=workdir, step=0,
@@ -258,16 +276,58 @@ class Trainer:
     task, collection = self.task, self.collection
     tx_holder = {}
 
+    accum = int(self.config.get("grad_accum_steps", 1))
+    compute_dtype = jnp.dtype(self.config.get("compute_dtype", "float32"))
+
+    def to_compute(tree):
+      """Float leaves -> compute dtype (fp32 master params stay in the state)."""
+      if compute_dtype == jnp.float32:
+        return tree
+      return jax.tree.map(lambda x: x.astype(compute_dtype)
+                          if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+    def like(tree, ref):
+      return jax.tree.map(lambda x, r: x.astype(r.dtype), tree, ref)
+
+    def micro_grads(params, model_state, batch, rng, task_state):
+      def loss_fn(p):
+        loss, (ms, aux) = task.loss(to_compute(p), to_compute(model_state), to_compute(batch),
+                                    rng, task_state)
+        return loss.astype(jnp.float32), (like(ms, model_state), aux)
+      (loss, (ms, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+      return loss, ms, {k: jnp.asarray(v, jnp.float32) for k, v in aux.items()}, grads
+
     def train_step(state: TrainState, batch, rng):
       if "tx" not in tx_holder:
         tx_holder["tx"] = self.tx(state.params)
       tx = tx_holder["tx"]
       step_rng = jax.random.fold_in(rng, state.step)
 
-      def loss_fn(params):
-        return task.loss(params, state.model_state, batch, step_rng, state.task_state)
+      if accum == 1:
+        loss, new_model_state, aux, grads = micro_grads(
+            state.params, state.model_state, batch, step_rng, state.task_state)
+      else:
+        # Microbatch i takes rows i, i + k, i + 2k, ...: every device contributes to each
+        # microbatch, so all of them stay busy. Gradients and metrics are averaged; the
+        # model state (e.g. BatchNorm statistics) is threaded through the microbatches.
+        micro = jax.tree.map(
+            lambda x: x.reshape((x.shape[0] // accum, accum) + x.shape[1:]).swapaxes(0, 1), batch)
 
-      (loss, (new_model_state, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        def body(carry, xs):
+          model_state, g_sum, i = carry
+          mb = xs
+          loss, ms, aux, g = micro_grads(state.params, model_state, mb,
+                                         jax.random.fold_in(step_rng, i), state.task_state)
+          g_sum = jax.tree.map(jnp.add, g_sum, g)
+          return (ms, g_sum, i + 1), (loss, aux)
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        (new_model_state, g_sum, _), (losses, auxs) = jax.lax.scan(
+            body, (state.model_state, zeros, jnp.zeros((), jnp.int32)), micro)
+        grads = jax.tree.map(lambda g: g / accum, g_sum)
+        loss = jnp.mean(losses)
+        aux = {k: jnp.mean(v) for k, v in auxs.items()}
+
       updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
       new_params = optax.apply_updates(state.params, updates)
       finite = jnp.isfinite(loss) & _tree_all_finite(grads) & _tree_all_finite(new_params)
@@ -295,7 +355,13 @@ class Trainer:
     latest = mngr.latest_step()
     if latest is not None:
       logging.info("resuming from %s step %d", mngr.directory, latest)
-      restored = mngr.restore(latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+      try:
+        restored = mngr.restore(latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+      except ValueError as err:
+        raise ValueError(
+            f"the checkpoint of step {latest} in {mngr.directory} does not match the train state "
+            f"of this config (was it written by another model or config?). Use a fresh --workdir "
+            f"or restore the config it was trained with. Details (truncated): {str(err)[:1500]}") from None
       return restored["state"], f"resumed from step {latest}"
     init_from = self.config.get("init_from", "")
     if init_from:
@@ -353,14 +419,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   start_step = int(state.step)
   num_steps = int(config.num_train_steps)
   stop_at = int(config.get("stop_at_step", 0)) or num_steps
-  logging.info("task %s: %s, step %d of %d on %d devices", config.task, origin, start_step,
-               num_steps, jax.device_count())
+  logging.info("task %s: %s, step %d of %d on %d devices (%d processes); batch %d global, "
+               "%d per host, %d per device (%d per device per microbatch), compute %s",
+               config.task, origin, start_step, num_steps, jax.device_count(),
+               jax.process_count(), trainer.global_batch, trainer.per_host_batch,
+               trainer.per_device_batch, trainer.per_device_microbatch,
+               config.get("compute_dtype", "float32"))
   if start_step == 0:
     writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()
                           if isinstance(v, (int, float, str, bool))})
 
   train_step = trainer.make_train_step(sharding)
-  rng = jax.device_put(jax.random.key(int(config.seed) + 1), trainer.replicated)
+  # Made under jit so it is a global array on every host (device_put of a host value
+  # to a sharding spanning other processes' devices is not allowed).
+  rng = jax.jit(lambda: jax.random.key(int(config.seed) + 1), out_shardings=trainer.replicated)()
   report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
                                            every_steps=int(config.log_every))
   hooks = trainer.task.hooks()

@@ -143,3 +143,70 @@ def test_nonfinite_updates_are_skipped_and_stop_the_run(tfds_dir, tmp_path, monk
 def test_batch_size_must_divide_devices(tfds_dir, tmp_path):
   with pytest.raises(ValueError, match="divisible by the data-parallel size 8"):
     train.Trainer(tiny_config(tfds_dir, batch_size=12), str(tmp_path))
+
+
+def test_resume_from_a_different_model_is_a_clear_error(tfds_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(tiny_config(tfds_dir, num_train_steps=1), workdir)
+  other = tiny_config(tfds_dir, num_train_steps=2)
+  other.model.widths = [8, 32]
+  with pytest.raises(ValueError, match="does not match the train state"):
+    train.train_and_evaluate(other, workdir)
+
+
+def _fixed_batch(trainer, n):
+  source, transform = trainer.task.data("train", train=False)
+  return pipeline.collate([transform(source[i], np.random.default_rng(i)) for i in range(n)])
+
+
+def test_grad_accumulation_averages_microbatch_gradients(tfds_dir, tmp_path):
+  """One step with k microbatches == an SGD step on the mean of the k microbatch
+  gradients computed independently (microbatch i = rows i, i+k, ...)."""
+  k, lr = 2, 0.05
+  config = tiny_config(tfds_dir, grad_accum_steps=k)
+  config.optimizer.name, config.optimizer.schedule = "sgd", "constant"
+  config.optimizer.learning_rate, config.optimizer.momentum = lr, 0.0
+  config.optimizer.weight_decay = 0.0
+  trainer = train.Trainer(config, str(tmp_path))
+  assert trainer.per_device_batch == config.batch_size // 8
+  assert trainer.per_device_microbatch == trainer.per_device_batch // k
+  batch = _fixed_batch(trainer, config.batch_size)
+  state, sharding = trainer.init_state(batch)
+  params0 = jax.device_get(state.params)
+  model_state0 = jax.device_get(state.model_state)
+  task_state0 = jax.device_get(state.task_state)
+  grads = []
+  for i in range(k):
+    mb = {key: v[i::k] for key, v in batch.items()}
+    g = jax.grad(lambda p: trainer.task.loss(p, model_state0, mb, jax.random.key(0), task_state0)[0])(params0)
+    grads.append(g)
+  expected = jax.tree.map(lambda p, *gs: p - lr * sum(gs) / k, params0, *grads)
+  step = trainer.make_train_step(sharding)
+  state, _ = step(state, trainer.ctx.to_global(batch), jax.random.key(0))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6),
+               jax.device_get(state.params), expected)
+
+
+def test_grad_accumulation_must_divide_the_batch(tfds_dir, tmp_path):
+  with pytest.raises(ValueError, match="grad_accum_steps=3"):
+    train.Trainer(tiny_config(tfds_dir, grad_accum_steps=3), str(tmp_path))
+
+
+def test_bf16_compute_keeps_fp32_parameters(tfds_dir, tmp_path):
+  losses = {}
+  for dtype in ("float32", "bfloat16"):
+    config = tiny_config(tfds_dir, compute_dtype=dtype)
+    trainer = train.Trainer(config, str(tmp_path / dtype))
+    batch = _fixed_batch(trainer, config.batch_size)
+    state, sharding = trainer.init_state(batch)
+    step = trainer.make_train_step(sharding)
+    seen = []
+    for _ in range(3):
+      state, m = step(state, trainer.ctx.to_global(batch), jax.random.key(0))
+      seen.append(float(m.compute()["loss"]))
+    assert all(x.dtype == np.float32 for x in jax.tree.leaves(state.params))
+    assert np.all(np.isfinite(seen)) and seen[-1] < seen[0]
+    losses[dtype] = seen
+  # Same initial parameters, so the first losses agree to bf16 precision (but differ).
+  assert abs(losses["bfloat16"][0] - losses["float32"][0]) < 2e-2
+  assert losses["bfloat16"][0] != losses["float32"][0]

@@ -328,12 +328,13 @@ def load_manual_annotations(manual_dir) -> dict:
 
 try:  # The builder needs tensorflow_datasets; the parsers above do not.
     import tensorflow_datasets as tfds
+    from jaxface.data import tfds_base
 except ImportError:  # pragma: no cover - exercised only without tfds installed
     tfds = None
 
 if tfds is not None:
 
-    class CelebAManual(tfds.core.GeneratorBasedBuilder):
+    class CelebAManual(tfds_base.Builder):
         """CelebA (aligned & cropped) with 40 attributes, built from the original files.
 
         Features:
@@ -354,15 +355,6 @@ if tfds is not None:
             "Download CelebA from https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html and "
             f"place in the manual directory: {IMAGE_DIR}/ (or {IMAGE_ZIP}), {ATTR_FILE}, "
             f"{PARTITION_FILE} and optionally {LANDMARKS_FILE}.")
-
-        @tfds.core.utils.classproperty
-        @classmethod
-        def code_path(cls):
-            # tfds' default lookup reaches for `importlib_resources`, which tfds 4.9.10
-            # does not install; the answer is simply this file.
-            from etils import epath
-
-            return epath.Path(os.path.abspath(__file__))
 
         def _info(self):
             return self.dataset_info_from_configs(

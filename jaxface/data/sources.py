@@ -20,6 +20,9 @@ import jax
 
 BUILDER_MODULES = {
     "synthetic_faces": "jaxface.data.synthetic.builder",
+    "wider_face_original": "jaxface.data.widerface_builder",
+    "celeb_a_manual": "jaxface.data.celeba",
+    "cfp_manual": "jaxface.data.cfp",
 }
 
 

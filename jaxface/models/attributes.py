@@ -1,13 +1,23 @@
 """Attribute network: a trunk shared by the 40 attributes, with two heads.
 
 * ``logits`` ``[B, A]``: one linear classifier per attribute (the BCE baseline);
-* ``embedding`` ``[B, D]``: one L2-normalised embedding (LMLE's feature space).
+* ``embedding``: LMLE's feature space, L2-normalised. With
+  ``per_attribute_embedding=True`` (the default) it is ``[B, A, D]``: one unit-norm
+  ``D``-dim embedding per attribute, all projected from the shared trunk feature by one
+  ``Dense(A * D)``; with ``False`` it is one shared ``[B, D]`` embedding.
 
-Why one shared embedding rather than one per attribute: LMLE clusters each
-attribute's classes separately, and a shared unit-norm embedding lets one forward
-pass serve all 40 attributes (the per-attribute quintuplets are mined in the same
-space with that attribute's labels and clusters), so cost does not grow 40-fold;
-the per-attribute linear heads keep the baseline comparable on the same trunk.
+Why one embedding per attribute (the default). LMLE's geometry is per attribute: for
+attribute ``j`` the quintuplet ordering ``D(a,p+) < D(a,p-) < D(a,p--) < D(a,n)`` and the
+cluster-wise kNN rule use *that attribute's* classes and clusters. In one shared space
+the 40 orderings compete: "the nearest point of the other class" for ``Smiling`` is pulled
+away while the same pair may be a same-class pair for ``Male`` that the ``Male`` headers
+pull together, and a cluster-wise kNN over ``Male`` centroids is then distorted by the
+variance that the other 39 attributes put in the space. A separate small embedding per
+attribute removes that conflict; the shared trunk still carries the joint
+representation, and the extra cost is one ``Dense(F -> A*D)`` on the pooled feature and
+an ``A``-fold larger (but tiny: ``A*B*B``) mining distance tensor, not 40 forward
+passes. The shared variant (``per_attribute_embedding=False``) is kept for comparison;
+the task then uses the same embedding for every attribute.
 """
 from __future__ import annotations
 
@@ -19,18 +29,27 @@ import jax.numpy as jnp
 from jaxface.models.cnn import ConvTrunk
 
 
+def l2_normalize(x, axis: int = -1, eps: float = 1e-12):
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), eps)
+
+
 class AttributeNet(nn.Module):
   num_attributes: int = 40
   embedding_dim: int = 128
   widths: Sequence[int] = (32, 64, 128, 256)
   convs_per_stage: int = 2
+  per_attribute_embedding: bool = True
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, images, *, train: bool):
-    """images ``[B, H, W, 3]`` float in [-1, 1] -> dict(logits [B, A], embedding [B, D])."""
+    """images ``[B, H, W, 3]`` float in [-1, 1] -> dict(logits ``[B, A]``, embedding
+    ``[B, A, D]`` (or ``[B, D]`` when shared), feature ``[B, F]``)."""
     feat = ConvTrunk(self.widths, self.convs_per_stage, dtype=self.dtype, name="trunk")(images, train=train)
-    emb = nn.Dense(self.embedding_dim, name="embedding")(feat)
-    emb = emb / jnp.maximum(jnp.linalg.norm(emb, axis=-1, keepdims=True), 1e-12)
+    if self.per_attribute_embedding:
+      emb = nn.Dense(self.num_attributes * self.embedding_dim, name="embedding")(feat)
+      emb = emb.reshape(feat.shape[0], self.num_attributes, self.embedding_dim)
+    else:
+      emb = nn.Dense(self.embedding_dim, name="embedding")(feat)
     logits = nn.Dense(self.num_attributes, name="classifier")(feat)
-    return {"logits": logits, "embedding": emb, "feature": feat}
+    return {"logits": logits, "embedding": l2_normalize(emb), "feature": feat}

@@ -34,6 +34,9 @@ __all__ = [
     "iou_matrix",
     "encode_boxes",
     "decode_boxes",
+    "ioa_matrix",
+    "encode_landmarks",
+    "decode_landmarks",
     "matlab_round",
     "matlab_int32_boxoverlap",
     "DEFAULT_BBOX_XFORM_CLIP",
@@ -242,6 +245,47 @@ def decode_boxes(
     w = xp.exp(dw) * aw
     h = xp.exp(dh) * ah
     return xp.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], axis=-1)
+
+
+def ioa_matrix(a, b, *, xp=None):
+    """All-pairs intersection over the area of ``a``: ``|a ∩ b| / |a|``.
+
+    Used to ignore anchors/RoIs lying mostly inside an ignore region ``b`` (a crowd,
+    an invalid face), whatever the region's size. ``a`` with zero area gives 0.
+
+    Args:
+      a: ``[..., N, 4]`` corner boxes; b: ``[..., M, 4]`` corner boxes.
+    Returns:
+      ``[..., N, M]`` in ``[0, 1]``.
+    """
+    xp = array_module(a, b, xp=xp)
+    iw, ih = intersection_wh(a[..., :, None, :], b[..., None, :, :], xp=xp)
+    inter = xp.maximum(iw, 0) * xp.maximum(ih, 0)
+    area = box_area(a, xp=xp)[..., :, None]
+    return xp.where(area > 0, inter / xp.where(area > 0, area, 1), 0)
+
+
+def encode_landmarks(points, boxes, *, xp=None):
+    """Landmark regression targets relative to a box: ``((x - cx) / w, (y - cy) / h)``.
+
+    Args:
+      points: ``[..., L, 2]`` ``(x, y)`` pixels.
+      boxes: ``[..., 4]`` corner boxes (positive sizes where the result is used).
+    Returns:
+      ``[..., L, 2]`` normalised offsets; `decode_landmarks` inverts it.
+    """
+    xp = array_module(points, boxes, xp=xp)
+    cx, cy, w, h = _box_center_size(boxes, xp)
+    return xp.stack([(points[..., 0] - cx[..., None]) / w[..., None],
+                     (points[..., 1] - cy[..., None]) / h[..., None]], axis=-1)
+
+
+def decode_landmarks(deltas, boxes, *, xp=None):
+    """Inverse of `encode_landmarks`: ``[..., L, 2]`` offsets + ``[..., 4]`` boxes -> pixels."""
+    xp = array_module(deltas, boxes, xp=xp)
+    cx, cy, w, h = _box_center_size(boxes, xp)
+    return xp.stack([deltas[..., 0] * w[..., None] + cx[..., None],
+                     deltas[..., 1] * h[..., None] + cy[..., None]], axis=-1)
 
 
 # ---------------------------------------------------------------------------

@@ -6,6 +6,8 @@ import importlib
 # name -> "module:Class". A new task adds one line here and a module beside this file.
 _REGISTRY = {
     "attributes": "jaxface.tasks.attributes:AttributesTask",
+    "detection": "jaxface.tasks.detection:DetectionTask",
+    "recognition": "jaxface.tasks.recognition:RecognitionTask",
 }
 
 

@@ -55,16 +55,15 @@ Feature schema (per ``kind``):
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import io
 import multiprocessing
 import os
 
 import numpy as np
-from etils import epath
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from jaxface.data import tfds_base
 from jaxface.data.synthetic import render
 
 KINDS = ("attributes", "identity", "detection")
@@ -159,7 +158,7 @@ DEFAULT_CONFIGS = (
 )
 
 
-class SyntheticFaces(tfds.core.GeneratorBasedBuilder):
+class SyntheticFaces(tfds_base.Builder):
   """Procedural faces for detection, identity and attributes; see the module docstring."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -167,23 +166,9 @@ class SyntheticFaces(tfds.core.GeneratorBasedBuilder):
   BUILDER_CONFIGS = list(DEFAULT_CONFIGS)
   DEFAULT_CONFIG_NAME = "attributes"
 
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls):
-    # tfds' own lookup touches `importlib_resources`, which tfds 4.9.10 does not
-    # install; the answer is simply this file.
-    return epath.Path(inspect.getfile(cls))
-
   def __init__(self, **kwargs):
     super().__init__(**kwargs)
-    # tfds 4.9.10 writes `alternative_file_formats` to dataset_info.json but does not
-    # restore it into DatasetInfo when reading the prepared dataset back; without this,
-    # `as_data_source` would refuse the array_record mirror written below.
     info = self.info
-    for value in info.as_proto.alternative_file_formats:
-      fmt = tfds.core.FileFormat.from_value(value)
-      if fmt not in info.alternative_file_formats:
-        info.alternative_file_formats.append(fmt)
     # tfds caches by config *name*: refuse data prepared from a same-named config with
     # other fields (else a changed custom config would silently read the old data).
     stored = dict(info.metadata or {}).get("config") if self.is_prepared() else None
@@ -195,34 +180,6 @@ class SyntheticFaces(tfds.core.GeneratorBasedBuilder):
             f"synthetic_faces/{self.builder_config.name} in {self.data_dir} was prepared from a config "
             f"with other values (stored, requested): {diff}. Use another config name or data_dir, "
             "or delete that directory.")
-
-  def _download_and_prepare(self, dl_manager, download_config=None, **kwargs):
-    super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config, **kwargs)
-    self._mirror_to_array_record()
-
-  def _mirror_to_array_record(self):
-    """Copies the written records into array_record shards as an alternative format.
-
-    tfds 4.9 reads tfrecord only through ``as_dataset`` and array_record only through
-    ``as_data_source``; its converter needs Apache Beam. The records are the same
-    serialized examples in both, so mirroring is a byte copy, and then both
-    ``as_dataset`` (tf.data) and ``as_data_source`` (random access) work.
-    """
-    main = self.info.file_format
-    if main is None or main.value != "tfrecord":
-      return  # e.g. prepared with file_format="array_record" (no TF needed): nothing to mirror
-    from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-    for split_info in self.info.splits.values():
-      for path in split_info.filepaths:
-        out = epath.Path(str(path).replace(".tfrecord-", ".array_record-"))
-        writer = array_record_module.ArrayRecordWriter(str(out), "group_size:1")
-        for record in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
-          writer.write(record)
-        writer.close()
-    if "array_record" not in [f.value for f in self.info.alternative_file_formats]:
-      self.info.add_alternative_file_format("array_record")
 
   def _info(self) -> tfds.core.DatasetInfo:
     cfg = self.builder_config
