@@ -5,8 +5,9 @@ Variants (``get_config(arg)``):
                    10-40 / 40-140 / 140-1300 px on res2+res3 / res3+res4 / res4+res5
                    at strides 8 / 16 / 32, anchors from the method card), for GPUs.
                    Needs the original WIDER FACE layout in --config.data.manual_dir
-                   (`jaxface.data.widerface_builder`); evaluation there is the official
-                   tool on the written prediction folder (`jaxface widerface-eval`).
+                   (`jaxface.data.widerface_builder`) and the eval_tools ground truth in
+                   --config.wider_gt_dir; the evaluator writes the standard prediction
+                   folder and reports the official easy / medium / hard AP.
   synthetic      — the quickstart's: three branches on a narrow ResNet at 320 px on the
                    synthetic scenes (256-320 px), exact WIDER protocol on the validation
                    split; a few minutes on a 2-core CPU.
@@ -18,7 +19,8 @@ Run:
   jaxface train --config configs/scaleface.py:synthetic --workdir /tmp/jaxface/scaleface
   jaxface train --config configs/scaleface.py:single_branch --workdir /tmp/jaxface/scaleface_single
   jaxface train --config configs/scaleface.py:wider --workdir /tmp/jaxface/scaleface_wider \
-      --config.data.manual_dir=/data/widerface
+      --config.data.manual_dir=/data/widerface \
+      --config.wider_gt_dir=/data/widerface/eval_tools/ground_truth
 Predictions on any image folder (WIDER `<event>/<image>.txt`):
   python -m jaxface.tasks.detection --config configs/scaleface.py:synthetic \
       --workdir /tmp/jaxface/scaleface --images WIDER_val/images --out /tmp/pred
@@ -76,7 +78,8 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
   c.data.config = ""
   c.train_split = "train"
   c.eval_split = "validation"
-  c.evals = []                  # WIDER: write predictions, run `jaxface widerface-eval`
+  c.wider_gt_dir = ""           # eval_tools/ground_truth (the four .mat files) for "wider_official"
+  c.evals = ["wider_official"]  # also writes the prediction folder for `jaxface widerface-eval`
   c.batch_size = 8
   c.eval_batch_size = 8
   c.num_train_steps = 80_000
@@ -106,10 +109,10 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
   c.model.branches = [_branch("small", (8, 28), ("res2", "res3"), 8, (12, 20)),
                       _branch("medium", (28, 80), ("res3", "res4"), 16, (32, 48, 64)),
                       _branch("large", (80, 0), ("res4", "res5"), 32, (96, 144, 208))]
-  c.model.merge_channels = 64
-  c.model.rpn_channels = 64
+  c.model.merge_channels = 32
+  c.model.rpn_channels = 32
   c.model.head_conv_channels = 32
-  c.model.head_fc = [256, 128]
+  c.model.head_fc = [128, 64]
   c.model.roi_size = 5
   c.model.landmarks = True
   c.augment.scale_range = [0.7, 1.4]
@@ -125,15 +128,15 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
   c.evals = ["wider"]
   c.batch_size = 8
   c.eval_batch_size = 8
-  c.num_train_steps = 600
+  c.num_train_steps = 400
   c.log_every = 50
-  c.eval_every = 600
-  c.checkpoint_every = 600
+  c.eval_every = 400
+  c.checkpoint_every = 400
   c.optimizer.name = "adamw"
   c.optimizer.learning_rate = 2e-3
   c.optimizer.weight_decay = 1e-4
   c.optimizer.schedule = "cosine"
-  c.optimizer.warmup_steps = 50
+  c.optimizer.warmup_steps = 30
   if variant == "single_branch":
     # One detector over all sizes; same total proposal and OHEM budget as the three.
     c.model.branches = [_branch("all", (8, 0), ("res3", "res4"), 16,

@@ -144,3 +144,22 @@ def test_sample_balanced_counts():
   assert not np.any(np.asarray(neg) & (np.asarray(labels) != 0))
   pos, neg = T.sample_balanced(jnp.array([1, 0, 0, -1]), jax.random.key(1), num_samples=16)
   assert int(pos.sum()) == 1 and int(neg.sum()) == 2
+
+
+def test_ioa_and_landmark_codec_against_numpy():
+  rng = np.random.default_rng(3)
+  xy = rng.uniform(0, 50, (6, 2))
+  a = np.concatenate([xy, xy + rng.uniform(1, 30, (6, 2))], 1)
+  b = a[::-1] + 3.0
+  ref = np.zeros((6, 6))
+  for i, p in enumerate(a):
+    for j, q in enumerate(b):
+      iw = max(0.0, min(p[2], q[2]) - max(p[0], q[0]))
+      ih = max(0.0, min(p[3], q[3]) - max(p[1], q[1]))
+      ref[i, j] = iw * ih / ((p[2] - p[0]) * (p[3] - p[1]))
+  np.testing.assert_allclose(B.ioa_matrix(a, b), ref, rtol=1e-12)
+  np.testing.assert_allclose(jax.jit(B.ioa_matrix)(a.astype(np.float32), b.astype(np.float32)), ref, rtol=1e-5)
+  pts = rng.uniform(0, 80, (6, 5, 2))
+  enc = B.encode_landmarks(pts, a)
+  np.testing.assert_allclose(enc[0, 0, 0], (pts[0, 0, 0] - (a[0, 0] + a[0, 2]) / 2) / (a[0, 2] - a[0, 0]))
+  np.testing.assert_allclose(B.decode_landmarks(enc, a), pts, atol=1e-9)

@@ -176,5 +176,20 @@ def test_cfp_config_reads_real_files(real_data):
   task = rec.RecognitionTask(c)
   ex = {"image": image, "label": 0, "is_profile": True}
   out = task.transform(ex, None, train=False)
-  assert out["image"].shape == (64, 64, 3)
+  assert out["image"].shape == (c.image_size, c.image_size, 3)
   assert float(task.gate_yaw({k: np.asarray(v)[None] for k, v in out.items()})[0]) == 90.0
+
+
+def test_gate_yaw_from_landmarks_tracks_metadata_yaw(data_dir):
+  """yaw_source='landmarks': the 5-point mean-face fit (on resized, randomly mirrored
+  crops) recovers the rendered |yaw| the metadata holds."""
+  c = _config("tiny", data_dir, yaw_source="landmarks")
+  task = rec.RecognitionTask(c)
+  src, transform = task.data("train", train=True)
+  exs = [src[i] for i in range(len(src))]
+  batch = pipeline.collate([transform(ex, np.random.default_rng(i)) for i, ex in enumerate(exs)])
+  assert "yaw" not in batch and batch["landmarks"].shape == (len(exs), 5, 2)
+  got = np.abs(np.asarray(jax.jit(task.gate_yaw)(batch)))
+  want = np.abs(np.array([ex["yaw"] for ex in exs]))
+  assert np.corrcoef(got, want)[0, 1] > 0.9, (got, want)
+  assert np.median(np.abs(got - want)) < 10.0

@@ -37,7 +37,6 @@ Features per example:
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import io
 import os
 import pathlib
@@ -117,6 +116,7 @@ def crop_image(path, fiducials: np.ndarray, size: int) -> tuple[np.ndarray, np.n
 
 try:  # The builder needs tensorflow_datasets; the index above does not.
   import tensorflow_datasets as tfds
+  from jaxface.data import tfds_base
 except ImportError:  # pragma: no cover
   tfds = None
 
@@ -145,7 +145,7 @@ if tfds is not None:
     def fingerprint(self) -> dict:
       return {"image_size": int(self.image_size), "train_splits": [int(s) for s in self.train_splits]}
 
-  class CfpManual(tfds.core.GeneratorBasedBuilder):
+  class CfpManual(tfds_base.Builder):
     """CFP read from its original layout in the manual directory; see the module docstring."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -155,21 +155,6 @@ if tfds is not None:
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Place the CFP release (http://www.cfpw.io/) in the manual directory: Data/Images, "
         "Data/Fiducials and Protocol/ as distributed.")
-
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls):
-      from etils import epath  # pylint: disable=import-outside-toplevel
-      return epath.Path(inspect.getfile(cls))
-
-    def __init__(self, **kwargs):
-      super().__init__(**kwargs)
-      # As in synthetic_faces: tfds 4.9.10 does not restore alternative_file_formats.
-      info = self.info
-      for value in info.as_proto.alternative_file_formats:
-        fmt = tfds.core.FileFormat.from_value(value)
-        if fmt not in info.alternative_file_formats:
-          info.alternative_file_formats.append(fmt)
 
     def _info(self):
       s = int(self.builder_config.image_size)

@@ -30,15 +30,13 @@ Use::
 """
 from __future__ import annotations
 
-import inspect
 import os
 
 import numpy as np
-from etils import epath
 from PIL import Image
 import tensorflow_datasets as tfds
 
-from jaxface.data import widerface
+from jaxface.data import tfds_base, widerface
 
 _LABELS = ("blur", "expression", "illumination", "occlusion", "pose", "invalid")
 _SPLITS = {"train": "train", "validation": "val"}
@@ -92,7 +90,7 @@ def example_of(root, split: str, ann: widerface.WiderFaceAnnotations, i: int) ->
   return {"image": os.fspath(path), "image/filename": rec["path"], "faces": faces}
 
 
-class WiderFaceOriginal(tfds.core.GeneratorBasedBuilder):
+class WiderFaceOriginal(tfds_base.Builder):
   """WIDER FACE (Yang et al. CVPR 2016) from the original layout; see the module docstring."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -102,12 +100,6 @@ class WiderFaceOriginal(tfds.core.GeneratorBasedBuilder):
       "from http://shuoyang1213.me/WIDERFACE/ into one folder and pass it as manual_dir "
       "(config.data.manual_dir).")
   BUILDER_CONFIGS = [tfds.core.BuilderConfig(name="default", description="All splits, all labels.")]
-
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls):
-    # tfds' own lookup needs `importlib_resources`, which tfds 4.9.10 does not install.
-    return epath.Path(inspect.getfile(cls))
 
   def _info(self) -> tfds.core.DatasetInfo:
     face = {"bbox": tfds.features.BBoxFeature(),

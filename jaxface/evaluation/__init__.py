@@ -1,0 +1,7 @@
+"""Evaluation protocols, reproduced to the last digit (../shared/docs/PROTOCOLS.md).
+
+``widerface`` (the official WIDER FACE tool's semantics), ``verification`` (LFW View 2
+and CFP FF/FP: 10-fold accuracy, EER, AUC, TAR@FAR, ROC), ``identification`` (streamed
+all-pairs TAR@FAR, 1:N rank-k / CMC / DIR@FPIR), ``attributes`` (balanced accuracy).
+They import NumPy / JAX / matplotlib only, never the trainer or TensorFlow.
+"""

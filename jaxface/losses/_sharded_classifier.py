@@ -39,6 +39,17 @@ note `cosface_logits` takes the transposed flax-``Dense`` ``[D, C]`` kernel).
 `padded_num_classes` and pass the true count as ``num_classes`` so that padding
 rows are excluded from the softmax. `init_class_centres` creates the matrix
 directly in its sharded layout (never whole on one device).
+
+Use in a train step (the mesh is the trainer's ``("data", "model")`` mesh; give the
+centres the `class_centres_sharding` in the state sharding, everything else as usual)::
+
+    centres = init_class_centres(key, num_ids, 512, mesh=mesh)          # [C_pad, 512]
+    def loss_fn(params, images, labels, rng):
+      emb = backbone.apply(params["backbone"], images)                  # [B, 512]
+      per_example = sharded_classifier_loss(
+          emb, params["centres"], labels, mesh=mesh, kind="arcface",
+          num_classes=num_ids, sample_rate=0.1, rng=rng)                # [B]
+      return per_example.mean()
 """
 from __future__ import annotations
 

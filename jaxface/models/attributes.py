@@ -46,10 +46,17 @@ class AttributeNet(nn.Module):
     """images ``[B, H, W, 3]`` float in [-1, 1] -> dict(logits ``[B, A]``, embedding
     ``[B, A, D]`` (or ``[B, D]`` when shared), feature ``[B, F]``)."""
     feat = ConvTrunk(self.widths, self.convs_per_stage, dtype=self.dtype, name="trunk")(images, train=train)
+    width = self.num_attributes * self.embedding_dim if self.per_attribute_embedding else self.embedding_dim
+    emb = nn.Dense(width, use_bias=False, name="embedding")(feat)
+    # Non-affine BatchNorm before the L2 normalisation: every embedding coordinate is
+    # centred over the batch, so the embedding cannot collapse to one point of the
+    # sphere (with a bias, or BN's own beta, it can, and from scratch the hardest-pair
+    # hinge of LMLE drives it there: shrinking every distance lowers
+    # D(a,p+) - D(a,n) whenever the hardest positive is farther than the hardest
+    # negative, which is the rule early in training).
+    emb = nn.BatchNorm(use_running_average=not train, use_scale=False, use_bias=False,
+                       momentum=0.9, name="embedding_bn")(emb)
     if self.per_attribute_embedding:
-      emb = nn.Dense(self.num_attributes * self.embedding_dim, name="embedding")(feat)
       emb = emb.reshape(feat.shape[0], self.num_attributes, self.embedding_dim)
-    else:
-      emb = nn.Dense(self.embedding_dim, name="embedding")(feat)
     logits = nn.Dense(self.num_attributes, name="classifier")(feat)
     return {"logits": logits, "embedding": l2_normalize(emb), "feature": feat}

@@ -170,6 +170,8 @@ class DetectionTask(Task):
     spec = self.specs[i]
     feat = mdl.branch_features(stages, i)
     logits, deltas = mdl.branch_rpn(feat, i)
+    # Losses and targets in fp32 whatever the compute dtype (config.compute_dtype).
+    logits, deltas = logits.astype(jnp.float32), deltas.astype(jnp.float32)
     anchors = jnp.asarray(scaleface.branch_anchors(spec, feat.shape[1:3]))
     gt_boxes, gt_valid, gt_ignore = batch["gt_boxes"], batch["gt_valid"], batch["gt_ignore"]
     in_range = in_size_range(gt_boxes, spec.size_range)
@@ -201,7 +203,7 @@ class DetectionTask(Task):
         out_of_range_iou=float(t.roi_out_of_range_iou), ignore_ioa=float(t.ignore_ioa)))(
             rois, rvalid, gt_boxes, gt_valid, in_range, gt_ignore, batch["gt_landmarks"],
             batch["gt_landmarks_valid"])
-    head = mdl.branch_head(feat, rois, i)
+    head = {k: v.astype(jnp.float32) for k, v in mdl.branch_head(feat, rois, i).items()}
     fg = (rt["labels"] == 1).astype(jnp.float32)
     cls_l = _bce(head["logits"], fg)
     box_l = _smooth_l1(head["deltas"] - rt["deltas"], 1.0).sum(-1) * fg
@@ -231,6 +233,10 @@ class DetectionTask(Task):
   def loss(self, params, model_state, batch, rng, task_state):
     del task_state
     c = self.config
+
+    # Boxes, landmarks and sizes stay fp32 even when the trainer casts the batch to bf16.
+    batch = {k: (v.astype(jnp.float32) if k != "image" and jnp.issubdtype(v.dtype, jnp.floating) else v)
+             for k, v in batch.items()}
 
     def fn(mdl, batch):
       stages = mdl.backbone_features(batch["image"], train=True)
@@ -272,7 +278,43 @@ class DetectionTask(Task):
     return res
 
   def evaluators(self):
-    return {"wider": self._evaluate_wider}
+    return {"wider": self._evaluate_wider, "wider_official": self._evaluate_wider_official}
+
+  def _evaluate_wider_official(self, state, ctx: EvalContext):
+    """Real WIDER FACE validation: predictions over ``config.eval_split`` of the
+    ``wider_face_original`` builder, aligned by file name with the official
+    ground truth in ``config.wider_gt_dir`` (the four eval_tools ``.mat`` files),
+    written as the standard prediction folder in the workdir and evaluated."""
+    c = self.config
+    gt_dir = c.get("wider_gt_dir", "")
+    if not gt_dir:
+      raise ValueError("evaluator 'wider_official' needs config.wider_gt_dir: the folder holding "
+                       "wider_face_val.mat and wider_{easy,medium,hard}_val.mat")
+    gt = wider_eval.load_ground_truth(gt_dir)
+    src, transform = self.data(c.eval_split, train=False)
+    limit = int(c.eval_limit) or None
+    out = common.predict_split(ctx, self.predict, common.variables_of(state), src, transform,
+                               int(c.eval_batch_size), limit=limit)
+    index = {f"{gt.face.events[int(gt.face.image_event[k])]}/{gt.face.image_names[k]}": k
+             for k in range(gt.face.num_images)}
+    per = [None] * gt.face.num_images
+    rels, boxes, scores = [], [], []
+    for i in range(out["boxes"].shape[0]):
+      name = src[i]["image/filename"]
+      name = name.decode() if isinstance(name, bytes) else str(name)
+      v = np.asarray(out["valid"][i], bool)
+      b = xyxy_to_xywh(np.asarray(out["boxes"][i], np.float64)[v])
+      sc = np.asarray(out["scores"][i], np.float64)[v]
+      rels.append(name)
+      boxes.append(b)
+      scores.append(sc)
+      k = index.get(name.rsplit(".", 1)[0])
+      if k is not None:
+        per[k] = (b, sc)
+    if ctx.process_index == 0:
+      wider_eval.write_predictions(os.path.join(ctx.workdir, f"wider_pred_step{ctx.step}"), rels, boxes, scores)
+    results = wider_eval.evaluate(gt, wider_eval.Predictions.from_lists(per))
+    return {f"ap_{k}": float(v.ap) for k, v in results.items()}
 
   def _evaluate_wider(self, state, ctx: EvalContext):
     c = self.config

@@ -731,7 +731,8 @@ class RecognitionTask(Task):
     out = self.embed_split(state, ctx, split)
     meta = self.metadata(split)
     n = len(out["label"])
-    lab, yaw = out["label"], meta["abs_yaw"][:n] if "abs_yaw" in meta else np.zeros(n)
+    lab = out["label"]
+    yaw = meta["abs_yaw"][:n] if "abs_yaw" in meta else np.zeros(n)
     fused = verif.fuse_flip(out["embedding"], out["embedding_flip"]).astype(np.float32)
     gallery = []
     for k in np.unique(lab):
