@@ -23,7 +23,7 @@ everything else) and the DREAM ones ``X_stitch`` (stitching, started from ``X``)
 Run (the paper's best: end-to-end, then re-train the block by stitching):
   jaxface train --config configs/dream.py:cfp --workdir /tmp/jaxface/dream_cfp
   jaxface train --config configs/dream.py:cfp_stitch --workdir /tmp/jaxface/dream_cfp_stitch \\
-      --config.stitching.init_from=/tmp/jaxface/dream_cfp
+      --config.init_from=/tmp/jaxface/dream_cfp
   jaxface train --config configs/dream.py:cfp_naive --workdir /tmp/jaxface/dream_cfp_naive
   jaxface train --config configs/dream.py:msceleb --workdir gs://.../dream_r50 \\
       --config.data.manual_dir=/data/faces_emore --config.data.yaw_file=/data/faces_emore_yaw.npy \\
@@ -61,7 +61,7 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
                                            embed_dim=256, use_dream=not naive))
   c.head = ml_collections.ConfigDict(dict(type="softmax", dropout=0.7, scale=64.0, margin=0.35))
   c.deepid2 = ml_collections.ConfigDict(dict(weight=0.0, margin=1.0, learn_margin=False, normalize=True))
-  c.stitching = ml_collections.ConfigDict(dict(frontal_max_yaw=20.0, profile_min_yaw=50.0, init_from=""))
+  c.stitching = ml_collections.ConfigDict(dict(frontal_max_yaw=20.0, profile_min_yaw=50.0))
   c.verification = ml_collections.ConfigDict(dict(frontal_max_yaw=20.0, profile_min_yaw=50.0,
                                                   pairs_per_identity=3, folds=10, seed=0))
   c.cfp = ml_collections.ConfigDict(dict(manual_dir="", eval_splits=[9, 10]))
@@ -134,7 +134,7 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
   if stitch:
     # Stitching (the paper): stem frozen, SGD lr 1e-3, momentum 0.9, wd 1e-4, batch 256,
     # 10,000 iterations. The CPU variants run 30x fewer steps, so they take lr 1e-2 instead.
-    # Pass --config.stitching.init_from=<end-to-end workdir>.
+    # Pass --config.init_from=<end-to-end workdir>.
     c.mode = "stitching"
     c.optimizer.learning_rate = 1e-3 if base == "msceleb" else 1e-2
     c.optimizer.schedule = "constant"

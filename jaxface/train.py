@@ -365,15 +365,10 @@ class Trainer:
       return restored["state"], f"resumed from step {latest}"
     init_from = self.config.get("init_from", "")
     if init_from:
-      src = ocp.CheckpointManager(os.path.abspath(init_from))
-      step = src.latest_step()
-      if step is None:
-        raise FileNotFoundError(f"config.init_from={init_from!r}: no checkpoint found there")
-      restored = src.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
-      src.close()
-      got = restored["state"]
+      params, model_state, step = restore_weights(init_from, state.params, state.model_state,
+                                                  sharding.params, sharding.model_state)
       logging.info("initialised params from %s step %d", init_from, step)
-      return state.replace(params=got.params, model_state=got.model_state), f"init_from {init_from}@{step}"
+      return state.replace(params=params, model_state=model_state), f"init_from {init_from}@{step}"
     return state, "from scratch"
 
   def save(self, mngr: ocp.CheckpointManager, state: TrainState, step: int, *, force=False) -> bool:
@@ -399,6 +394,40 @@ class Trainer:
       results.update({f"{name}/{k}": float(v) for k, v in out.items()})
       results[f"{name}/eval_time_s"] = time.time() - t0
     return results
+
+
+def restore_weights(workdir: str, params, model_state, params_sharding, model_state_sharding,
+                    step: int | None = None):
+  """``(params, model_state, step)`` from another run's checkpoint, nothing else.
+
+  Only the weights and model state (e.g. BatchNorm statistics) are read (orbax
+  partial restore), so the source run may have had another optimizer, frozen
+  parameters or task state (e.g. end-to-end training -> DREAM stitching). Their
+  structure and shapes must match this config's model; a mismatch is an error.
+  ``workdir`` is a run directory (its ``checkpoints/``) or a checkpoints directory.
+  """
+  path = os.path.abspath(workdir)
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    path = os.path.join(path, "checkpoints")
+  src = ocp.CheckpointManager(path)
+  try:
+    step = src.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"init_from={workdir!r}: no checkpoint found in {path}")
+    target = {"params": params, "model_state": model_state}
+    shard = {"params": params_sharding, "model_state": model_state_sharding}
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            target, shard)
+    try:
+      restored = src.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+          item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+          partial_restore=True)))["state"]
+    except (ValueError, KeyError) as err:
+      raise ValueError(f"init_from={workdir!r}: the weights of step {step} do not match this "
+                       f"config's model. Details (truncated): {str(err)[:1500]}") from None
+  finally:
+    src.close()
+  return restored["params"], restored["model_state"], step
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:

@@ -41,8 +41,8 @@ Training modes (``config.mode``):
                   profile images only, loss = `jaxface.losses.dream_stitching_mse`
                   of ``phi(x_p) + Y R(phi(x_p))`` against that mean.
   The paper's best is end-to-end, then stitching started from it: the second run's
-  weights come from the first run's workdir via ``config.stitching.init_from`` (see
-  the note there on why not the trainer's ``config.init_from``). Commands in
+  weights come from the first run's workdir via the trainer's ``config.init_from``
+  (which reads only params and model state, so the optimizer may differ). Commands in
   ``configs/dream.py``.
 
 Evaluators (``config.evals``):
@@ -315,10 +315,6 @@ class RecognitionTask(Task):
       raise ValueError(f"config.model.backbone: unknown {c.model.backbone!r} (expected one of {sorted(_STAGES)})")
     if c.mode == "stitching" and not c.model.use_dream:
       raise ValueError("config.mode='stitching' trains the DREAM block: set config.model.use_dream=True")
-    if c.init_from and c.mode == "stitching":
-      raise ValueError("config.init_from: for stitching set config.stitching.init_from instead (the trainer's "
-                       "init_from restores the whole train state, whose optimizer state differs between "
-                       "end_to_end and stitching)")
     self.num_classes = int(c.num_classes)
     self.deepid2_on = float(c.deepid2.weight) > 0
     self.model = RecognitionNet(
@@ -578,9 +574,6 @@ class RecognitionTask(Task):
                  fn=self._stitching_start, at_start=True)]
 
   def _stitching_start(self, state, ctx: EvalContext):
-    src_dir = self.config.stitching.init_from
-    if src_dir:
-      state = self._load_weights(state, src_dir, ctx)
     split = self.config.get("train_split", "train")
     _, frontal_rows, keep = self.stitching_rows(split)
     src = Subset(self.source(split), frontal_rows)
@@ -600,36 +593,6 @@ class RecognitionTask(Task):
     task_state = {"frontal_mean": jax.device_put(means, ctx.replicated),
                   "has_target": jax.device_put(has, ctx.replicated)}
     return state.replace(task_state=task_state)
-
-  def _load_weights(self, state, workdir, ctx: EvalContext):
-    """params and model_state from the latest checkpoint of another workdir.
-
-    The checkpoint is read without a target tree (its own structure), so the source run
-    may have another optimizer or task state; params and model_state must match.
-    """
-    import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-    mngr = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")))
-    step = mngr.latest_step()
-    if step is None:
-      raise FileNotFoundError(f"config.stitching.init_from={workdir!r}: no checkpoint in "
-                              f"{os.path.join(workdir, 'checkpoints')}")
-    meta = mngr.item_metadata(step)["state"]
-    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=ctx.replicated), meta)
-    want = {"params": state.params, "model_state": state.model_state}
-    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
-    mngr.close()
-    got = {"params": restored["params"], "model_state": restored["model_state"]}
-    s_want, s_got = jax.tree.structure(want), jax.tree.structure(got)
-    if s_want != s_got:
-      raise ValueError(f"config.stitching.init_from={workdir!r}: its params / model_state differ in structure "
-                       f"from this config's model (same config.model and config.num_classes needed)")
-    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
-      if a.shape != b.shape:
-        raise ValueError(f"config.stitching.init_from={workdir!r}: a parameter of shape {b.shape} where this "
-                         f"model has {a.shape} (same config.model and config.num_classes needed)")
-    logging.info("stitching: weights from %s step %d", workdir, step)
-    return state.replace(params=jax.device_put(got["params"], ctx.replicated),
-                         model_state=jax.device_put(got["model_state"], ctx.replicated))
 
   # -- prediction ------------------------------------------------------------------
   def predict(self, variables, batch):
