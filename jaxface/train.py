@@ -6,9 +6,9 @@
   on ``data``;
 * one jitted train step with donated state; optional gradient accumulation over
   ``config.grad_accum_steps`` microbatches and bf16 compute with fp32 parameters
-  (``config.compute_dtype``: float params, model state and batch are cast inside the
-  step; gradients, optimizer and stored state stay fp32; tasks compute their loss in
-  fp32 from the model outputs); per-host / per-device batch sizes are derived from
+  (``config.compute_dtype``: float params and batch are cast inside the step, so
+  modules built with ``dtype=None`` compute in bf16; gradients, optimizer, model state
+  and stored params stay fp32; tasks compute their loss in fp32 from the outputs); per-host / per-device batch sizes are derived from
   the global ``config.batch_size``; a non-finite loss or gradient skips the
   update (params, optimizer and model state are kept) and is counted; after
   ``config.max_consecutive_nonfinite`` in a row the run stops with the last good
@@ -291,8 +291,8 @@ class Trainer:
 
     def micro_grads(params, model_state, batch, rng, task_state):
       def loss_fn(p):
-        loss, (ms, aux) = task.loss(to_compute(p), to_compute(model_state), to_compute(batch),
-                                    rng, task_state)
+        # Model state (BatchNorm statistics) stays fp32: flax promotes where it meets it.
+        loss, (ms, aux) = task.loss(to_compute(p), model_state, to_compute(batch), rng, task_state)
         return loss.astype(jnp.float32), (like(ms, model_state), aux)
       (loss, (ms, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
       return loss, ms, {k: jnp.asarray(v, jnp.float32) for k, v in aux.items()}, grads

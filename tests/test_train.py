@@ -200,6 +200,9 @@ def test_bf16_compute_keeps_fp32_parameters(tfds_dir, tmp_path):
     batch = _fixed_batch(trainer, config.batch_size)
     state, sharding = trainer.init_state(batch)
     step = trainer.make_train_step(sharding)
+    hlo = step.lower(state, trainer.ctx.to_global(batch), jax.random.key(0)).as_text()
+    convs = [line for line in hlo.splitlines() if "stablehlo.convolution" in line]
+    assert convs and all(("bf16" in line) == (dtype == "bfloat16") for line in convs)
     seen = []
     for _ in range(3):
       state, m = step(state, trainer.ctx.to_global(batch), jax.random.key(0))

@@ -21,7 +21,7 @@ the task then uses the same embedding for every attribute.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -39,7 +39,7 @@ class AttributeNet(nn.Module):
   widths: Sequence[int] = (32, 64, 128, 256)
   convs_per_stage: int = 2
   per_attribute_embedding: bool = True
-  dtype: jnp.dtype = jnp.float32
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, images, *, train: bool):

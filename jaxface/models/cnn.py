@@ -9,7 +9,7 @@ pooling. NHWC.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -20,11 +20,12 @@ class ConvTrunk(nn.Module):
   widths: Sequence[int] = (32, 64, 128, 256)
   convs_per_stage: int = 2
   stem_stride: int = 2
-  dtype: jnp.dtype = jnp.float32
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    x = x.astype(self.dtype)
+    if self.dtype is not None:
+      x = x.astype(self.dtype)
     for i, width in enumerate(self.widths):
       for j in range(self.convs_per_stage):
         stride = (self.stem_stride if i == 0 else 2) if j == 0 else 1

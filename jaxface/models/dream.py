@@ -57,7 +57,7 @@ class DreamBlock(nn.Module):
     """
 
     features: int | None = None
-    dtype: Any = jnp.float32
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, phi: jax.Array, yaw_degrees: jax.Array) -> jax.Array:
@@ -89,7 +89,7 @@ class FaceEmbedder(nn.Module):
     backbone: nn.Module | None = None
     embed_dim: int = 256
     use_dream: bool = True
-    dtype: Any = jnp.float32
+    dtype: Any = None
 
     def setup(self):
         self.stem = self.backbone if self.backbone is not None else ResNet(dtype=self.dtype)

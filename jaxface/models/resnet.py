@@ -54,7 +54,7 @@ class _ConvBN(nn.Module):
     stride: int = 1
     relu: bool = True
     zero_init_scale: bool = False
-    dtype: Any = jnp.float32
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x, train: bool):
@@ -74,7 +74,7 @@ class BasicBlock(nn.Module):
     features: int
     stride: int = 1
     zero_init_residual: bool = False
-    dtype: Any = jnp.float32
+    dtype: Any = None
     expansion = 1
 
     @nn.compact
@@ -93,7 +93,7 @@ class Bottleneck(nn.Module):
     features: int
     stride: int = 1
     zero_init_residual: bool = False
-    dtype: Any = jnp.float32
+    dtype: Any = None
     expansion = 4
 
     @nn.compact
@@ -140,7 +140,7 @@ class ResNet(nn.Module):
     stage_strides: Sequence[int] | None = None
     num_classes: int | None = None
     zero_init_residual: bool = False
-    dtype: Any = jnp.float32
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
@@ -158,7 +158,9 @@ class ResNet(nn.Module):
         block_cls = _BLOCKS[self.block]
         base = max(1, int(round(64 * self.width)))
         out: dict[str, jax.Array] = {}
-        x = x.astype(self.dtype)
+        if self.dtype is not None:
+            if self.dtype is not None:
+      x = x.astype(self.dtype)
         if self.stem == "imagenet":
             x = _ConvBN(base, 7, 2, dtype=self.dtype, name="stem")(x, train)
             x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
