@@ -28,6 +28,7 @@ Rows:
 
 Not a test: timings depend on the machine and its load; nothing here asserts a speed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,426 +46,598 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 
 def cpu_model() -> str:
-  try:
-    for line in open("/proc/cpuinfo"):
-      if line.startswith("model name"):
-        return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def have(module: str) -> bool:
-  return importlib.util.find_spec(module) is not None
+    return importlib.util.find_spec(module) is not None
 
 
 class Row:
-  def __init__(self, name, what, jax_s=None, peer_s=None, peer="", note="", unit="s", jax_v=None,
-               peer_v=None, ratio=None):
-    self.name, self.what, self.peer, self.note, self.unit = name, what, peer, note, unit
-    self.jax_s, self.peer_s = jax_s, peer_s
-    self.jax_v, self.peer_v = jax_v, peer_v  # shown values (defaults: the times)
-    self.ratio = ratio if ratio is not None else (
-        peer_s / jax_s if jax_s and peer_s else None)
+    def __init__(
+        self,
+        name,
+        what,
+        jax_s=None,
+        peer_s=None,
+        peer="",
+        note="",
+        unit="s",
+        jax_v=None,
+        peer_v=None,
+        ratio=None,
+    ):
+        self.name, self.what, self.peer, self.note, self.unit = name, what, peer, note, unit
+        self.jax_s, self.peer_s = jax_s, peer_s
+        self.jax_v, self.peer_v = jax_v, peer_v  # shown values (defaults: the times)
+        self.ratio = ratio if ratio is not None else (peer_s / jax_s if jax_s and peer_s else None)
 
 
 def alternate(jax_fn, peer_fn, repeats: int, warmup: int = 1):
-  """Median seconds of jax_fn and peer_fn, timed alternately after warm-up."""
-  for _ in range(warmup):
-    jax_fn()
-    if peer_fn:
-      peer_fn()
-  tj, tp = [], []
-  for _ in range(repeats):
-    t = time.perf_counter(); jax_fn(); tj.append(time.perf_counter() - t)
-    if peer_fn:
-      t = time.perf_counter(); peer_fn(); tp.append(time.perf_counter() - t)
-  return statistics.median(tj), (statistics.median(tp) if tp else None)
+    """Median seconds of jax_fn and peer_fn, timed alternately after warm-up."""
+    for _ in range(warmup):
+        jax_fn()
+        if peer_fn:
+            peer_fn()
+    tj, tp = [], []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax_fn()
+        tj.append(time.perf_counter() - t)
+        if peer_fn:
+            t = time.perf_counter()
+            peer_fn()
+            tp.append(time.perf_counter() - t)
+    return statistics.median(tj), (statistics.median(tp) if tp else None)
 
 
 # ----------------------------------------------------------------------------- rows
 
+
 def bench_nms(args):
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-  from jaxface.ops import nms as nms_lib
-  n, thr = 2000, 0.4
-  top = n  # OpenCV's top_k caps the candidates *before* NMS; keep all of them on both sides
-  rng = np.random.default_rng(0)
-  # Integer corners: OpenCV converts a list of boxes to cv::Rect (ints).
-  xy = rng.integers(0, 900, (n, 2)).astype(np.float32)
-  wh = rng.integers(10, 120, (n, 2)).astype(np.float32)
-  boxes = np.concatenate([xy, xy + wh], 1)
-  scores = rng.uniform(0, 1, n).astype(np.float32)
-  f = jax.jit(lambda b, s: nms_lib.batched_nms(b, s, iou_threshold=thr, max_output=top))
-  bj, sj = jnp.asarray(boxes[None]), jnp.asarray(scores[None])
-  jax_fn = lambda: jax.block_until_ready(f(bj, sj))  # noqa: E731
-  what = f"{n} boxes, IoU {thr}, no cap"
-  if not have("cv2"):
-    return Row("nms", what, *alternate(jax_fn, None, args.repeats), peer="cv2.dnn.NMSBoxes",
-               note="peer not installed (pip install opencv-python-headless)")
-  import cv2
-  xywh = np.concatenate([xy, wh], 1).tolist()
-  sl = scores.tolist()
-  peer_fn = lambda: cv2.dnn.NMSBoxes(xywh, sl, 0.0, thr, 1.0, 0)  # noqa: E731
-  kept_cv = set(np.asarray(peer_fn()).reshape(-1).tolist())
-  out = f(bj, sj)
-  kept_j = set(np.asarray(out.indices[0])[np.asarray(out.valid[0])].tolist())
-  # OpenCV's IoU uses (x2 - x1) areas like ours (plus_one=False); report agreement.
-  agree = len(kept_cv & kept_j) / max(len(kept_cv | kept_j), 1)
-  tj, tp = alternate(jax_fn, peer_fn, args.repeats)
-  return Row("nms", what, tj, tp, peer="cv2.dnn.NMSBoxes",
-             note=f"kept sets agree {agree:.0%} ({len(kept_j)} vs {len(kept_cv)})")
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jaxface.ops import nms as nms_lib
+
+    n, thr = 2000, 0.4
+    top = n  # OpenCV's top_k caps the candidates *before* NMS; keep all of them on both sides
+    rng = np.random.default_rng(0)
+    # Integer corners: OpenCV converts a list of boxes to cv::Rect (ints).
+    xy = rng.integers(0, 900, (n, 2)).astype(np.float32)
+    wh = rng.integers(10, 120, (n, 2)).astype(np.float32)
+    boxes = np.concatenate([xy, xy + wh], 1)
+    scores = rng.uniform(0, 1, n).astype(np.float32)
+    f = jax.jit(lambda b, s: nms_lib.batched_nms(b, s, iou_threshold=thr, max_output=top))
+    bj, sj = jnp.asarray(boxes[None]), jnp.asarray(scores[None])
+    jax_fn = lambda: jax.block_until_ready(f(bj, sj))  # noqa: E731
+    what = f"{n} boxes, IoU {thr}, no cap"
+    if not have("cv2"):
+        return Row(
+            "nms",
+            what,
+            *alternate(jax_fn, None, args.repeats),
+            peer="cv2.dnn.NMSBoxes",
+            note="peer not installed (pip install opencv-python-headless)",
+        )
+    import cv2
+
+    xywh = np.concatenate([xy, wh], 1).tolist()
+    sl = scores.tolist()
+    peer_fn = lambda: cv2.dnn.NMSBoxes(xywh, sl, 0.0, thr, 1.0, 0)  # noqa: E731
+    kept_cv = set(np.asarray(peer_fn()).reshape(-1).tolist())
+    out = f(bj, sj)
+    kept_j = set(np.asarray(out.indices[0])[np.asarray(out.valid[0])].tolist())
+    # OpenCV's IoU uses (x2 - x1) areas like ours (plus_one=False); report agreement.
+    agree = len(kept_cv & kept_j) / max(len(kept_cv | kept_j), 1)
+    tj, tp = alternate(jax_fn, peer_fn, args.repeats)
+    return Row(
+        "nms",
+        what,
+        tj,
+        tp,
+        peer="cv2.dnn.NMSBoxes",
+        note=f"kept sets agree {agree:.0%} ({len(kept_j)} vs {len(kept_cv)})",
+    )
 
 
 def bench_roi(args):
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-  from jaxface.ops import roi as roi_lib
-  b, h, w, c, r, out = 2, 64, 64, 256, 512, 7
-  rng = np.random.default_rng(0)
-  feats = rng.normal(size=(b, h, w, c)).astype(np.float32)
-  # RoIs inside the map: at the border TF extrapolates with 0, torchvision clamps.
-  x1y1 = rng.uniform(1, 46, (r, 2)).astype(np.float32)
-  rois = np.concatenate([x1y1, x1y1 + rng.uniform(4, 16, (r, 2)).astype(np.float32)], 1)
-  bidx = rng.integers(0, b, r).astype(np.int32)
-  f = jax.jit(lambda f_, r_, i_: roi_lib.roi_align(f_, r_, i_, out, sampling_ratio=2, aligned=True))
-  fj, rj, ij = map(jnp.asarray, (feats, rois, bidx))
-  jax_fn = lambda: jax.block_until_ready(f(fj, rj, ij))  # noqa: E731
-  what = f"[{b},{h},{w},{c}] map, {r} RoIs -> {out}x{out}"
-  if not have("tensorflow"):
-    return Row("roi", what, *alternate(jax_fn, None, args.repeats), peer="tf.image.crop_and_resize",
-               note="peer not installed")
-  import tensorflow as tf
-  tf.config.set_visible_devices([], "GPU")
-  # crop_and_resize samples a regular grid with corners at the box edges; RoIAlign with
-  # aligned=True and a 2x2 grid samples bin centres. The box that makes the 2*out grid
-  # of crop_and_resize land on RoIAlign's sample points (pixel-centre model):
-  s = 2 * out
-  x1, y1, x2, y2 = [rois[:, i] - 0.5 for i in range(4)]
-  bw, bh = (x2 - x1) / s, (y2 - y1) / s
-  nb = np.stack([(y1 + bh / 2) / (h - 1), (x1 + bw / 2) / (w - 1),
-                 (y2 - bh / 2) / (h - 1), (x2 - bw / 2) / (w - 1)], 1).astype(np.float32)
-  ft, bt, it = tf.constant(feats), tf.constant(nb), tf.constant(bidx)
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jaxface.ops import roi as roi_lib
 
-  @tf.function(jit_compile=False)
-  def tf_roi(ft, bt, it):
-    crops = tf.image.crop_and_resize(ft, bt, it, (s, s), method="bilinear")
-    return tf.nn.avg_pool2d(crops, 2, 2, "VALID")
+    b, h, w, c, r, out = 2, 64, 64, 256, 512, 7
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(b, h, w, c)).astype(np.float32)
+    # RoIs inside the map: at the border TF extrapolates with 0, torchvision clamps.
+    x1y1 = rng.uniform(1, 46, (r, 2)).astype(np.float32)
+    rois = np.concatenate([x1y1, x1y1 + rng.uniform(4, 16, (r, 2)).astype(np.float32)], 1)
+    bidx = rng.integers(0, b, r).astype(np.int32)
+    f = jax.jit(
+        lambda f_, r_, i_: roi_lib.roi_align(f_, r_, i_, out, sampling_ratio=2, aligned=True)
+    )
+    fj, rj, ij = map(jnp.asarray, (feats, rois, bidx))
+    jax_fn = lambda: jax.block_until_ready(f(fj, rj, ij))  # noqa: E731
+    what = f"[{b},{h},{w},{c}] map, {r} RoIs -> {out}x{out}"
+    if not have("tensorflow"):
+        return Row(
+            "roi",
+            what,
+            *alternate(jax_fn, None, args.repeats),
+            peer="tf.image.crop_and_resize",
+            note="peer not installed",
+        )
+    import tensorflow as tf
 
-  peer_fn = lambda: tf_roi(ft, bt, it).numpy()  # noqa: E731
-  diff = float(np.max(np.abs(peer_fn() - np.asarray(f(fj, rj, ij)))))
-  tj, tp = alternate(jax_fn, peer_fn, args.repeats)
-  return Row("roi", what, tj, tp, peer="tf.image.crop_and_resize+avg_pool",
-             note=f"max |diff| {diff:.1e} (same samples inside the map)")
+    tf.config.set_visible_devices([], "GPU")
+    # crop_and_resize samples a regular grid with corners at the box edges; RoIAlign with
+    # aligned=True and a 2x2 grid samples bin centres. The box that makes the 2*out grid
+    # of crop_and_resize land on RoIAlign's sample points (pixel-centre model):
+    s = 2 * out
+    x1, y1, x2, y2 = [rois[:, i] - 0.5 for i in range(4)]
+    bw, bh = (x2 - x1) / s, (y2 - y1) / s
+    nb = np.stack(
+        [
+            (y1 + bh / 2) / (h - 1),
+            (x1 + bw / 2) / (w - 1),
+            (y2 - bh / 2) / (h - 1),
+            (x2 - bw / 2) / (w - 1),
+        ],
+        1,
+    ).astype(np.float32)
+    ft, bt, it = tf.constant(feats), tf.constant(nb), tf.constant(bidx)
+
+    @tf.function(jit_compile=False)
+    def tf_roi(ft, bt, it):
+        crops = tf.image.crop_and_resize(ft, bt, it, (s, s), method="bilinear")
+        return tf.nn.avg_pool2d(crops, 2, 2, "VALID")
+
+    peer_fn = lambda: tf_roi(ft, bt, it).numpy()  # noqa: E731
+    diff = float(np.max(np.abs(peer_fn() - np.asarray(f(fj, rj, ij)))))
+    tj, tp = alternate(jax_fn, peer_fn, args.repeats)
+    return Row(
+        "roi",
+        what,
+        tj,
+        tp,
+        peer="tf.image.crop_and_resize+avg_pool",
+        note=f"max |diff| {diff:.1e} (same samples inside the map)",
+    )
 
 
 def bench_kmeans(args):
-  import jax
-  import numpy as np
-  import importlib
-  km = importlib.import_module("jaxface.ops.kmeans")  # jaxface.ops.kmeans is also a function name
-  n, d, k, iters = 20000, 64, 100, args.kmeans_iters
-  rng = np.random.default_rng(0)
-  centres = rng.normal(size=(k, d)) * 3
-  x = (centres[rng.integers(0, k, n)] + rng.normal(size=(n, d))).astype(np.float32)
-  key = jax.random.key(0)
-  xj = jax.numpy.asarray(x)
-  f = jax.jit(lambda key, p: km.kmeans(key, p, k=k, max_iters=iters))
-  res = f(key, xj)
-  jax_fn = lambda: jax.block_until_ready(f(key, xj))  # noqa: E731
-  what = f"{n}x{d}, k={k}, <= {iters} Lloyd iters"
-  rows = []
-  note_j = f"jax ran {int(res.num_iters)} iters, inertia {float(res.inertia):.4g}"
-  if have("faiss"):
-    import faiss
+    import jax
+    import numpy as np
+    import importlib
 
-    def peer_fn():
-      m = faiss.Kmeans(d, k, niter=iters, seed=0, verbose=False)
-      m.train(x)
-      return m
-    tj, tp = alternate(jax_fn, peer_fn, args.repeats)
-    m = peer_fn()
-    rows.append(Row("kmeans", what, tj, tp, peer="faiss.Kmeans",
-                    note=f"{note_j}; faiss inertia {float(m.obj[-1]):.4g} (random init)"))
-  else:
-    rows.append(Row("kmeans", what, *alternate(jax_fn, None, args.repeats), peer="faiss.Kmeans",
-                    note="peer not installed (pip install faiss-cpu)"))
-  if have("sklearn"):
-    from sklearn.cluster import KMeans
+    km = importlib.import_module("jaxface.ops.kmeans")  # jaxface.ops.kmeans is also a function name
+    n, d, k, iters = 20000, 64, 100, args.kmeans_iters
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(k, d)) * 3
+    x = (centres[rng.integers(0, k, n)] + rng.normal(size=(n, d))).astype(np.float32)
+    key = jax.random.key(0)
+    xj = jax.numpy.asarray(x)
+    f = jax.jit(lambda key, p: km.kmeans(key, p, k=k, max_iters=iters))
+    res = f(key, xj)
+    jax_fn = lambda: jax.block_until_ready(f(key, xj))  # noqa: E731
+    what = f"{n}x{d}, k={k}, <= {iters} Lloyd iters"
+    rows = []
+    note_j = f"jax ran {int(res.num_iters)} iters, inertia {float(res.inertia):.4g}"
+    if have("faiss"):
+        import faiss
 
-    def sk_fn():
-      return KMeans(k, init="k-means++", n_init=1, max_iter=iters, tol=0.0, random_state=0,
-                    algorithm="lloyd").fit(x)
-    tj, tp = alternate(jax_fn, sk_fn, args.repeats)
-    m = sk_fn()
-    rows.append(Row("kmeans", what, tj, tp, peer="sklearn KMeans(lloyd)",
-                    note=f"{note_j}; sklearn {m.n_iter_} iters, inertia {m.inertia_:.4g}"))
-  return rows
+        def peer_fn():
+            m = faiss.Kmeans(d, k, niter=iters, seed=0, verbose=False)
+            m.train(x)
+            return m
+
+        tj, tp = alternate(jax_fn, peer_fn, args.repeats)
+        m = peer_fn()
+        rows.append(
+            Row(
+                "kmeans",
+                what,
+                tj,
+                tp,
+                peer="faiss.Kmeans",
+                note=f"{note_j}; faiss inertia {float(m.obj[-1]):.4g} (random init)",
+            )
+        )
+    else:
+        rows.append(
+            Row(
+                "kmeans",
+                what,
+                *alternate(jax_fn, None, args.repeats),
+                peer="faiss.Kmeans",
+                note="peer not installed (pip install faiss-cpu)",
+            )
+        )
+    if have("sklearn"):
+        from sklearn.cluster import KMeans
+
+        def sk_fn():
+            return KMeans(
+                k,
+                init="k-means++",
+                n_init=1,
+                max_iter=iters,
+                tol=0.0,
+                random_state=0,
+                algorithm="lloyd",
+            ).fit(x)
+
+        tj, tp = alternate(jax_fn, sk_fn, args.repeats)
+        m = sk_fn()
+        rows.append(
+            Row(
+                "kmeans",
+                what,
+                tj,
+                tp,
+                peer="sklearn KMeans(lloyd)",
+                note=f"{note_j}; sklearn {m.n_iter_} iters, inertia {m.inertia_:.4g}",
+            )
+        )
+    return rows
 
 
 def bench_search(args):
-  import jax
-  import numpy as np
-  from jaxface.evaluation import identification as ident
-  q, g, d, k = 1000, 100_000, 128, 10
-  rng = np.random.default_rng(0)
-  gal = rng.normal(size=(g, d)).astype(np.float32)
-  gal /= np.linalg.norm(gal, axis=1, keepdims=True)
-  qry = gal[rng.integers(0, g, q)] + 0.1 * rng.normal(size=(q, d)).astype(np.float32)
-  qry /= np.linalg.norm(qry, axis=1, keepdims=True)
-  jax_fn = lambda: ident.search_top_k(qry, gal, k=k)  # noqa: E731
-  what = f"{q} queries x {g:,} gallery, D={d}, top-{k}"
-  if not have("faiss"):
-    return Row("search", what, *alternate(jax_fn, None, args.repeats), peer="faiss.IndexFlatIP",
-               note="peer not installed (pip install faiss-cpu)")
-  import faiss
-  index = faiss.IndexFlatIP(d)
-  index.add(gal)
-  peer_fn = lambda: index.search(qry, k)  # noqa: E731
-  _, ij = jax_fn()
-  _, ip = peer_fn()
-  agree = float(np.mean(np.asarray(ij)[:, 0] == ip[:, 0]))
-  tj, tp = alternate(jax_fn, peer_fn, args.repeats)
-  return Row("search", what, tj, tp, peer="faiss.IndexFlatIP (index built once)",
-             note=f"top-1 agree {agree:.1%}; jax time includes host->device copies")
+    import jax
+    import numpy as np
+    from jaxface.evaluation import identification as ident
+
+    q, g, d, k = 1000, 100_000, 128, 10
+    rng = np.random.default_rng(0)
+    gal = rng.normal(size=(g, d)).astype(np.float32)
+    gal /= np.linalg.norm(gal, axis=1, keepdims=True)
+    qry = gal[rng.integers(0, g, q)] + 0.1 * rng.normal(size=(q, d)).astype(np.float32)
+    qry /= np.linalg.norm(qry, axis=1, keepdims=True)
+    jax_fn = lambda: ident.search_top_k(qry, gal, k=k)  # noqa: E731
+    what = f"{q} queries x {g:,} gallery, D={d}, top-{k}"
+    if not have("faiss"):
+        return Row(
+            "search",
+            what,
+            *alternate(jax_fn, None, args.repeats),
+            peer="faiss.IndexFlatIP",
+            note="peer not installed (pip install faiss-cpu)",
+        )
+    import faiss
+
+    index = faiss.IndexFlatIP(d)
+    index.add(gal)
+    peer_fn = lambda: index.search(qry, k)  # noqa: E731
+    _, ij = jax_fn()
+    _, ip = peer_fn()
+    agree = float(np.mean(np.asarray(ij)[:, 0] == ip[:, 0]))
+    tj, tp = alternate(jax_fn, peer_fn, args.repeats)
+    return Row(
+        "search",
+        what,
+        tj,
+        tp,
+        peer="faiss.IndexFlatIP (index built once)",
+        note=f"top-1 agree {agree:.1%}; jax time includes host->device copies",
+    )
 
 
 def bench_widerface(args):
-  import numpy as np
-  gt_dir = pathlib.Path(args.widerface_gt)
-  what = "WIDER val, 3 settings"
-  if not gt_dir.exists():
-    return Row("widerface", what, note=f"skipped: ground truth not found at {gt_dir}")
-  import widerface_eval as W
-  E = W.E
-  gt = E.load_ground_truth(str(gt_dir))
-  preds = W.synth(gt.face, np.random.default_rng(0), fp_per_image=20)
-  E.evaluate(gt, preds)
-  ts = []
-  for _ in range(args.repeats):
-    t = time.perf_counter(); E.evaluate(gt, preds); ts.append(time.perf_counter() - t)
-  tj = statistics.median(ts)
-  return Row("widerface", f"{what}, {gt.face.num_images} images, {preds.num_detections:,} dets", tj,
-             W.PORT_SECONDS, peer="Python port of the official tool",
-             note="peer time QUOTED (27 s, issue 5), not measured here: not installed")
+    import numpy as np
+
+    gt_dir = pathlib.Path(args.widerface_gt)
+    what = "WIDER val, 3 settings"
+    if not gt_dir.exists():
+        return Row("widerface", what, note=f"skipped: ground truth not found at {gt_dir}")
+    import widerface_eval as W
+
+    E = W.E
+    gt = E.load_ground_truth(str(gt_dir))
+    preds = W.synth(gt.face, np.random.default_rng(0), fp_per_image=20)
+    E.evaluate(gt, preds)
+    ts = []
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        E.evaluate(gt, preds)
+        ts.append(time.perf_counter() - t)
+    tj = statistics.median(ts)
+    return Row(
+        "widerface",
+        f"{what}, {gt.face.num_images} images, {preds.num_detections:,} dets",
+        tj,
+        W.PORT_SECONDS,
+        peer="Python port of the official tool",
+        note="peer time QUOTED (27 s, issue 5), not measured here: not installed",
+    )
 
 
 def _torch_resnet18(num_classes):
-  import torch
-  from torch import nn
+    import torch
+    from torch import nn
 
-  class Block(nn.Module):
-    def __init__(self, cin, cout, stride):
-      super().__init__()
-      self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False); self.b1 = nn.BatchNorm2d(cout)
-      self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False); self.b2 = nn.BatchNorm2d(cout)
-      self.down = None
-      if stride != 1 or cin != cout:
-        self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.b1 = nn.BatchNorm2d(cout)
+            self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.b2 = nn.BatchNorm2d(cout)
+            self.down = None
+            if stride != 1 or cin != cout:
+                self.down = nn.Sequential(
+                    nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+                )
 
-    def forward(self, x):
-      o = torch.relu(self.b1(self.c1(x)))
-      o = self.b2(self.c2(o))
-      return torch.relu(o + (x if self.down is None else self.down(x)))
+        def forward(self, x):
+            o = torch.relu(self.b1(self.c1(x)))
+            o = self.b2(self.c2(o))
+            return torch.relu(o + (x if self.down is None else self.down(x)))
 
-  class Net(nn.Module):  # = jaxface ResNet(stage_sizes=(2,2,2,2), stem="small") + Dense
-    def __init__(self):
-      super().__init__()
-      self.stem = nn.Sequential(nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
-      layers, cin = [], 64
-      for i, cout in enumerate((64, 128, 256, 512)):
-        layers += [Block(cin, cout, 2), Block(cout, cout, 1)]
-        cin = cout
-      self.layers = nn.Sequential(*layers)
-      self.fc = nn.Linear(512, num_classes)
+    class Net(nn.Module):  # = jaxface ResNet(stage_sizes=(2,2,2,2), stem="small") + Dense
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(
+                nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU()
+            )
+            layers, cin = [], 64
+            for i, cout in enumerate((64, 128, 256, 512)):
+                layers += [Block(cin, cout, 2), Block(cout, cout, 1)]
+                cin = cout
+            self.layers = nn.Sequential(*layers)
+            self.fc = nn.Linear(512, num_classes)
 
-    def forward(self, x):
-      return self.fc(self.layers(self.stem(x)).mean((2, 3)))
+        def forward(self, x):
+            return self.fc(self.layers(self.stem(x)).mean((2, 3)))
 
-  return Net()
+    return Net()
 
 
 def _jax_train_step(batch, num_classes, image, compute_dtype="float32"):
-  import jax
-  import jax.numpy as jnp
-  import flax.linen as nn
-  import optax
-  from jaxface.models.resnet import ResNet
+    import jax
+    import jax.numpy as jnp
+    import flax.linen as nn
+    import optax
+    from jaxface.models.resnet import ResNet
 
-  class Net(nn.Module):
-    @nn.compact
-    def __call__(self, x, train):
-      dt = jnp.dtype(compute_dtype)  # parameters stay float32; activations/convs in dt
-      feats = ResNet(stage_sizes=(2, 2, 2, 2), stem="small", dtype=dt)(x, train)["pooled"]
-      return nn.Dense(num_classes, dtype=dt)(feats).astype(jnp.float32)
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x, train):
+            dt = jnp.dtype(compute_dtype)  # parameters stay float32; activations/convs in dt
+            feats = ResNet(stage_sizes=(2, 2, 2, 2), stem="small", dtype=dt)(x, train)["pooled"]
+            return nn.Dense(num_classes, dtype=dt)(feats).astype(jnp.float32)
 
-  net = Net()
-  x = jnp.asarray(jax.random.normal(jax.random.key(1), (batch, image, image, 3)))
-  y = jax.random.randint(jax.random.key(2), (batch,), 0, num_classes)
-  variables = net.init(jax.random.key(0), x[:1], False)
-  tx = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(0.1, momentum=0.9))
-  state = (variables["params"], variables["batch_stats"], tx.init(variables["params"]))
+    net = Net()
+    x = jnp.asarray(jax.random.normal(jax.random.key(1), (batch, image, image, 3)))
+    y = jax.random.randint(jax.random.key(2), (batch,), 0, num_classes)
+    variables = net.init(jax.random.key(0), x[:1], False)
+    tx = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(0.1, momentum=0.9))
+    state = (variables["params"], variables["batch_stats"], tx.init(variables["params"]))
 
-  def step(state, x, y):
-    params, stats, opt = state
+    def step(state, x, y):
+        params, stats, opt = state
 
-    def loss_fn(p):
-      logits, new = net.apply({"params": p, "batch_stats": stats}, x, True, mutable=["batch_stats"])
-      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new["batch_stats"]
+        def loss_fn(p):
+            logits, new = net.apply(
+                {"params": p, "batch_stats": stats}, x, True, mutable=["batch_stats"]
+            )
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new[
+                "batch_stats"
+            ]
 
-    (loss, stats), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    upd, opt = tx.update(g, opt, params)
-    return (optax.apply_updates(params, upd), stats, opt), loss
+        (loss, stats), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        upd, opt = tx.update(g, opt, params)
+        return (optax.apply_updates(params, upd), stats, opt), loss
 
-  jstep = jax.jit(step, donate_argnums=0)
-  compiled = jstep.lower(state, x, y).compile()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get("flops", 0.0)) if cost else 0.0
-  return compiled, state, x, y, flops
+    jstep = jax.jit(step, donate_argnums=0)
+    compiled = jstep.lower(state, x, y).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", 0.0)) if cost else 0.0
+    return compiled, state, x, y, flops
 
 
 def bench_train(args, keep):
-  import jax
-  import numpy as np
-  b, image, classes = args.batch, 112, 1000
-  compiled, state, x, y, flops = _jax_train_step(b, classes, image, args.compute_dtype)
-  box = [state]
+    import jax
+    import numpy as np
 
-  def jax_fn():
-    box[0], loss = compiled(box[0], x, y)
-    jax.block_until_ready(loss)
+    b, image, classes = args.batch, 112, 1000
+    compiled, state, x, y, flops = _jax_train_step(b, classes, image, args.compute_dtype)
+    box = [state]
 
-  keep["train_flops"] = flops
-  what = f"ResNet-18 (3x3 stem) 112px, batch {b}, FC {classes}, SGD+mom+wd, {args.compute_dtype}"
-  if not have("torch"):
-    tj, _ = alternate(jax_fn, None, args.repeats)
+    def jax_fn():
+        box[0], loss = compiled(box[0], x, y)
+        jax.block_until_ready(loss)
+
+    keep["train_flops"] = flops
+    what = f"ResNet-18 (3x3 stem) 112px, batch {b}, FC {classes}, SGD+mom+wd, {args.compute_dtype}"
+    if not have("torch"):
+        tj, _ = alternate(jax_fn, None, args.repeats)
+        keep["train_s"] = tj
+        return Row(
+            "train",
+            what,
+            tj,
+            None,
+            peer="PyTorch (hand-written)",
+            unit="img/s",
+            jax_v=b / tj,
+            note="peer not installed (pip install torch)",
+        )
+    import torch
+
+    torch.manual_seed(0)
+    net = _torch_resnet18(classes).to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    xt = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()).contiguous(
+        memory_format=torch.channels_last
+    )
+    yt = torch.from_numpy(np.asarray(y).astype(np.int64))
+    net.train()
+
+    def peer_fn():
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(net(xt), yt)
+        loss.backward()
+        opt.step()
+        return loss.detach().item()
+
+    tj, tp = alternate(jax_fn, peer_fn, args.repeats)
     keep["train_s"] = tj
-    return Row("train", what, tj, None, peer="PyTorch (hand-written)", unit="img/s",
-               jax_v=b / tj, note="peer not installed (pip install torch)")
-  import torch
-  torch.manual_seed(0)
-  net = _torch_resnet18(classes).to(memory_format=torch.channels_last)
-  opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-  xt = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()).contiguous(
-      memory_format=torch.channels_last)
-  yt = torch.from_numpy(np.asarray(y).astype(np.int64))
-  net.train()
-
-  def peer_fn():
-    opt.zero_grad(set_to_none=True)
-    loss = torch.nn.functional.cross_entropy(net(xt), yt)
-    loss.backward()
-    opt.step()
-    return loss.detach().item()
-
-  tj, tp = alternate(jax_fn, peer_fn, args.repeats)
-  keep["train_s"] = tj
-  return Row("train", what, tj, tp, peer=f"PyTorch {torch.__version__} eager, channels-last, "
-             f"{torch.get_num_threads()} threads", unit="img/s", jax_v=b / tj, peer_v=b / tp)
+    return Row(
+        "train",
+        what,
+        tj,
+        tp,
+        peer=f"PyTorch {torch.__version__} eager, channels-last, {torch.get_num_threads()} threads",
+        unit="img/s",
+        jax_v=b / tj,
+        peer_v=b / tp,
+    )
 
 
 def bench_flops(args, keep):
-  import jax
-  import jax.numpy as jnp
-  n = 2048
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  bm = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-  mm = jax.jit(jnp.dot)
-  jax.block_until_ready(mm(a, bm))
-  ts = []
-  for _ in range(max(args.repeats, 5)):
-    t = time.perf_counter(); jax.block_until_ready(mm(a, bm)); ts.append(time.perf_counter() - t)
-  peak = 2 * n**3 / min(ts)  # the best run: the closest this (shared) machine gets to its peak
-  if "train_s" not in keep:
-    return Row("flops", "train step FLOP/s vs matmul peak", note="needs the train row (--only train,flops)")
-  achieved = keep["train_flops"] / keep["train_s"]
-  return Row("flops", f"train step {keep['train_flops'] / 1e9:.0f} GFLOP (XLA cost analysis)",
-             peer="f32 matmul 2048^3 (best of runs)", unit="GFLOP/s", jax_v=achieved / 1e9,
-             peer_v=peak / 1e9, ratio=achieved / peak, note="ratio = achieved / peak")
+    import jax
+    import jax.numpy as jnp
+
+    n = 2048
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    bm = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    mm = jax.jit(jnp.dot)
+    jax.block_until_ready(mm(a, bm))
+    ts = []
+    for _ in range(max(args.repeats, 5)):
+        t = time.perf_counter()
+        jax.block_until_ready(mm(a, bm))
+        ts.append(time.perf_counter() - t)
+    peak = 2 * n**3 / min(ts)  # the best run: the closest this (shared) machine gets to its peak
+    if "train_s" not in keep:
+        return Row(
+            "flops",
+            "train step FLOP/s vs matmul peak",
+            note="needs the train row (--only train,flops)",
+        )
+    achieved = keep["train_flops"] / keep["train_s"]
+    return Row(
+        "flops",
+        f"train step {keep['train_flops'] / 1e9:.0f} GFLOP (XLA cost analysis)",
+        peer="f32 matmul 2048^3 (best of runs)",
+        unit="GFLOP/s",
+        jax_v=achieved / 1e9,
+        peer_v=peak / 1e9,
+        ratio=achieved / peak,
+        note="ratio = achieved / peak",
+    )
 
 
 ROWS = ("nms", "roi", "kmeans", "search", "widerface", "train", "flops")
 
 
 def fmt(v, unit):
-  if v is None:
-    return "-"
-  if unit == "s":
-    return f"{v * 1e3:.1f} ms" if v < 1 else f"{v:.2f} s"
-  return f"{v:.1f} {unit}"
+    if v is None:
+        return "-"
+    if unit == "s":
+        return f"{v * 1e3:.1f} ms" if v < 1 else f"{v:.2f} s"
+    return f"{v:.1f} {unit}"
 
 
 def table(rows, markdown=False):
-  head = ["row", "workload", "jaxface", "peer", "peer time", "speed-up", "note"]
-  lines = []
-  for r in rows:
-    jv = r.jax_v if r.jax_v is not None else r.jax_s
-    pv = r.peer_v if r.peer_v is not None else r.peer_s
-    ratio = f"{r.ratio:.2f}x" if r.ratio is not None else "-"
-    lines.append([r.name, r.what, fmt(jv, r.unit), r.peer or "-", fmt(pv, r.unit), ratio, r.note])
-  if markdown:
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    out += ["| " + " | ".join(c.replace("|", "\\|") for c in l) + " |" for l in lines]
+    head = ["row", "workload", "jaxface", "peer", "peer time", "speed-up", "note"]
+    lines = []
+    for r in rows:
+        jv = r.jax_v if r.jax_v is not None else r.jax_s
+        pv = r.peer_v if r.peer_v is not None else r.peer_s
+        ratio = f"{r.ratio:.2f}x" if r.ratio is not None else "-"
+        lines.append(
+            [r.name, r.what, fmt(jv, r.unit), r.peer or "-", fmt(pv, r.unit), ratio, r.note]
+        )
+    if markdown:
+        out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        out += ["| " + " | ".join(c.replace("|", "\\|") for c in l) + " |" for l in lines]
+        return "\n".join(out)
+    widths = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(head[:-1])]
+    out = ["  ".join(h.ljust(w) for h, w in zip(head, widths)) + "  note"]
+    out += ["  ".join(c.ljust(w) for c, w in zip(l, widths)) + "  " + l[-1] for l in lines]
     return "\n".join(out)
-  widths = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(head[:-1])]
-  out = ["  ".join(h.ljust(w) for h, w in zip(head, widths)) + "  note"]
-  out += ["  ".join(c.ljust(w) for c, w in zip(l, widths)) + "  " + l[-1] for l in lines]
-  return "\n".join(out)
 
 
 def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                               formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-  ap.add_argument("--only", default=",".join(ROWS), help=f"comma-separated rows of {ROWS}")
-  ap.add_argument("--repeats", type=int, default=5, help="alternated timed runs per side (median)")
-  ap.add_argument("--batch", type=int, default=16, help="train-step batch size")
-  ap.add_argument("--kmeans-iters", type=int, default=20)
-  ap.add_argument("--widerface-gt", default=str(REPO.parent / "shared" / "data" / "widerface" /
-                                                "ground_truth"))
-  ap.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16"),
-                  help="jax train-step compute dtype (parameters stay float32)")
-  ap.add_argument("--xla-flags", default="", help="appended to XLA_FLAGS before jax starts, e.g. "
-                  "'--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce --xla_cpu_use_xnnpack=false'")
-  ap.add_argument("--markdown", default=None, help="also write the table as Markdown here")
-  args = ap.parse_args(argv)
-  only = [s for s in args.only.split(",") if s]
-  bad = sorted(set(only) - set(ROWS))
-  if bad:
-    ap.error(f"--only: unknown rows {bad}; expected some of {ROWS}")
-  if "flops" in only and "train" not in only:
-    only.insert(only.index("flops"), "train")
-  if args.xla_flags:
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
-  import jax
-  print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; compute dtype {args.compute_dtype}")
-  print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs, "
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
+    ap.add_argument("--only", default=",".join(ROWS), help=f"comma-separated rows of {ROWS}")
+    ap.add_argument(
+        "--repeats", type=int, default=5, help="alternated timed runs per side (median)"
+    )
+    ap.add_argument("--batch", type=int, default=16, help="train-step batch size")
+    ap.add_argument("--kmeans-iters", type=int, default=20)
+    ap.add_argument(
+        "--widerface-gt",
+        default=str(REPO.parent / "shared" / "data" / "widerface" / "ground_truth"),
+    )
+    ap.add_argument(
+        "--compute-dtype",
+        default="float32",
+        choices=("float32", "bfloat16"),
+        help="jax train-step compute dtype (parameters stay float32)",
+    )
+    ap.add_argument(
+        "--xla-flags",
+        default="",
+        help="appended to XLA_FLAGS before jax starts, e.g. "
+        "'--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce --xla_cpu_use_xnnpack=false'",
+    )
+    ap.add_argument("--markdown", default=None, help="also write the table as Markdown here")
+    args = ap.parse_args(argv)
+    only = [s for s in args.only.split(",") if s]
+    bad = sorted(set(only) - set(ROWS))
+    if bad:
+        ap.error(f"--only: unknown rows {bad}; expected some of {ROWS}")
+    if "flops" in only and "train" not in only:
+        only.insert(only.index("flops"), "train")
+    if args.xla_flags:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
+    import jax
+
+    print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; compute dtype {args.compute_dtype}")
+    print(
+        f"machine: {cpu_model()}, {os.cpu_count()} CPUs, "
         f"load {os.getloadavg()[0]:.1f}; jax {jax.__version__} on {jax.devices()[0].platform}; "
-        f"median of {args.repeats} alternated runs", flush=True)
-  rows, keep = [], {}
-  for name in ROWS:
-    if name not in only:
-      continue
-    t = time.time()
-    fn = globals()[f"bench_{name}"]
-    try:
-      got = fn(args, keep) if name in ("train", "flops") else fn(args)
-    except Exception as err:  # a broken peer must not hide the other rows
-      got = Row(name, "-", note=f"FAILED: {type(err).__name__}: {err}"[:200])
-    for r in (got if isinstance(got, list) else [got]):
-      rows.append(r)
-      print(f"  {name}: {fmt(r.jax_v if r.jax_v is not None else r.jax_s, r.unit)} vs "
-            f"{fmt(r.peer_v if r.peer_v is not None else r.peer_s, r.unit)} "
-            f"({time.time() - t:.0f} s) {r.note}", flush=True)
-  print()
-  print(table(rows))
-  print(f"\nload average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-  if args.markdown:
-    pathlib.Path(args.markdown).write_text(table(rows, markdown=True) + "\n")
+        f"median of {args.repeats} alternated runs",
+        flush=True,
+    )
+    rows, keep = [], {}
+    for name in ROWS:
+        if name not in only:
+            continue
+        t = time.time()
+        fn = globals()[f"bench_{name}"]
+        try:
+            got = fn(args, keep) if name in ("train", "flops") else fn(args)
+        except Exception as err:  # a broken peer must not hide the other rows
+            got = Row(name, "-", note=f"FAILED: {type(err).__name__}: {err}"[:200])
+        for r in got if isinstance(got, list) else [got]:
+            rows.append(r)
+            print(
+                f"  {name}: {fmt(r.jax_v if r.jax_v is not None else r.jax_s, r.unit)} vs "
+                f"{fmt(r.peer_v if r.peer_v is not None else r.peer_s, r.unit)} "
+                f"({time.time() - t:.0f} s) {r.note}",
+                flush=True,
+            )
+    print()
+    print(table(rows))
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    if args.markdown:
+        pathlib.Path(args.markdown).write_text(table(rows, markdown=True) + "\n")
 
 
 if __name__ == "__main__":
-  main()
+    main()

@@ -10,6 +10,7 @@ The reference point is the public Python port of the official tool, which takes
 27-46 s for the three settings on this machine (ISSUE 5); it is not installed
 here, so the ratio is against that quoted figure. Not a test.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,7 +43,9 @@ def synth(face, rng, *, fp_per_image: int, drop: float = 0.15, dup: float = 0.1)
         m = fp_per_image
         b3 = np.concatenate([rng.uniform(0, 1000, (m, 2)), rng.uniform(4, 150, (m, 2))], 1)
         bb = np.concatenate([b, b2, b3])
-        ss = np.concatenate([rng.uniform(0.3, 1, len(b)), rng.uniform(0, 0.8, len(b2)), rng.uniform(0, 0.6, m)])
+        ss = np.concatenate(
+            [rng.uniform(0.3, 1, len(b)), rng.uniform(0, 0.8, len(b2)), rng.uniform(0, 0.6, m)]
+        )
         per.append((bb, ss))
     return E.Predictions.from_lists(per)
 
@@ -58,19 +61,28 @@ def best_of(fn, repeats: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--gt", default=str(REPO.parent / "shared" / "data" / "widerface" / "ground_truth"))
+    ap.add_argument(
+        "--gt", default=str(REPO.parent / "shared" / "data" / "widerface" / "ground_truth")
+    )
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--heavy", action="store_true", help="also 300 false positives per image (~1M detections)")
+    ap.add_argument(
+        "--heavy", action="store_true", help="also 300 false positives per image (~1M detections)"
+    )
     args = ap.parse_args()
     t = time.perf_counter()
     gt = E.load_ground_truth(args.gt)
-    print(f"ground truth: {gt.face.num_images} images, {gt.face.num_faces} faces, read in {time.perf_counter() - t:.2f} s")
+    print(
+        f"ground truth: {gt.face.num_images} images, {gt.face.num_faces} faces, read in {time.perf_counter() - t:.2f} s"
+    )
     rng = np.random.default_rng(0)
     face = gt.face
     sets = {
         "perfect": E.Predictions.from_lists(
             [
-                (face.boxes[face.face_offsets[i] : face.face_offsets[i + 1]], rng.random(face.faces_per_image[i]))
+                (
+                    face.boxes[face.face_offsets[i] : face.face_offsets[i + 1]],
+                    rng.random(face.faces_per_image[i]),
+                )
                 for i in range(face.num_images)
             ]
         ),
@@ -79,17 +91,25 @@ def main() -> None:
     }
     if args.heavy:
         sets["jittered+300fp/img"] = synth(face, rng, fp_per_image=300)
-    print(f"{'predictions':>20} {'detections':>11} {'3 settings [s]':>15} {'vs port':>8}  AP easy/medium/hard")
+    print(
+        f"{'predictions':>20} {'detections':>11} {'3 settings [s]':>15} {'vs port':>8}  AP easy/medium/hard"
+    )
     for name, preds in sets.items():
         res = E.evaluate(gt, preds)  # warm-up
         sec = best_of(lambda: E.evaluate(gt, preds), args.repeats)
         aps = " / ".join(f"{res[s].ap:.4f}" for s in E.SETTINGS)
-        print(f"{name:>20} {preds.num_detections:>11,d} {sec:>15.3f} {PORT_SECONDS / sec:>7.0f}x  {aps}")
+        print(
+            f"{name:>20} {preds.num_detections:>11,d} {sec:>15.3f} {PORT_SECONDS / sec:>7.0f}x  {aps}"
+        )
     # End to end through the standard folder for the 20-FP set.
     preds = sets["jittered+20fp/img"]
     with tempfile.TemporaryDirectory() as tmp:
-        boxes = [preds.boxes[preds.offsets[i] : preds.offsets[i + 1]] for i in range(preds.num_images)]
-        scores = [preds.scores[preds.offsets[i] : preds.offsets[i + 1]] for i in range(preds.num_images)]
+        boxes = [
+            preds.boxes[preds.offsets[i] : preds.offsets[i + 1]] for i in range(preds.num_images)
+        ]
+        scores = [
+            preds.scores[preds.offsets[i] : preds.offsets[i + 1]] for i in range(preds.num_images)
+        ]
         E.write_predictions(tmp, list(face.image_paths), boxes, scores)
         t = time.perf_counter()
         gt2 = E.load_ground_truth(args.gt)
@@ -97,8 +117,10 @@ def main() -> None:
         t_read = time.perf_counter() - t
         E.evaluate(gt2, read)
         t_all = time.perf_counter() - t
-    print(f"end to end (read 4 .mat + {read.num_detections:,d} detections in 3,226 files, evaluate): "
-          f"{t_all:.2f} s (reading {t_read:.2f} s)")
+    print(
+        f"end to end (read 4 .mat + {read.num_detections:,d} detections in 3,226 files, evaluate): "
+        f"{t_all:.2f} s (reading {t_read:.2f} s)"
+    )
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ Run (the paper's best: end-to-end, then re-train the block by stitching):
       --config.data.manual_dir=/data/faces_emore --config.data.yaw_file=/data/faces_emore_yaw.npy \\
       --config.cfp.manual_dir=/data/cfp
 """
+
 import os
 
 import ml_collections
@@ -40,106 +41,131 @@ VARIANTS = tuple(b + s for b in BASES for s in ("", "_naive", "_stitch"))
 SMALL_VARIANT = "tiny"
 
 # ../shared/data/cfp beside the repository (the real data never lives inside it).
-CFP_DIR = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
-                                        "shared", "data", "cfp"))
+CFP_DIR = os.path.normpath(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "cfp")
+)
 
 
 def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
-  variant = arg or "synthetic"
-  if variant not in VARIANTS:
-    raise ValueError(f"configs/dream.py: unknown variant {variant!r} (expected one of {', '.join(VARIANTS)})")
-  base, naive, stitch = variant.split("_")[0], variant.endswith("_naive"), variant.endswith("_stitch")
-  c = jf_config.base_config()
-  c.task = "recognition"
-  c.mode = "end_to_end"            # end_to_end | stitching
-  c.yaw_source = "metadata"        # metadata | landmarks | profile_flag | learned
-  c.yaw_head_weight = 0.1          # learned yaw head: weight of ((pred - yaw) / 90)^2
-  c.num_classes = 500              # training identities
-  c.image_size = 64
-  c.random_flip = True
-  c.model = ml_collections.ConfigDict(dict(backbone="resnet10", width=0.25, stem="small",
-                                           embed_dim=256, use_dream=not naive))
-  c.head = ml_collections.ConfigDict(dict(type="softmax", dropout=0.7, scale=64.0, margin=0.35))
-  c.deepid2 = ml_collections.ConfigDict(dict(weight=0.0, margin=1.0, learn_margin=False, normalize=True))
-  c.stitching = ml_collections.ConfigDict(dict(frontal_max_yaw=20.0, profile_min_yaw=50.0))
-  c.verification = ml_collections.ConfigDict(dict(frontal_max_yaw=20.0, profile_min_yaw=50.0,
-                                                  pairs_per_identity=3, folds=10, seed=0))
-  c.cfp = ml_collections.ConfigDict(dict(manual_dir="", eval_splits=[9, 10]))
-  c.data.yaw_file = ""             # insightface RecordIO: per-image yaw (.npy, degrees)
-  c.optimizer.name = "sgd"
-  c.optimizer.learning_rate = 0.1
-  c.optimizer.momentum = 0.9
-  c.optimizer.weight_decay = 1e-4
-  c.optimizer.schedule = "steps"   # x0.1 at 80 / 90 / 95 % (the paper)
-  c.keep_checkpoints = 1
+    variant = arg or "synthetic"
+    if variant not in VARIANTS:
+        raise ValueError(
+            f"configs/dream.py: unknown variant {variant!r} (expected one of {', '.join(VARIANTS)})"
+        )
+    base, naive, stitch = (
+        variant.split("_")[0],
+        variant.endswith("_naive"),
+        variant.endswith("_stitch"),
+    )
+    c = jf_config.base_config()
+    c.task = "recognition"
+    c.mode = "end_to_end"  # end_to_end | stitching
+    c.yaw_source = "metadata"  # metadata | landmarks | profile_flag | learned
+    c.yaw_head_weight = 0.1  # learned yaw head: weight of ((pred - yaw) / 90)^2
+    c.num_classes = 500  # training identities
+    c.image_size = 64
+    c.random_flip = True
+    c.model = ml_collections.ConfigDict(
+        dict(backbone="resnet10", width=0.25, stem="small", embed_dim=256, use_dream=not naive)
+    )
+    c.head = ml_collections.ConfigDict(dict(type="softmax", dropout=0.7, scale=64.0, margin=0.35))
+    c.deepid2 = ml_collections.ConfigDict(
+        dict(weight=0.0, margin=1.0, learn_margin=False, normalize=True)
+    )
+    c.stitching = ml_collections.ConfigDict(dict(frontal_max_yaw=20.0, profile_min_yaw=50.0))
+    c.verification = ml_collections.ConfigDict(
+        dict(frontal_max_yaw=20.0, profile_min_yaw=50.0, pairs_per_identity=3, folds=10, seed=0)
+    )
+    c.cfp = ml_collections.ConfigDict(dict(manual_dir="", eval_splits=[9, 10]))
+    c.data.yaw_file = ""  # insightface RecordIO: per-image yaw (.npy, degrees)
+    c.optimizer.name = "sgd"
+    c.optimizer.learning_rate = 0.1
+    c.optimizer.momentum = 0.9
+    c.optimizer.weight_decay = 1e-4
+    c.optimizer.schedule = "steps"  # x0.1 at 80 / 90 / 95 % (the paper)
+    c.keep_checkpoints = 1
 
-  if base == "msceleb":
-    c.data.builder = "insightface_rec"
-    c.num_classes = 85742          # MS1MV2 (faces_emore); set to your property file's count
-    c.image_size = 112
-    c.model.update(backbone="resnet50", width=1.0, stem="small")
-    c.batch_size = 256
-    c.eval_batch_size = 256
-    c.num_train_steps = 150_000
-    c.log_every, c.eval_every, c.checkpoint_every = 100, 10_000, 5_000
-    c.evals = ["cfp"]
-    c.data_workers = 16
-  elif base == "cfp":
-    c.data.builder = "cfp_manual"
-    c.data.manual_dir = CFP_DIR
-    c.data.overrides = ml_collections.ConfigDict(dict(image_size=64, train_splits=[1, 2, 3, 4, 5, 6, 7, 8]))
-    c.num_classes = 400
-    c.yaw_source = "profile_flag"
-    # Sized for a shared 2-core CPU (~0.5 core each when busy): 48 px input, ResNet-10 at 1/4 width.
-    c.image_size = 48
-    c.model.update(backbone="resnet10", width=0.25)
-    c.head.dropout = 0.5
-    c.batch_size = 64
-    c.num_train_steps = 1200
-    c.optimizer.warmup_steps = 50
-    c.log_every, c.eval_every, c.checkpoint_every = 50, 1200, 1200
-    c.evals = ["cfp", "identification"]
-  elif base == "synthetic":
-    c.data.builder = "synthetic_faces"
-    c.data.config = "identity"
-    c.data.overrides = ml_collections.ConfigDict(dict(
-        num_train_identities=500, num_test_identities=100, images_per_identity=10, identity_image_size=48))
-    c.num_classes = 500
-    c.image_size = 48
-    c.head.dropout = 0.5
-    c.batch_size = 64
-    c.num_train_steps = 400
-    c.optimizer.warmup_steps = 40
-    c.log_every, c.eval_every, c.checkpoint_every = 50, 400, 400
-    c.evals = ["verification", "identification"]
-  else:  # tiny
-    c.data.builder = "synthetic_faces"
-    c.data.config = "identity"
-    c.data.overrides = ml_collections.ConfigDict(dict(
-        num_train_identities=16, num_test_identities=8, images_per_identity=6, identity_image_size=32))
-    c.num_classes = 16
-    c.image_size = 32
-    c.model.update(backbone="resnet10", width=0.125, embed_dim=32)
-    c.head.dropout = 0.0
-    c.batch_size = 16
-    c.eval_batch_size = 16
-    c.num_train_steps = 4
-    c.optimizer.learning_rate = 0.05
-    c.optimizer.schedule = "constant"
-    c.log_every, c.eval_every, c.checkpoint_every = 1, 4, 4
-    c.evals = ["verification", "identification"]
-    c.verification.folds = 4
-    c.async_checkpointing = False
+    if base == "msceleb":
+        c.data.builder = "insightface_rec"
+        c.num_classes = 85742  # MS1MV2 (faces_emore); set to your property file's count
+        c.image_size = 112
+        c.model.update(backbone="resnet50", width=1.0, stem="small")
+        c.batch_size = 256
+        c.eval_batch_size = 256
+        c.num_train_steps = 150_000
+        c.log_every, c.eval_every, c.checkpoint_every = 100, 10_000, 5_000
+        c.evals = ["cfp"]
+        c.data_workers = 16
+    elif base == "cfp":
+        c.data.builder = "cfp_manual"
+        c.data.manual_dir = CFP_DIR
+        c.data.overrides = ml_collections.ConfigDict(
+            dict(image_size=64, train_splits=[1, 2, 3, 4, 5, 6, 7, 8])
+        )
+        c.num_classes = 400
+        c.yaw_source = "profile_flag"
+        # Sized for a shared 2-core CPU (~0.5 core each when busy): 48 px input, ResNet-10 at 1/4 width.
+        c.image_size = 48
+        c.model.update(backbone="resnet10", width=0.25)
+        c.head.dropout = 0.5
+        c.batch_size = 64
+        c.num_train_steps = 1200
+        c.optimizer.warmup_steps = 50
+        c.log_every, c.eval_every, c.checkpoint_every = 50, 1200, 1200
+        c.evals = ["cfp", "identification"]
+    elif base == "synthetic":
+        c.data.builder = "synthetic_faces"
+        c.data.config = "identity"
+        c.data.overrides = ml_collections.ConfigDict(
+            dict(
+                num_train_identities=500,
+                num_test_identities=100,
+                images_per_identity=10,
+                identity_image_size=48,
+            )
+        )
+        c.num_classes = 500
+        c.image_size = 48
+        c.head.dropout = 0.5
+        c.batch_size = 64
+        c.num_train_steps = 400
+        c.optimizer.warmup_steps = 40
+        c.log_every, c.eval_every, c.checkpoint_every = 50, 400, 400
+        c.evals = ["verification", "identification"]
+    else:  # tiny
+        c.data.builder = "synthetic_faces"
+        c.data.config = "identity"
+        c.data.overrides = ml_collections.ConfigDict(
+            dict(
+                num_train_identities=16,
+                num_test_identities=8,
+                images_per_identity=6,
+                identity_image_size=32,
+            )
+        )
+        c.num_classes = 16
+        c.image_size = 32
+        c.model.update(backbone="resnet10", width=0.125, embed_dim=32)
+        c.head.dropout = 0.0
+        c.batch_size = 16
+        c.eval_batch_size = 16
+        c.num_train_steps = 4
+        c.optimizer.learning_rate = 0.05
+        c.optimizer.schedule = "constant"
+        c.log_every, c.eval_every, c.checkpoint_every = 1, 4, 4
+        c.evals = ["verification", "identification"]
+        c.verification.folds = 4
+        c.async_checkpointing = False
 
-  if stitch:
-    # Stitching (the paper): stem frozen, SGD lr 1e-3, momentum 0.9, wd 1e-4, batch 256,
-    # 10,000 iterations. The CPU variants run 30x fewer steps, so they take lr 1e-2 instead.
-    # Pass --config.init_from=<end-to-end workdir>.
-    c.mode = "stitching"
-    c.optimizer.learning_rate = 1e-3 if base == "msceleb" else 1e-2
-    c.optimizer.schedule = "constant"
-    c.optimizer.warmup_steps = 0
-    c.num_train_steps = {"msceleb": 10_000, "cfp": 300, "synthetic": 200, "tiny": 4}[base]
-    c.eval_every = c.num_train_steps
-    c.checkpoint_every = c.num_train_steps
-  return c
+    if stitch:
+        # Stitching (the paper): stem frozen, SGD lr 1e-3, momentum 0.9, wd 1e-4, batch 256,
+        # 10,000 iterations. The CPU variants run 30x fewer steps, so they take lr 1e-2 instead.
+        # Pass --config.init_from=<end-to-end workdir>.
+        c.mode = "stitching"
+        c.optimizer.learning_rate = 1e-3 if base == "msceleb" else 1e-2
+        c.optimizer.schedule = "constant"
+        c.optimizer.warmup_steps = 0
+        c.num_train_steps = {"msceleb": 10_000, "cfp": 300, "synthetic": 200, "tiny": 4}[base]
+        c.eval_every = c.num_train_steps
+        c.checkpoint_every = c.num_train_steps
+    return c

@@ -19,6 +19,7 @@ Compare with a baseline run (table with gains + gain-vs-imbalance PNG in the wor
   jaxface train --config configs/lmle.py:synthetic --workdir /tmp/jaxface/lmle_synthetic \
       --config.baseline_report=/tmp/jaxface/lmle_bce --config.baseline_name=BCE
 """
+
 import ml_collections
 
 from jaxface import config as jf_config
@@ -38,99 +39,109 @@ SMALL_VARIANT = "tiny"
 
 
 def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
-  variant = arg or "synthetic"
-  if variant not in VARIANTS:
-    raise ValueError(f"configs/lmle.py: unknown variant {variant!r} (expected {' | '.join(VARIANTS)})")
-  c = jf_config.base_config()
-  c.task = "attributes"
-  c.num_attributes = 40
-  c.attribute_names = list(CELEBA_ATTRIBUTES)
-  c.loss = "bce"                   # bce | lmle | triplet_knn
-  c.class_balanced = False         # bce: inverse-frequency class weights
-  c.image_size = 64
-  c.square_crop = False            # centre-crop non-square images before resizing
-  c.random_flip = True
-  c.rate_sample = 5000
-  # LMLE / triplet (ignored by bce).
-  c.lmle_margins = [0.05, 0.05, 0.2]   # g1, g2, g3 (unpublished; see losses/_attributes.py)
-  c.triplet_margin = 0.2
-  c.clusters_per_class = 4         # k-means clusters per class and attribute
-  c.recluster_every = 250          # steps between re-clusterings (paper: 5,000)
-  c.cluster_sample = 4000          # training images embedded per clustering (0 = all)
-  c.kmeans_iters = 30
-  c.knn_k = 4                      # nearest centroids of the cluster-wise kNN rule
-  c.balanced_sampling = True       # class-balanced batches (attributes round-robin)
-  c.baseline_report = ""           # a baseline workdir (or its attributes_*_latest.json)
-  c.baseline_name = ""
-  c.method_name = ""
-  # Channel counts that are multiples of 16 run several times faster on XLA:CPU here.
-  c.model = ml_collections.ConfigDict(dict(embedding_dim=64, widths=[16, 32, 64, 128],
-                                           convs_per_stage=2, per_attribute_embedding=True))
-  c.data.builder = "synthetic_faces"
-  c.data.config = "attributes"
-  c.evals = ["balanced_accuracy"]
-  c.batch_size = 64
-  c.num_train_steps = 1500
-  c.log_every = 100
-  c.eval_every = 1500
-  c.checkpoint_every = 500
-  c.optimizer.name = "adamw"
-  c.optimizer.learning_rate = 2e-3
-  c.optimizer.weight_decay = 1e-4
-  c.optimizer.warmup_steps = 100
-  if variant in ("synthetic", "triplet_knn"):
-    c.loss = "lmle" if variant == "synthetic" else "triplet_knn"
-    c.method_name = "LMLE" if variant == "synthetic" else "triplet+kNN"
-    c.model.embedding_dim = 16     # per attribute: 40 x 16
-    c.evals = ["cluster_knn"]
-    # Sized for the quickstart (<= 4 min on a 2-core CPU); compare with
-    # `bce --config.num_train_steps=1000` for the same step budget.
-    c.num_train_steps = 1000
-    c.eval_every = 1000
-  elif variant == "celeba":
-    c.loss = "lmle"
-    c.method_name = "LMLE"
-    c.data.builder = "celeb_a_manual"
-    c.data.config = ""
-    c.data.manual_dir = ""         # required: the original CelebA layout
-    c.square_crop = True           # 218x178 aligned crops -> centre 178x178
-    c.image_size = 128
-    c.model.widths = [64, 128, 256, 512]
-    c.model.embedding_dim = 32
-    c.clusters_per_class = 8
-    c.knn_k = 10
-    c.cluster_sample = 20000
-    c.recluster_every = 2000
-    c.evals = ["cluster_knn"]
-    c.eval_split = "test"
-    c.batch_size = 256
-    c.eval_batch_size = 512
-    # 16384 x 256 = 2^22 records: the balanced sampler stays exact per step.
-    c.num_train_steps = 16384
-    c.log_every = 200
-    c.eval_every = 4096
-    c.checkpoint_every = 2000
-    c.rate_sample = 20000
-    c.data_workers = 12
-    c.prefetch = 4
-    c.optimizer.learning_rate = 1e-3
-    c.optimizer.warmup_steps = 500
-  elif variant == "tiny":
-    c.image_size = 32
-    c.model.widths = [8, 16]
-    c.model.embedding_dim = 16
-    c.data.overrides = ml_collections.ConfigDict(dict(num_train=256, num_test=64, image_size=32))
-    c.batch_size = 16
-    c.eval_batch_size = 32
-    c.num_train_steps = 6
-    c.log_every = 2
-    c.eval_every = 6
-    c.checkpoint_every = 3
-    c.rate_sample = 256
-    c.clusters_per_class = 2
-    c.knn_k = 3
-    c.cluster_sample = 128
-    c.recluster_every = 3
-    c.kmeans_iters = 10
-    c.optimizer.warmup_steps = 0
-  return c
+    variant = arg or "synthetic"
+    if variant not in VARIANTS:
+        raise ValueError(
+            f"configs/lmle.py: unknown variant {variant!r} (expected {' | '.join(VARIANTS)})"
+        )
+    c = jf_config.base_config()
+    c.task = "attributes"
+    c.num_attributes = 40
+    c.attribute_names = list(CELEBA_ATTRIBUTES)
+    c.loss = "bce"  # bce | lmle | triplet_knn
+    c.class_balanced = False  # bce: inverse-frequency class weights
+    c.image_size = 64
+    c.square_crop = False  # centre-crop non-square images before resizing
+    c.random_flip = True
+    c.rate_sample = 5000
+    # LMLE / triplet (ignored by bce).
+    c.lmle_margins = [0.05, 0.05, 0.2]  # g1, g2, g3 (unpublished; see losses/_attributes.py)
+    c.triplet_margin = 0.2
+    c.clusters_per_class = 4  # k-means clusters per class and attribute
+    c.recluster_every = 250  # steps between re-clusterings (paper: 5,000)
+    c.cluster_sample = 4000  # training images embedded per clustering (0 = all)
+    c.kmeans_iters = 30
+    c.knn_k = 4  # nearest centroids of the cluster-wise kNN rule
+    c.balanced_sampling = True  # class-balanced batches (attributes round-robin)
+    c.baseline_report = ""  # a baseline workdir (or its attributes_*_latest.json)
+    c.baseline_name = ""
+    c.method_name = ""
+    # Channel counts that are multiples of 16 run several times faster on XLA:CPU here.
+    c.model = ml_collections.ConfigDict(
+        dict(
+            embedding_dim=64,
+            widths=[16, 32, 64, 128],
+            convs_per_stage=2,
+            per_attribute_embedding=True,
+        )
+    )
+    c.data.builder = "synthetic_faces"
+    c.data.config = "attributes"
+    c.evals = ["balanced_accuracy"]
+    c.batch_size = 64
+    c.num_train_steps = 1500
+    c.log_every = 100
+    c.eval_every = 1500
+    c.checkpoint_every = 500
+    c.optimizer.name = "adamw"
+    c.optimizer.learning_rate = 2e-3
+    c.optimizer.weight_decay = 1e-4
+    c.optimizer.warmup_steps = 100
+    if variant in ("synthetic", "triplet_knn"):
+        c.loss = "lmle" if variant == "synthetic" else "triplet_knn"
+        c.method_name = "LMLE" if variant == "synthetic" else "triplet+kNN"
+        c.model.embedding_dim = 16  # per attribute: 40 x 16
+        c.evals = ["cluster_knn"]
+        # Sized for the quickstart (<= 4 min on a 2-core CPU); compare with
+        # `bce --config.num_train_steps=1000` for the same step budget.
+        c.num_train_steps = 1000
+        c.eval_every = 1000
+    elif variant == "celeba":
+        c.loss = "lmle"
+        c.method_name = "LMLE"
+        c.data.builder = "celeb_a_manual"
+        c.data.config = ""
+        c.data.manual_dir = ""  # required: the original CelebA layout
+        c.square_crop = True  # 218x178 aligned crops -> centre 178x178
+        c.image_size = 128
+        c.model.widths = [64, 128, 256, 512]
+        c.model.embedding_dim = 32
+        c.clusters_per_class = 8
+        c.knn_k = 10
+        c.cluster_sample = 20000
+        c.recluster_every = 2000
+        c.evals = ["cluster_knn"]
+        c.eval_split = "test"
+        c.batch_size = 256
+        c.eval_batch_size = 512
+        # 16384 x 256 = 2^22 records: the balanced sampler stays exact per step.
+        c.num_train_steps = 16384
+        c.log_every = 200
+        c.eval_every = 4096
+        c.checkpoint_every = 2000
+        c.rate_sample = 20000
+        c.data_workers = 12
+        c.prefetch = 4
+        c.optimizer.learning_rate = 1e-3
+        c.optimizer.warmup_steps = 500
+    elif variant == "tiny":
+        c.image_size = 32
+        c.model.widths = [8, 16]
+        c.model.embedding_dim = 16
+        c.data.overrides = ml_collections.ConfigDict(
+            dict(num_train=256, num_test=64, image_size=32)
+        )
+        c.batch_size = 16
+        c.eval_batch_size = 32
+        c.num_train_steps = 6
+        c.log_every = 2
+        c.eval_every = 6
+        c.checkpoint_every = 3
+        c.rate_sample = 256
+        c.clusters_per_class = 2
+        c.knn_k = 3
+        c.cluster_sample = 128
+        c.recluster_every = 3
+        c.kmeans_iters = 10
+        c.optimizer.warmup_steps = 0
+    return c

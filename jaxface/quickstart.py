@@ -4,6 +4,7 @@ embedded synthetic data, then one results table (printed, and written as
 
 Each task adds its entry to :data:`ENTRIES`.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,75 +14,105 @@ import time
 
 # (row label, config file relative to configs/, variant, headline metrics)
 ENTRIES = [
-    ("attributes / BCE baseline", "lmle.py", "bce",
-     ("balanced_accuracy/mean_balanced_accuracy", "balanced_accuracy/mean_accuracy")),
-    ("recognition / DREAM", "dream.py", "synthetic",
-     ("verification/ff_accuracy_mean", "verification/fp_accuracy_mean", "verification/fp_eer_mean", "identification/profile_rank1")),
-    ("detection / ScaleFace 3 branches", "scaleface.py", "synthetic",
-     ("wider/ap_easy", "wider/ap_medium", "wider/ap_hard")),
-    ("attributes / LMLE", "lmle.py", "synthetic",
-     ("cluster_knn/mean_balanced_accuracy", "cluster_knn/mean_accuracy")),
+    (
+        "attributes / LMLE",
+        "lmle.py",
+        "synthetic",
+        ("cluster_knn/mean_balanced_accuracy", "cluster_knn/mean_accuracy"),
+    ),
+    (
+        "recognition / DREAM",
+        "dream.py",
+        "synthetic",
+        (
+            "verification/ff_accuracy_mean",
+            "verification/fp_accuracy_mean",
+            "verification/fp_eer_mean",
+            "identification/profile_rank1",
+        ),
+    ),
+    (
+        "detection / ScaleFace 3 branches",
+        "scaleface.py",
+        "synthetic",
+        ("wider/ap_easy", "wider/ap_medium", "wider/ap_hard"),
+    ),
 ]
 
 
 def find_configs_dir(configs_dir: str | None = None) -> pathlib.Path:
-  candidates = [configs_dir] if configs_dir else [
-      "configs", pathlib.Path(__file__).resolve().parents[1] / "configs"]
-  for c in candidates:
-    p = pathlib.Path(c)
-    if (p / "lmle.py").exists():
-      return p
-  raise FileNotFoundError("the configs/ directory was not found; run from the repository root "
-                          "or pass --configs")
+    candidates = (
+        [configs_dir]
+        if configs_dir
+        else ["configs", pathlib.Path(__file__).resolve().parents[1] / "configs"]
+    )
+    for c in candidates:
+        p = pathlib.Path(c)
+        if (p / "lmle.py").exists():
+            return p
+    raise FileNotFoundError(
+        "the configs/ directory was not found; run from the repository root or pass --configs"
+    )
 
 
 def load_config(path: pathlib.Path, variant: str):
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  spec = importlib.util.spec_from_file_location(f"jaxface_config_{path.stem}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+    import importlib.util  # pylint: disable=import-outside-toplevel
+
+    spec = importlib.util.spec_from_file_location(f"jaxface_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(variant)
 
 
 def run(workdir: str, *, configs_dir: str | None = None, only=None) -> list[dict]:
-  from jaxface import train  # pylint: disable=import-outside-toplevel
-  cdir = find_configs_dir(configs_dir)
-  os.makedirs(workdir, exist_ok=True)
-  data_dir = os.path.join(workdir, "tensorflow_datasets")
-  rows = []
-  for label, file, variant, headline in ENTRIES:
-    config = load_config(cdir / file, variant)
-    if only and config.task not in only:
-      continue
-    if not config.data.data_dir:
-      config.data.data_dir = data_dir
-    run_dir = os.path.join(workdir, f"{pathlib.Path(file).stem}_{variant}")
-    t0 = time.time()
-    result = train.train_and_evaluate(config, run_dir)
-    row = {"task": label, "config": f"configs/{file}:{variant}", "steps": result.step,
-           "status": result.status, "wall_time_s": round(time.time() - t0, 1)}
-    for key in headline:
-      if key in result.eval_results:
-        row[key.split("/")[-1]] = round(float(result.eval_results[key]), 4)
-    rows.append(row)
-  write_table(rows, workdir)
-  return rows
+    from jaxface import train  # pylint: disable=import-outside-toplevel
+
+    cdir = find_configs_dir(configs_dir)
+    os.makedirs(workdir, exist_ok=True)
+    data_dir = os.path.join(workdir, "tensorflow_datasets")
+    rows = []
+    for label, file, variant, headline in ENTRIES:
+        config = load_config(cdir / file, variant)
+        if only and config.task not in only:
+            continue
+        if not config.data.data_dir:
+            config.data.data_dir = data_dir
+        run_dir = os.path.join(workdir, f"{pathlib.Path(file).stem}_{variant}")
+        t0 = time.time()
+        result = train.train_and_evaluate(config, run_dir)
+        row = {
+            "task": label,
+            "config": f"configs/{file}:{variant}",
+            "steps": result.step,
+            "status": result.status,
+            "wall_time_s": round(time.time() - t0, 1),
+        }
+        missing = [k for k in headline if k not in result.eval_results]
+        if missing:
+            raise KeyError(
+                f"quickstart: {label} did not report {missing}; it reported "
+                f"{sorted(result.eval_results)}"
+            )
+        row["results"] = ", ".join(f"{k} {float(result.eval_results[k]):.4f}" for k in headline)
+        rows.append(row)
+    write_table(rows, workdir)
+    return rows
 
 
 def markdown_table(rows: list[dict]) -> str:
-  cols = []
-  for r in rows:
-    cols += [k for k in r if k not in cols]
-  lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-  for r in rows:
-    lines.append("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
-  return "\n".join(lines)
+    cols = []
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
+    return "\n".join(lines)
 
 
 def write_table(rows: list[dict], workdir: str):
-  table = markdown_table(rows)
-  print("\njaxface quickstart results\n" + table + "\n")
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(rows, f, indent=2)
-  with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write("# jaxface quickstart results\n\n" + table + "\n")
+    table = markdown_table(rows)
+    print("\njaxface quickstart results\n" + table + "\n")
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump(rows, f, indent=2)
+    with open(os.path.join(workdir, "results.md"), "w") as f:
+        f.write("# jaxface quickstart results\n\n" + table + "\n")

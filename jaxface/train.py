@@ -25,6 +25,7 @@
   returns with ``status == "preempted"``;
 * a checkpoint holding non-finite parameters is never written.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -52,533 +53,664 @@ from jaxface.tasks.base import EvalContext, Task
 
 @flax.struct.dataclass
 class TrainState:
-  step: jax.Array
-  params: Any
-  model_state: Any
-  opt_state: Any
-  task_state: Any
-  nonfinite_consecutive: jax.Array
-  nonfinite_total: jax.Array
+    step: jax.Array
+    params: Any
+    model_state: Any
+    opt_state: Any
+    task_state: Any
+    nonfinite_consecutive: jax.Array
+    nonfinite_total: jax.Array
 
 
 class NonFiniteError(RuntimeError):
-  """Raised when too many consecutive steps produced non-finite values."""
+    """Raised when too many consecutive steps produced non-finite values."""
 
 
 # ---------------------------------------------------------------------------------
 # Mesh, optimizer
 # ---------------------------------------------------------------------------------
 
+
 def create_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
-  """A ``("data", "model")`` mesh over every device (of every host)."""
-  devices = np.asarray(jax.devices())
-  model = int(config.get("model_parallel", 1))
-  if devices.size % model:
-    raise ValueError(f"config.model_parallel={model} does not divide {devices.size} devices")
-  return jax.sharding.Mesh(devices.reshape(-1, model), ("data", "model"),
-                           axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    """A ``("data", "model")`` mesh over every device (of every host)."""
+    devices = np.asarray(jax.devices())
+    model = int(config.get("model_parallel", 1))
+    if devices.size % model:
+        raise ValueError(f"config.model_parallel={model} does not divide {devices.size} devices")
+    return jax.sharding.Mesh(
+        devices.reshape(-1, model), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2
+    )
 
 
 def make_schedule(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
-  lr = float(opt.learning_rate)
-  warmup = int(opt.get("warmup_steps", 0))
-  kind = opt.get("schedule", "cosine")
-  if kind == "constant":
-    main = optax.constant_schedule(lr)
-  elif kind == "cosine":
-    main = optax.cosine_decay_schedule(lr, max(1, num_steps - warmup))
-  elif kind == "steps":
-    # Multiply by `decay_factor` at each fraction of training (DREAM: 0.8, 0.9, 0.95).
-    bounds = {int(f * num_steps) - warmup: float(opt.get("decay_factor", 0.1))
-              for f in opt.decay_at}
-    main = optax.piecewise_constant_schedule(lr, bounds)
-  else:
-    raise ValueError(f"config.optimizer.schedule: unknown schedule {kind!r} "
-                     "(expected 'constant', 'cosine' or 'steps')")
-  if warmup:
-    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
-  return main
+    lr = float(opt.learning_rate)
+    warmup = int(opt.get("warmup_steps", 0))
+    kind = opt.get("schedule", "cosine")
+    if kind == "constant":
+        main = optax.constant_schedule(lr)
+    elif kind == "cosine":
+        main = optax.cosine_decay_schedule(lr, max(1, num_steps - warmup))
+    elif kind == "steps":
+        # Multiply by `decay_factor` at each fraction of training (DREAM: 0.8, 0.9, 0.95).
+        bounds = {
+            int(f * num_steps) - warmup: float(opt.get("decay_factor", 0.1)) for f in opt.decay_at
+        }
+        main = optax.piecewise_constant_schedule(lr, bounds)
+    else:
+        raise ValueError(
+            f"config.optimizer.schedule: unknown schedule {kind!r} "
+            "(expected 'constant', 'cosine' or 'steps')"
+        )
+    if warmup:
+        return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+    return main
 
 
 def make_optimizer(opt: ml_collections.ConfigDict, num_steps: int, trainable_mask=None):
-  """SGD (momentum, nesterov) or AdamW with a schedule; decoupled weight decay on
-  kernels only (ndim > 1); optional global-norm clipping; frozen params via mask."""
-  schedule = make_schedule(opt, num_steps)
-  wd = float(opt.get("weight_decay", 0.0))
-  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
-  name = opt.get("name", "sgd")
-  if name == "sgd":
-    chain = [optax.add_decayed_weights(wd, decay_mask)] if wd else []
-    chain.append(optax.sgd(schedule, momentum=opt.get("momentum", 0.9) or None,
-                           nesterov=bool(opt.get("nesterov", False))))
-    tx = optax.chain(*chain)
-  elif name == "adamw":
-    tx = optax.adamw(schedule, weight_decay=wd, mask=decay_mask)
-  else:
-    raise ValueError(f"config.optimizer.name: unknown optimizer {name!r} (expected 'sgd' or 'adamw')")
-  clip = float(opt.get("grad_clip_norm", 0.0))
-  if clip:
-    tx = optax.chain(optax.clip_by_global_norm(clip), tx)
-  if trainable_mask is not None:
-    tx = optax.multi_transform({True: tx, False: optax.set_to_zero()},
-                               lambda params: trainable_mask)
-  return tx
+    """SGD (momentum, nesterov) or AdamW with a schedule; decoupled weight decay on
+    kernels only (ndim > 1); optional global-norm clipping; frozen params via mask."""
+    schedule = make_schedule(opt, num_steps)
+    wd = float(opt.get("weight_decay", 0.0))
+    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+    name = opt.get("name", "sgd")
+    if name == "sgd":
+        chain = [optax.add_decayed_weights(wd, decay_mask)] if wd else []
+        chain.append(
+            optax.sgd(
+                schedule,
+                momentum=opt.get("momentum", 0.9) or None,
+                nesterov=bool(opt.get("nesterov", False)),
+            )
+        )
+        tx = optax.chain(*chain)
+    elif name == "adamw":
+        tx = optax.adamw(schedule, weight_decay=wd, mask=decay_mask)
+    else:
+        raise ValueError(
+            f"config.optimizer.name: unknown optimizer {name!r} (expected 'sgd' or 'adamw')"
+        )
+    clip = float(opt.get("grad_clip_norm", 0.0))
+    if clip:
+        tx = optax.chain(optax.clip_by_global_norm(clip), tx)
+    if trainable_mask is not None:
+        tx = optax.multi_transform(
+            {True: tx, False: optax.set_to_zero()}, lambda params: trainable_mask
+        )
+    return tx
 
 
 def _tree_all_finite(tree) -> jax.Array:
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+    leaves = [
+        jnp.all(jnp.isfinite(x))
+        for x in jax.tree.leaves(tree)
+        if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)
+    ]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
 def tree_all_finite(tree) -> bool:
-  """Host-side check that every float leaf of a pytree is finite."""
-  return bool(jax.jit(_tree_all_finite)(tree))
+    """Host-side check that every float leaf of a pytree is finite."""
+    return bool(jax.jit(_tree_all_finite)(tree))
 
 
 # ---------------------------------------------------------------------------------
 # Preemption
 # ---------------------------------------------------------------------------------
 
+
 class PreemptionFlag:
-  """Sets itself on SIGTERM / SIGINT while installed (main thread only)."""
+    """Sets itself on SIGTERM / SIGINT while installed (main thread only)."""
 
-  def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
-    self.signals = signals
-    self._event = threading.Event()
-    self._previous = {}
-    self.received = None
+    def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
+        self.signals = signals
+        self._event = threading.Event()
+        self._previous = {}
+        self.received = None
 
-  def _handler(self, signum, frame):
-    del frame
-    self.received = signal.Signals(signum).name
-    logging.warning("received %s: finishing the step, saving a checkpoint, exiting", self.received)
-    self._event.set()
+    def _handler(self, signum, frame):
+        del frame
+        self.received = signal.Signals(signum).name
+        logging.warning(
+            "received %s: finishing the step, saving a checkpoint, exiting", self.received
+        )
+        self._event.set()
 
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      for s in self.signals:
-        self._previous[s] = signal.signal(s, self._handler)
-    return self
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in self.signals:
+                self._previous[s] = signal.signal(s, self._handler)
+        return self
 
-  def __exit__(self, *exc):
-    for s, h in self._previous.items():
-      signal.signal(s, h)
-    return False
+    def __exit__(self, *exc):
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+        return False
 
-  def is_set(self) -> bool:
-    local = self._event.is_set()
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-      return bool(np.any(multihost_utils.process_allgather(np.asarray(local))))
-    return local
+    def is_set(self) -> bool:
+        local = self._event.is_set()
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
+            return bool(np.any(multihost_utils.process_allgather(np.asarray(local))))
+        return local
 
 
 # ---------------------------------------------------------------------------------
 # The trainer
 # ---------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass
 class TrainResult:
-  status: str                      # "finished" | "preempted" | "stopped" (stop_at_step)
-  step: int
-  eval_results: dict[str, float]
-  train_metrics: dict[str, float]
-  wall_time_s: float
-  nonfinite_total: int
-  data_report: str
+    status: str  # "finished" | "preempted" | "stopped" (stop_at_step)
+    step: int
+    eval_results: dict[str, float]
+    train_metrics: dict[str, float]
+    wall_time_s: float
+    nonfinite_total: int
+    data_report: str
 
 
-def make_checkpoint_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(
-      max_to_keep=int(config.keep_checkpoints), create=True,
-      enable_async_checkpointing=bool(config.get("async_checkpointing", True)))
-  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
-                               options=options)
+def make_checkpoint_manager(
+    workdir: str, config: ml_collections.ConfigDict
+) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=int(config.keep_checkpoints),
+        create=True,
+        enable_async_checkpointing=bool(config.get("async_checkpointing", True)),
+    )
+    return ocp.CheckpointManager(
+        os.path.abspath(os.path.join(workdir, "checkpoints")), options=options
+    )
 
 
 class Trainer:
-  """Builds the task, mesh, state and step for a config. Used by
-  :func:`train_and_evaluate` and by ``jaxface eval``; rarely needed directly."""
+    """Builds the task, mesh, state and step for a config. Used by
+    :func:`train_and_evaluate` and by ``jaxface eval``; rarely needed directly."""
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-    self.config = config
-    self.workdir = workdir
-    self.mesh = create_mesh(config)
-    self.task: Task = tasks_lib.get_task(config.task)(config)
-    data_parallel = jax.device_count() // int(config.get("model_parallel", 1))
-    self.global_batch = int(config.batch_size)
-    accum = int(config.get("grad_accum_steps", 1))
-    if accum < 1:
-      raise ValueError(f"config.grad_accum_steps={accum} must be >= 1")
-    if self.global_batch % (data_parallel * accum):
-      raise ValueError(f"config.batch_size={self.global_batch} must be divisible by the "
-                       f"data-parallel size {data_parallel} (devices / model_parallel)"
-                       + (f" times config.grad_accum_steps={accum}" if accum > 1 else ""))
-    if self.global_batch % jax.process_count():
-      raise ValueError(f"config.batch_size={self.global_batch} must be divisible by the "
-                       f"number of processes {jax.process_count()}")
-    # Derived from the global batch, never configured separately.
-    self.per_host_batch = self.global_batch // jax.process_count()
-    self.per_device_batch = self.global_batch // data_parallel
-    self.per_device_microbatch = self.per_device_batch // accum
-    if jnp.dtype(config.get("compute_dtype", "float32")) not in (jnp.float32, jnp.bfloat16):
-      raise ValueError(f"config.compute_dtype={config.compute_dtype!r}: expected float32 or bfloat16")
-    self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-    self.batch_sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("data"))
-    self.ctx = EvalContext(mesh=self.mesh, workdir=workdir, step=0,
-                           process_index=jax.process_index(), process_count=jax.process_count())
-    self.metric_names = ("loss",) + tuple(self.task.metric_names())
-    self.collection = clu_metrics.Collection.create(
-        **{k: clu_metrics.Average.from_output(k) for k in self.metric_names})
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+        self.config = config
+        self.workdir = workdir
+        self.mesh = create_mesh(config)
+        self.task: Task = tasks_lib.get_task(config.task)(config)
+        data_parallel = jax.device_count() // int(config.get("model_parallel", 1))
+        self.global_batch = int(config.batch_size)
+        accum = int(config.get("grad_accum_steps", 1))
+        if accum < 1:
+            raise ValueError(f"config.grad_accum_steps={accum} must be >= 1")
+        if self.global_batch % (data_parallel * accum):
+            raise ValueError(
+                f"config.batch_size={self.global_batch} must be divisible by the "
+                f"data-parallel size {data_parallel} (devices / model_parallel)"
+                + (f" times config.grad_accum_steps={accum}" if accum > 1 else "")
+            )
+        if self.global_batch % jax.process_count():
+            raise ValueError(
+                f"config.batch_size={self.global_batch} must be divisible by the "
+                f"number of processes {jax.process_count()}"
+            )
+        # Derived from the global batch, never configured separately.
+        self.per_host_batch = self.global_batch // jax.process_count()
+        self.per_device_batch = self.global_batch // data_parallel
+        self.per_device_microbatch = self.per_device_batch // accum
+        if jnp.dtype(config.get("compute_dtype", "float32")) not in (jnp.float32, jnp.bfloat16):
+            raise ValueError(
+                f"config.compute_dtype={config.compute_dtype!r}: expected float32 or bfloat16"
+            )
+        self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+        self.batch_sharding = jax.sharding.NamedSharding(
+            self.mesh, jax.sharding.PartitionSpec("data")
+        )
+        self.ctx = EvalContext(
+            mesh=self.mesh,
+            workdir=workdir,
+            step=0,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+        self.metric_names = ("loss",) + tuple(self.task.metric_names())
+        self.collection = clu_metrics.Collection.create(
+            **{k: clu_metrics.Average.from_output(k) for k in self.metric_names}
+        )
 
-  # -- data ------------------------------------------------------------------
-  def train_loader(self) -> pipeline.BatchLoader:
-    source, transform = self.task.data(self.config.get("train_split", "train"), train=True)
-    sampler = pipeline.IndexSampler(len(source), self.global_batch, seed=int(self.config.seed))
-    return pipeline.BatchLoader(source, sampler, transform,
-                                process_index=jax.process_index(),
-                                process_count=jax.process_count(),
-                                num_workers=int(self.config.get("data_workers", 2)),
-                                prefetch=int(self.config.get("prefetch", 2)), name="train")
+    # -- data ------------------------------------------------------------------
+    def train_loader(self) -> pipeline.BatchLoader:
+        source, transform = self.task.data(self.config.get("train_split", "train"), train=True)
+        sampler = pipeline.IndexSampler(len(source), self.global_batch, seed=int(self.config.seed))
+        return pipeline.BatchLoader(
+            source,
+            sampler,
+            transform,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            num_workers=int(self.config.get("data_workers", 2)),
+            prefetch=int(self.config.get("prefetch", 2)),
+            name="train",
+        )
 
-  # -- state -----------------------------------------------------------------
-  def _init_state(self, rng, batch):
-    vrng, trng = jax.random.split(rng)
-    variables = dict(self.task.init_variables(vrng, batch))
-    params = variables.pop("params")
-    tx = self.tx(params)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
-                      opt_state=tx.init(params),
-                      task_state=self.task.init_task_state(trng, {"params": params, **variables}),
-                      nonfinite_consecutive=jnp.zeros((), jnp.int32),
-                      nonfinite_total=jnp.zeros((), jnp.int32))
+    # -- state -----------------------------------------------------------------
+    def _init_state(self, rng, batch):
+        vrng, trng = jax.random.split(rng)
+        variables = dict(self.task.init_variables(vrng, batch))
+        params = variables.pop("params")
+        tx = self.tx(params)
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            model_state=variables,
+            opt_state=tx.init(params),
+            task_state=self.task.init_task_state(trng, {"params": params, **variables}),
+            nonfinite_consecutive=jnp.zeros((), jnp.int32),
+            nonfinite_total=jnp.zeros((), jnp.int32),
+        )
 
-  def tx(self, params):
-    mask = self.task.trainable_mask(params)
-    all_trainable = all(jax.tree.leaves(mask))
-    return make_optimizer(self.config.optimizer, int(self.config.num_train_steps),
-                          None if all_trainable else mask)
+    def tx(self, params):
+        mask = self.task.trainable_mask(params)
+        all_trainable = all(jax.tree.leaves(mask))
+        return make_optimizer(
+            self.config.optimizer, int(self.config.num_train_steps), None if all_trainable else mask
+        )
 
-  def state_sharding(self, abstract_state):
-    return jax.tree.map(lambda _: self.replicated, abstract_state)
+    def state_sharding(self, abstract_state):
+        return jax.tree.map(lambda _: self.replicated, abstract_state)
 
-  def init_state(self, example_batch: Mapping[str, np.ndarray]):
-    batch = self.ctx.to_global(example_batch)
-    rng = jax.random.key(int(self.config.seed))
-    abstract = jax.eval_shape(self._init_state, rng, batch)
-    sharding = self.state_sharding(abstract)
-    state = jax.jit(self._init_state, out_shardings=sharding)(rng, batch)
-    return state, sharding
+    def init_state(self, example_batch: Mapping[str, np.ndarray]):
+        batch = self.ctx.to_global(example_batch)
+        rng = jax.random.key(int(self.config.seed))
+        abstract = jax.eval_shape(self._init_state, rng, batch)
+        sharding = self.state_sharding(abstract)
+        state = jax.jit(self._init_state, out_shardings=sharding)(rng, batch)
+        return state, sharding
 
-  # -- step ------------------------------------------------------------------
-  def make_train_step(self, state_sharding):
-    task, collection = self.task, self.collection
-    tx_holder = {}
+    # -- step ------------------------------------------------------------------
+    def make_train_step(self, state_sharding):
+        task, collection = self.task, self.collection
+        tx_holder = {}
 
-    accum = int(self.config.get("grad_accum_steps", 1))
-    compute_dtype = jnp.dtype(self.config.get("compute_dtype", "float32"))
+        accum = int(self.config.get("grad_accum_steps", 1))
+        compute_dtype = jnp.dtype(self.config.get("compute_dtype", "float32"))
 
-    def to_compute(tree):
-      """Float leaves -> compute dtype (fp32 master params stay in the state)."""
-      if compute_dtype == jnp.float32:
-        return tree
-      return jax.tree.map(lambda x: x.astype(compute_dtype)
-                          if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+        def to_compute(tree):
+            """Float leaves -> compute dtype (fp32 master params stay in the state)."""
+            if compute_dtype == jnp.float32:
+                return tree
+            return jax.tree.map(
+                lambda x: x.astype(compute_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+                tree,
+            )
 
-    def like(tree, ref):
-      return jax.tree.map(lambda x, r: x.astype(r.dtype), tree, ref)
+        def like(tree, ref):
+            return jax.tree.map(lambda x, r: x.astype(r.dtype), tree, ref)
 
-    def micro_grads(params, model_state, batch, rng, task_state):
-      def loss_fn(p):
-        # Model state (BatchNorm statistics) stays fp32: flax promotes where it meets it.
-        loss, (ms, aux) = task.loss(to_compute(p), model_state, to_compute(batch), rng, task_state)
-        return loss.astype(jnp.float32), (like(ms, model_state), aux)
-      (loss, (ms, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-      return loss, ms, {k: jnp.asarray(v, jnp.float32) for k, v in aux.items()}, grads
+        def micro_grads(params, model_state, batch, rng, task_state):
+            def loss_fn(p):
+                # Model state (BatchNorm statistics) stays fp32: flax promotes where it meets it.
+                loss, (ms, aux) = task.loss(
+                    to_compute(p), model_state, to_compute(batch), rng, task_state
+                )
+                return loss.astype(jnp.float32), (like(ms, model_state), aux)
 
-    def train_step(state: TrainState, batch, rng):
-      if "tx" not in tx_holder:
-        tx_holder["tx"] = self.tx(state.params)
-      tx = tx_holder["tx"]
-      step_rng = jax.random.fold_in(rng, state.step)
+            (loss, (ms, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+            return loss, ms, {k: jnp.asarray(v, jnp.float32) for k, v in aux.items()}, grads
 
-      if accum == 1:
-        loss, new_model_state, aux, grads = micro_grads(
-            state.params, state.model_state, batch, step_rng, state.task_state)
-      else:
-        # Microbatch i takes rows i, i + k, i + 2k, ...: every device contributes to each
-        # microbatch, so all of them stay busy. Gradients and metrics are averaged; the
-        # model state (e.g. BatchNorm statistics) is threaded through the microbatches.
-        micro = jax.tree.map(
-            lambda x: x.reshape((x.shape[0] // accum, accum) + x.shape[1:]).swapaxes(0, 1), batch)
+        def train_step(state: TrainState, batch, rng):
+            if "tx" not in tx_holder:
+                tx_holder["tx"] = self.tx(state.params)
+            tx = tx_holder["tx"]
+            step_rng = jax.random.fold_in(rng, state.step)
 
-        def body(carry, xs):
-          model_state, g_sum, i = carry
-          mb = xs
-          loss, ms, aux, g = micro_grads(state.params, model_state, mb,
-                                         jax.random.fold_in(step_rng, i), state.task_state)
-          g_sum = jax.tree.map(jnp.add, g_sum, g)
-          return (ms, g_sum, i + 1), (loss, aux)
+            if accum == 1:
+                loss, new_model_state, aux, grads = micro_grads(
+                    state.params, state.model_state, batch, step_rng, state.task_state
+                )
+            else:
+                # Microbatch i takes rows i, i + k, i + 2k, ...: every device contributes to each
+                # microbatch, so all of them stay busy. Gradients and metrics are averaged; the
+                # model state (e.g. BatchNorm statistics) is threaded through the microbatches.
+                micro = jax.tree.map(
+                    lambda x: x.reshape((x.shape[0] // accum, accum) + x.shape[1:]).swapaxes(0, 1),
+                    batch,
+                )
 
-        zeros = jax.tree.map(jnp.zeros_like, state.params)
-        (new_model_state, g_sum, _), (losses, auxs) = jax.lax.scan(
-            body, (state.model_state, zeros, jnp.zeros((), jnp.int32)), micro)
-        grads = jax.tree.map(lambda g: g / accum, g_sum)
-        loss = jnp.mean(losses)
-        aux = {k: jnp.mean(v) for k, v in auxs.items()}
+                def body(carry, xs):
+                    model_state, g_sum, i = carry
+                    mb = xs
+                    loss, ms, aux, g = micro_grads(
+                        state.params,
+                        model_state,
+                        mb,
+                        jax.random.fold_in(step_rng, i),
+                        state.task_state,
+                    )
+                    g_sum = jax.tree.map(jnp.add, g_sum, g)
+                    return (ms, g_sum, i + 1), (loss, aux)
 
-      updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
-      new_params = optax.apply_updates(state.params, updates)
-      finite = jnp.isfinite(loss) & _tree_all_finite(grads) & _tree_all_finite(new_params)
-      keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-      new_state = state.replace(
-          step=state.step + 1,
-          params=keep(new_params, state.params),
-          opt_state=keep(new_opt_state, state.opt_state),
-          model_state=keep(new_model_state, state.model_state),
-          nonfinite_consecutive=jnp.where(finite, 0, state.nonfinite_consecutive + 1),
-          nonfinite_total=state.nonfinite_total + jnp.where(finite, 0, 1))
-      outputs = {"loss": loss, **aux}
-      outputs = {k: jnp.where(finite, v, 0.0) for k, v in outputs.items()}
-      metrics = collection.single_from_model_output(mask=finite[None], **{k: v[None] for k, v in outputs.items()})
-      return new_state, metrics
+                zeros = jax.tree.map(jnp.zeros_like, state.params)
+                (new_model_state, g_sum, _), (losses, auxs) = jax.lax.scan(
+                    body, (state.model_state, zeros, jnp.zeros((), jnp.int32)), micro
+                )
+                grads = jax.tree.map(lambda g: g / accum, g_sum)
+                loss = jnp.mean(losses)
+                aux = {k: jnp.mean(v) for k, v in auxs.items()}
 
-    return jax.jit(train_step, in_shardings=(state_sharding, self.batch_sharding, self.replicated),
-                   out_shardings=(state_sharding, self.replicated), donate_argnums=(0,))
+            updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+            new_params = optax.apply_updates(state.params, updates)
+            finite = jnp.isfinite(loss) & _tree_all_finite(grads) & _tree_all_finite(new_params)
+            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+            new_state = state.replace(
+                step=state.step + 1,
+                params=keep(new_params, state.params),
+                opt_state=keep(new_opt_state, state.opt_state),
+                model_state=keep(new_model_state, state.model_state),
+                nonfinite_consecutive=jnp.where(finite, 0, state.nonfinite_consecutive + 1),
+                nonfinite_total=state.nonfinite_total + jnp.where(finite, 0, 1),
+            )
+            outputs = {"loss": loss, **aux}
+            outputs = {k: jnp.where(finite, v, 0.0) for k, v in outputs.items()}
+            metrics = collection.single_from_model_output(
+                mask=finite[None], **{k: v[None] for k, v in outputs.items()}
+            )
+            return new_state, metrics
 
-  # -- checkpoints -------------------------------------------------------------
-  def restore(self, mngr: ocp.CheckpointManager, state, sharding):
-    """Resume order: latest checkpoint in workdir, then config.init_from, then scratch."""
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            state, sharding)
-    latest = mngr.latest_step()
-    if latest is not None:
-      logging.info("resuming from %s step %d", mngr.directory, latest)
-      try:
-        restored = mngr.restore(latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
-      except ValueError as err:
-        raise ValueError(
-            f"the checkpoint of step {latest} in {mngr.directory} does not match the train state "
-            f"of this config (was it written by another model or config?). Use a fresh --workdir "
-            f"or restore the config it was trained with. Details (truncated): {str(err)[:1500]}") from None
-      return restored["state"], f"resumed from step {latest}"
-    init_from = self.config.get("init_from", "")
-    if init_from:
-      params, model_state, step = restore_weights(init_from, state.params, state.model_state,
-                                                  sharding.params, sharding.model_state)
-      logging.info("initialised params from %s step %d", init_from, step)
-      return state.replace(params=params, model_state=model_state), f"init_from {init_from}@{step}"
-    return state, "from scratch"
+        return jax.jit(
+            train_step,
+            in_shardings=(state_sharding, self.batch_sharding, self.replicated),
+            out_shardings=(state_sharding, self.replicated),
+            donate_argnums=(0,),
+        )
 
-  def save(self, mngr: ocp.CheckpointManager, state: TrainState, step: int, *, force=False) -> bool:
-    if not tree_all_finite((state.params, state.model_state)):
-      logging.error("step %d: parameters are not finite; checkpoint NOT written", step)
-      return False
-    return mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=force)
+    # -- checkpoints -------------------------------------------------------------
+    def restore(self, mngr: ocp.CheckpointManager, state, sharding):
+        """Resume order: latest checkpoint in workdir, then config.init_from, then scratch."""
+        abstract = jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, sharding
+        )
+        latest = mngr.latest_step()
+        if latest is not None:
+            logging.info("resuming from %s step %d", mngr.directory, latest)
+            try:
+                restored = mngr.restore(
+                    latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+                )
+            except ValueError as err:
+                raise ValueError(
+                    f"the checkpoint of step {latest} in {mngr.directory} does not match the train state "
+                    f"of this config (was it written by another model or config?). Use a fresh --workdir "
+                    f"or restore the config it was trained with. Details (truncated): {str(err)[:1500]}"
+                ) from None
+            return restored["state"], f"resumed from step {latest}"
+        init_from = self.config.get("init_from", "")
+        if init_from:
+            params, model_state, step = restore_weights(
+                init_from, state.params, state.model_state, sharding.params, sharding.model_state
+            )
+            logging.info("initialised params from %s step %d", init_from, step)
+            return state.replace(
+                params=params, model_state=model_state
+            ), f"init_from {init_from}@{step}"
+        return state, "from scratch"
 
-  # -- evaluation ---------------------------------------------------------------
-  def evaluate(self, state, step: int, writer=None) -> dict[str, float]:
-    self.ctx.step = step
-    self.ctx.writer = writer
-    evaluators = self.task.evaluators()
-    names = list(self.config.get("evals", []) or [])
-    unknown = [n for n in names if n not in evaluators]
-    if unknown:
-      raise ValueError(f"config.evals names unknown evaluators {unknown}; task {self.task.name!r} "
-                       f"offers {sorted(evaluators)}")
-    results = {}
-    for name in names:
-      t0 = time.time()
-      out = evaluators[name](state, self.ctx)
-      results.update({f"{name}/{k}": float(v) for k, v in out.items()})
-      results[f"{name}/eval_time_s"] = time.time() - t0
-    return results
+    def save(
+        self, mngr: ocp.CheckpointManager, state: TrainState, step: int, *, force=False
+    ) -> bool:
+        if not tree_all_finite((state.params, state.model_state)):
+            logging.error("step %d: parameters are not finite; checkpoint NOT written", step)
+            return False
+        return mngr.save(
+            step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=force
+        )
+
+    # -- evaluation ---------------------------------------------------------------
+    def evaluate(self, state, step: int, writer=None) -> dict[str, float]:
+        self.ctx.step = step
+        self.ctx.writer = writer
+        evaluators = self.task.evaluators()
+        names = list(self.config.get("evals", []) or [])
+        unknown = [n for n in names if n not in evaluators]
+        if unknown:
+            raise ValueError(
+                f"config.evals names unknown evaluators {unknown}; task {self.task.name!r} "
+                f"offers {sorted(evaluators)}"
+            )
+        results = {}
+        for name in names:
+            t0 = time.time()
+            out = evaluators[name](state, self.ctx)
+            results.update({f"{name}/{k}": float(v) for k, v in out.items()})
+            results[f"{name}/eval_time_s"] = time.time() - t0
+        return results
 
 
-def restore_weights(workdir: str, params, model_state, params_sharding, model_state_sharding,
-                    step: int | None = None):
-  """``(params, model_state, step)`` from another run's checkpoint, nothing else.
+def restore_weights(
+    workdir: str,
+    params,
+    model_state,
+    params_sharding,
+    model_state_sharding,
+    step: int | None = None,
+):
+    """``(params, model_state, step)`` from another run's checkpoint, nothing else.
 
-  Only the weights and model state (e.g. BatchNorm statistics) are read (orbax
-  partial restore), so the source run may have had another optimizer, frozen
-  parameters or task state (e.g. end-to-end training -> DREAM stitching). Their
-  structure and shapes must match this config's model; a mismatch is an error.
-  ``workdir`` is a run directory (its ``checkpoints/``) or a checkpoints directory.
-  """
-  path = os.path.abspath(workdir)
-  if os.path.isdir(os.path.join(path, "checkpoints")):
-    path = os.path.join(path, "checkpoints")
-  src = ocp.CheckpointManager(path)
-  try:
-    step = src.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"init_from={workdir!r}: no checkpoint found in {path}")
-    target = {"params": params, "model_state": model_state}
-    shard = {"params": params_sharding, "model_state": model_state_sharding}
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            target, shard)
+    Only the weights and model state (e.g. BatchNorm statistics) are read (orbax
+    partial restore), so the source run may have had another optimizer, frozen
+    parameters or task state (e.g. end-to-end training -> DREAM stitching). Their
+    structure and shapes must match this config's model; a mismatch is an error.
+    ``workdir`` is a run directory (its ``checkpoints/``) or a checkpoints directory.
+    """
+    path = os.path.abspath(workdir)
+    if os.path.isdir(os.path.join(path, "checkpoints")):
+        path = os.path.join(path, "checkpoints")
+    src = ocp.CheckpointManager(path)
     try:
-      restored = src.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-          item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-          partial_restore=True)))["state"]
-    except (ValueError, KeyError) as err:
-      raise ValueError(f"init_from={workdir!r}: the weights of step {step} do not match this "
-                       f"config's model. Details (truncated): {str(err)[:1500]}") from None
-  finally:
-    src.close()
-  return restored["params"], restored["model_state"], step
+        step = src.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"init_from={workdir!r}: no checkpoint found in {path}")
+        target = {"params": params, "model_state": model_state}
+        shard = {"params": params_sharding, "model_state": model_state_sharding}
+        abstract = jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), target, shard
+        )
+        try:
+            restored = src.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.PyTreeRestore(
+                        item=abstract,
+                        restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+                        partial_restore=True,
+                    )
+                ),
+            )["state"]
+        except (ValueError, KeyError) as err:
+            raise ValueError(
+                f"init_from={workdir!r}: the weights of step {step} do not match this "
+                f"config's model. Details (truncated): {str(err)[:1500]}"
+            ) from None
+    finally:
+        src.close()
+    return restored["params"], restored["model_state"], step
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
-  """Trains ``config.task`` for ``config.num_train_steps`` steps in ``workdir``."""
-  t_start = time.time()
-  os.makedirs(workdir, exist_ok=True)
-  trainer = Trainer(config, workdir)
-  is_chief = jax.process_index() == 0
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
-  if is_chief:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    """Trains ``config.task`` for ``config.num_train_steps`` steps in ``workdir``."""
+    t_start = time.time()
+    os.makedirs(workdir, exist_ok=True)
+    trainer = Trainer(config, workdir)
+    is_chief = jax.process_index() == 0
+    writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+    if is_chief:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
 
-  loader = trainer.train_loader()
-  state, sharding = trainer.init_state(loader.batch(0))
-  mngr = make_checkpoint_manager(workdir, config)
-  state, origin = trainer.restore(mngr, state, sharding)
-  start_step = int(state.step)
-  num_steps = int(config.num_train_steps)
-  stop_at = int(config.get("stop_at_step", 0)) or num_steps
-  logging.info("task %s: %s, step %d of %d on %d devices (%d processes); batch %d global, "
-               "%d per host, %d per device (%d per device per microbatch), compute %s",
-               config.task, origin, start_step, num_steps, jax.device_count(),
-               jax.process_count(), trainer.global_batch, trainer.per_host_batch,
-               trainer.per_device_batch, trainer.per_device_microbatch,
-               config.get("compute_dtype", "float32"))
-  if start_step == 0:
-    writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()
-                          if isinstance(v, (int, float, str, bool))})
+    loader = trainer.train_loader()
+    state, sharding = trainer.init_state(loader.batch(0))
+    mngr = make_checkpoint_manager(workdir, config)
+    state, origin = trainer.restore(mngr, state, sharding)
+    start_step = int(state.step)
+    num_steps = int(config.num_train_steps)
+    stop_at = int(config.get("stop_at_step", 0)) or num_steps
+    logging.info(
+        "task %s: %s, step %d of %d on %d devices (%d processes); batch %d global, "
+        "%d per host, %d per device (%d per device per microbatch), compute %s",
+        config.task,
+        origin,
+        start_step,
+        num_steps,
+        jax.device_count(),
+        jax.process_count(),
+        trainer.global_batch,
+        trainer.per_host_batch,
+        trainer.per_device_batch,
+        trainer.per_device_microbatch,
+        config.get("compute_dtype", "float32"),
+    )
+    if start_step == 0:
+        writer.write_hparams(
+            {
+                k: v
+                for k, v in _flatten(config.to_dict()).items()
+                if isinstance(v, (int, float, str, bool))
+            }
+        )
 
-  train_step = trainer.make_train_step(sharding)
-  # Made under jit so it is a global array on every host (device_put of a host value
-  # to a sharding spanning other processes' devices is not allowed).
-  rng = jax.jit(lambda: jax.random.key(int(config.seed) + 1), out_shardings=trainer.replicated)()
-  report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
-                                           every_steps=int(config.log_every))
-  hooks = trainer.task.hooks()
-  log_every, eval_every = int(config.log_every), int(config.eval_every)
-  ckpt_every = int(config.checkpoint_every)
-  max_nonfinite = int(config.get("max_consecutive_nonfinite", 10))
-  train_metrics, last_train = None, {}
-  eval_results: dict[str, float] = {}
-  status = "finished"
+    train_step = trainer.make_train_step(sharding)
+    # Made under jit so it is a global array on every host (device_put of a host value
+    # to a sharding spanning other processes' devices is not allowed).
+    rng = jax.jit(lambda: jax.random.key(int(config.seed) + 1), out_shardings=trainer.replicated)()
+    report = periodic_actions.ReportProgress(
+        num_train_steps=num_steps, writer=writer, every_steps=int(config.log_every)
+    )
+    hooks = trainer.task.hooks()
+    log_every, eval_every = int(config.log_every), int(config.eval_every)
+    ckpt_every = int(config.checkpoint_every)
+    max_nonfinite = int(config.get("max_consecutive_nonfinite", 10))
+    train_metrics, last_train = None, {}
+    eval_results: dict[str, float] = {}
+    status = "finished"
 
-  for hook in hooks:
-    if hook.at_start and start_step == 0:
-      with report.timed(hook.name):
-        t0 = time.time()
-        trainer.ctx.step = 0
-        state = hook.fn(state, trainer.ctx)
-        writer.write_scalars(0, {f"hooks/{hook.name}_time_s": time.time() - t0})
+    for hook in hooks:
+        if hook.at_start and start_step == 0:
+            with report.timed(hook.name):
+                t0 = time.time()
+                trainer.ctx.step = 0
+                state = hook.fn(state, trainer.ctx)
+                writer.write_scalars(0, {f"hooks/{hook.name}_time_s": time.time() - t0})
 
-  batches = loader.iterate(start_step)
-  step = start_step
-  with PreemptionFlag() as preempt:
-    while step < min(num_steps, stop_at):
-      batch = trainer.ctx.to_global(next(batches))
-      state, m = train_step(state, batch, rng)
-      step += 1
-      train_metrics = m if train_metrics is None else train_metrics.merge(m)
-      report(step)
+    batches = loader.iterate(start_step)
+    step = start_step
+    with PreemptionFlag() as preempt:
+        while step < min(num_steps, stop_at):
+            batch = trainer.ctx.to_global(next(batches))
+            state, m = train_step(state, batch, rng)
+            step += 1
+            train_metrics = m if train_metrics is None else train_metrics.merge(m)
+            report(step)
 
-      for hook in hooks:
-        if step % hook.every_steps == 0 and step < num_steps:
-          t0 = time.time()
-          with report.timed(hook.name):
-            trainer.ctx.step = step
-            state = hook.fn(state, trainer.ctx)
-          writer.write_scalars(step, {f"hooks/{hook.name}_time_s": time.time() - t0})
+            for hook in hooks:
+                if step % hook.every_steps == 0 and step < num_steps:
+                    t0 = time.time()
+                    with report.timed(hook.name):
+                        trainer.ctx.step = step
+                        state = hook.fn(state, trainer.ctx)
+                    writer.write_scalars(step, {f"hooks/{hook.name}_time_s": time.time() - t0})
 
-      if step % log_every == 0 or step == num_steps:
-        nonfinite = int(state.nonfinite_consecutive)
-        last_train = {f"train/{k}": float(v) for k, v in train_metrics.compute().items()}
-        last_train["train/nonfinite_total"] = int(state.nonfinite_total)
-        writer.write_scalars(step, last_train)
-        train_metrics = None
-        if nonfinite >= max_nonfinite:
-          mngr.wait_until_finished()
-          raise NonFiniteError(
-              f"{nonfinite} consecutive steps up to step {step} had a non-finite loss or gradient "
-              f"(config.max_consecutive_nonfinite={max_nonfinite}); updates were skipped, the last "
-              f"good checkpoint (step {mngr.latest_step()}) is intact in {mngr.directory}")
+            if step % log_every == 0 or step == num_steps:
+                nonfinite = int(state.nonfinite_consecutive)
+                last_train = {f"train/{k}": float(v) for k, v in train_metrics.compute().items()}
+                last_train["train/nonfinite_total"] = int(state.nonfinite_total)
+                writer.write_scalars(step, last_train)
+                train_metrics = None
+                if nonfinite >= max_nonfinite:
+                    mngr.wait_until_finished()
+                    raise NonFiniteError(
+                        f"{nonfinite} consecutive steps up to step {step} had a non-finite loss or gradient "
+                        f"(config.max_consecutive_nonfinite={max_nonfinite}); updates were skipped, the last "
+                        f"good checkpoint (step {mngr.latest_step()}) is intact in {mngr.directory}"
+                    )
 
-      if step % ckpt_every == 0 or step in (num_steps, stop_at):
-        with report.timed("checkpoint"):
-          trainer.save(mngr, state, step)
+            if step % ckpt_every == 0 or step in (num_steps, stop_at):
+                with report.timed("checkpoint"):
+                    trainer.save(mngr, state, step)
 
-      if step % eval_every == 0 or step == num_steps:
-        with report.timed("eval"):
-          eval_results = trainer.evaluate(state, step, writer)
-        writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_results.items()})
+            if step % eval_every == 0 or step == num_steps:
+                with report.timed("eval"):
+                    eval_results = trainer.evaluate(state, step, writer)
+                writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_results.items()})
 
-      if preempt.is_set():
-        if mngr.latest_step() != step:
-          trainer.save(mngr, state, step, force=True)
-        status = "preempted"
-        logging.warning("preempted (%s) at step %d; checkpoint saved", preempt.received, step)
-        break
+            if preempt.is_set():
+                if mngr.latest_step() != step:
+                    trainer.save(mngr, state, step, force=True)
+                status = "preempted"
+                logging.warning(
+                    "preempted (%s) at step %d; checkpoint saved", preempt.received, step
+                )
+                break
 
-  if status == "finished" and step < num_steps:
-    status = "stopped"
-  mngr.wait_until_finished()
-  mngr.close()
-  writer.flush()
-  loader.close()
-  if loader.report():
-    logging.warning("%s", loader.report())
-  result = TrainResult(status=status, step=step, eval_results=eval_results,
-                       train_metrics=last_train, wall_time_s=time.time() - t_start,
-                       nonfinite_total=int(state.nonfinite_total), data_report=loader.report())
-  if is_chief:
-    with open(os.path.join(workdir, "result.json"), "w") as f:
-      json.dump(dataclasses.asdict(result), f, indent=2)
-  return result
+    if status == "finished" and step < num_steps:
+        status = "stopped"
+    mngr.wait_until_finished()
+    mngr.close()
+    writer.flush()
+    loader.close()
+    if loader.report():
+        logging.warning("%s", loader.report())
+    result = TrainResult(
+        status=status,
+        step=step,
+        eval_results=eval_results,
+        train_metrics=last_train,
+        wall_time_s=time.time() - t_start,
+        nonfinite_total=int(state.nonfinite_total),
+        data_report=loader.report(),
+    )
+    if is_chief:
+        with open(os.path.join(workdir, "result.json"), "w") as f:
+            json.dump(dataclasses.asdict(result), f, indent=2)
+    return result
 
 
 def load_state(config: ml_collections.ConfigDict, workdir: str, step: int | None = None):
-  """``(trainer, state, step)`` restored from a checkpoint of ``workdir`` (latest by default)."""
-  trainer = Trainer(config, workdir)
-  source, transform = trainer.task.data(config.get("train_split", "train"), train=True)
-  n = trainer.global_batch
-  example = pipeline.collate([transform(source[i % len(source)], np.random.default_rng(i))
-                              for i in range(n)])
-  state, sharding = trainer.init_state(example)
-  mngr = make_checkpoint_manager(workdir, config)
-  step = mngr.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}")
-  if step not in mngr.all_steps():
-    raise FileNotFoundError(f"no checkpoint of step {step} in {mngr.directory}; "
-                            f"available: {sorted(mngr.all_steps())}")
-  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          state, sharding)
-  state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
-  mngr.close()
-  return trainer, state, step
+    """``(trainer, state, step)`` restored from a checkpoint of ``workdir`` (latest by default)."""
+    trainer = Trainer(config, workdir)
+    source, transform = trainer.task.data(config.get("train_split", "train"), train=True)
+    n = trainer.global_batch
+    example = pipeline.collate(
+        [transform(source[i % len(source)], np.random.default_rng(i)) for i in range(n)]
+    )
+    state, sharding = trainer.init_state(example)
+    mngr = make_checkpoint_manager(workdir, config)
+    step = mngr.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}")
+    if step not in mngr.all_steps():
+        raise FileNotFoundError(
+            f"no checkpoint of step {step} in {mngr.directory}; "
+            f"available: {sorted(mngr.all_steps())}"
+        )
+    abstract = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, sharding
+    )
+    state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))[
+        "state"
+    ]
+    mngr.close()
+    return trainer, state, step
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
-                        step: int | None = None) -> dict[str, float]:
-  """Runs the config's evaluators on a checkpoint of ``workdir`` (latest by default)."""
-  trainer, state, step = load_state(config, workdir, step)
-  return trainer.evaluate(state, step)
+def evaluate_checkpoint(
+    config: ml_collections.ConfigDict, workdir: str, step: int | None = None
+) -> dict[str, float]:
+    """Runs the config's evaluators on a checkpoint of ``workdir`` (latest by default)."""
+    trainer, state, step = load_state(config, workdir, step)
+    return trainer.evaluate(state, step)
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for k, v in d.items():
-    key = f"{prefix}{k}"
-    if isinstance(v, Mapping):
-      out.update(_flatten(v, key + "."))
-    else:
-      out[key] = v
-  return out
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

@@ -3,6 +3,7 @@
 The flag must be set before JAX initialises its backends, hence at import of
 this conftest (pytest imports it before any test module).
 """
+
 import os
 import pathlib
 import sys

@@ -48,8 +48,11 @@ def test_real_attribute_header_and_values(real_data):
     assert ((rates > 0) & (rates < 1)).all()
     assert rates[CELEBA_ATTRIBUTES.index("Male")] == pytest.approx(0.42, abs=0.05)
     # The truncated file disagrees with its declared count: strict parsing says so.
-    with pytest.raises(CelebAFormatError, match=r"list_attr_celeba_first20000\.txt:1: "
-                       r"declares 202599 images but lists 20000"):
+    with pytest.raises(
+        CelebAFormatError,
+        match=r"list_attr_celeba_first20000\.txt:1: "
+        r"declares 202599 images but lists 20000",
+    ):
         parse_attributes(path)
 
 
@@ -58,11 +61,17 @@ def test_parsers_do_not_need_tensorflow(real_data):
     import sys
 
     path = real_data("celeba", "list_eval_partition.txt")
-    code = ("import sys; from jaxface.data import celeba; "
-            f"assert len(celeba.parse_eval_partition({str(path)!r})) == 202599; "
-            "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    code = (
+        "import sys; from jaxface.data import celeba; "
+        f"assert len(celeba.parse_eval_partition({str(path)!r})) == 202599; "
+        "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
     assert res.returncode == 0, res.stderr
 
 
@@ -79,15 +88,22 @@ ATTR_HEADER = "2\n" + " ".join(CELEBA_ATTRIBUTES) + "\n"
 ROW = " ".join(["1", "-1"] * 20)
 
 
-@pytest.mark.parametrize("body,line,msg", [
-    (f"000001.jpg {ROW}\n000002.jpg {ROW} 1\n", 4, "40 values, got 42 fields"),
-    (f"000001.jpg {ROW}\n000002.jpg {ROW[:-2]} 0\n", 4, "Young of 000002.jpg must be one of"),
-    (f"000001.jpg {ROW}\n000002.jpg {ROW[:-2]} x\n", 4, "Young of 000002.jpg must be an integer"),
-    (f"../000001.jpg {ROW}\n000002.jpg {ROW}\n", 3, "not a plain file name"),
-    (f"000001.jpg {ROW}\n/etc/passwd {ROW}\n", 4, "not a plain file name"),
-    (f"000001.jpg {ROW}\n000001.jpg {ROW}\n", 4, "listed twice"),
-    (f"000001.jpg {ROW}\n\n000002.jpg {ROW}\n", 4, "0 fields"),
-])
+@pytest.mark.parametrize(
+    "body,line,msg",
+    [
+        (f"000001.jpg {ROW}\n000002.jpg {ROW} 1\n", 4, "40 values, got 42 fields"),
+        (f"000001.jpg {ROW}\n000002.jpg {ROW[:-2]} 0\n", 4, "Young of 000002.jpg must be one of"),
+        (
+            f"000001.jpg {ROW}\n000002.jpg {ROW[:-2]} x\n",
+            4,
+            "Young of 000002.jpg must be an integer",
+        ),
+        (f"../000001.jpg {ROW}\n000002.jpg {ROW}\n", 3, "not a plain file name"),
+        (f"000001.jpg {ROW}\n/etc/passwd {ROW}\n", 4, "not a plain file name"),
+        (f"000001.jpg {ROW}\n000001.jpg {ROW}\n", 4, "listed twice"),
+        (f"000001.jpg {ROW}\n\n000002.jpg {ROW}\n", 4, "0 fields"),
+    ],
+)
 def test_malformed_attribute_lines_name_file_and_line(tmp_path, body, line, msg):
     p = _write(tmp_path, "list_attr_celeba.txt", ATTR_HEADER + body)
     with pytest.raises(CelebAFormatError, match=msg) as e:
@@ -105,13 +121,16 @@ def test_malformed_headers(tmp_path):
         parse_attributes(p)
 
 
-@pytest.mark.parametrize("text,line,msg", [
-    ("000001.jpg 0\n000002.jpg 3\n", 2, "must be 0, 1 or 2"),
-    ("000001.jpg 0\n000002.jpg\n", 2, "2 fields"),
-    ("000001.jpg 0\nsub\\000002.jpg 1\n", 2, "not a plain file name"),
-    ("000001.jpg 0\n.. 1\n", 2, "not a plain file name"),
-    ("000001.jpg 0\r\n000001.jpg 1\r\n", 2, "listed twice"),
-])
+@pytest.mark.parametrize(
+    "text,line,msg",
+    [
+        ("000001.jpg 0\n000002.jpg 3\n", 2, "must be 0, 1 or 2"),
+        ("000001.jpg 0\n000002.jpg\n", 2, "2 fields"),
+        ("000001.jpg 0\nsub\\000002.jpg 1\n", 2, "not a plain file name"),
+        ("000001.jpg 0\n.. 1\n", 2, "not a plain file name"),
+        ("000001.jpg 0\r\n000001.jpg 1\r\n", 2, "listed twice"),
+    ],
+)
 def test_malformed_partition_lines(tmp_path, text, line, msg):
     p = _write(tmp_path, "list_eval_partition.txt", text)
     with pytest.raises(CelebAFormatError, match=msg) as e:
@@ -121,8 +140,11 @@ def test_malformed_partition_lines(tmp_path, text, line, msg):
 
 def test_crlf_and_landmarks(tmp_path):
     p = tmp_path / "lm.txt"
-    p.write_bytes(b"1\r\n" + " ".join(CELEBA_LANDMARKS).encode() +
-                  b"\r\n000001.jpg 69 109 106 113 77 142 73 152 108 154\r\n\r\n")
+    p.write_bytes(
+        b"1\r\n"
+        + " ".join(CELEBA_LANDMARKS).encode()
+        + b"\r\n000001.jpg 69 109 106 113 77 142 73 152 108 154\r\n\r\n"
+    )
     table = parse_landmarks(p)
     assert table.values.tolist() == [[69, 109, 106, 113, 77, 142, 73, 152, 108, 154]]
     assert table.values.dtype == np.int32
@@ -131,8 +153,15 @@ def test_crlf_and_landmarks(tmp_path):
 # ------------------------------------------------------------------ tfds build on a fixture
 
 # name -> (partition, seed); 4 train, 1 validation, 2 test, listed out of order on purpose.
-FIXTURE = {"000003.jpg": 0, "000001.jpg": 0, "000002.jpg": 0, "000004.jpg": 0,
-           "000005.jpg": 1, "000006.jpg": 2, "000007.jpg": 2}
+FIXTURE = {
+    "000003.jpg": 0,
+    "000001.jpg": 0,
+    "000002.jpg": 0,
+    "000004.jpg": 0,
+    "000005.jpg": 1,
+    "000006.jpg": 2,
+    "000007.jpg": 2,
+}
 
 
 def _make_layout(root, *, zipped: bool, landmarks: bool, skip_image=None):
@@ -161,8 +190,7 @@ def _make_layout(root, *, zipped: bool, landmarks: bool, skip_image=None):
     lines = [str(len(names)), " ".join(CELEBA_ATTRIBUTES)]
     lines += [f"{n} " + " ".join(f"{v:2d}" for v in row) for n, row in zip(names, attrs)]
     (root / "list_attr_celeba.txt").write_bytes(("\r\n".join(lines) + "\r\n").encode())
-    (root / "list_eval_partition.txt").write_text(
-        "".join(f"{n} {p}\n" for n, p in FIXTURE.items()))
+    (root / "list_eval_partition.txt").write_text("".join(f"{n} {p}\n" for n, p in FIXTURE.items()))
     lms = rng.integers(0, 200, size=(len(names), 10))
     if landmarks:
         lines = [str(len(names)), " ".join(CELEBA_LANDMARKS)]
@@ -176,7 +204,8 @@ def _build(tmp_path, manual):
 
     builder = celeba.CelebAManual(data_dir=os.fspath(tmp_path / "tfds"))
     builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual)))
+        download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual))
+    )
     return builder
 
 
@@ -192,7 +221,10 @@ def test_full_tfds_build_on_original_layout(tmp_path, zipped, landmarks):
     assert builder.name == "celeb_a_manual"
     splits = builder.info.splits
     assert {s: splits[s].num_examples for s in ("train", "validation", "test")} == {
-        "train": 4, "validation": 1, "test": 2}
+        "train": 4,
+        "validation": 1,
+        "test": 2,
+    }
     seen = []
     for split in ("train", "validation", "test"):
         for ex in tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)):
@@ -212,8 +244,9 @@ def test_full_tfds_build_on_original_layout(tmp_path, zipped, landmarks):
 def test_build_errors_name_the_missing_image(tmp_path):
     manual = tmp_path / "manual"
     _make_layout(manual, zipped=True, landmarks=False, skip_image="000005.jpg")
-    with pytest.raises(CelebAFormatError,
-                       match=r"list_eval_partition\.txt:5: image 000005\.jpg not found"):
+    with pytest.raises(
+        CelebAFormatError, match=r"list_eval_partition\.txt:5: image 000005\.jpg not found"
+    ):
         _build(tmp_path, manual)
     os.remove(manual / "list_attr_celeba.txt")
     with pytest.raises(FileNotFoundError, match="list_attr_celeba.txt"):

@@ -1,4 +1,5 @@
 """The command line: train / eval with overrides, and clear errors."""
+
 import json
 import pathlib
 
@@ -11,34 +12,52 @@ CONFIG = str(REPO / "configs" / "lmle.py") + ":tiny"
 
 
 def test_train_then_eval_with_overrides(tmp_path, capsys):
-  workdir = tmp_path / "run"
-  common = [f"--config.data.data_dir={tmp_path / 'tfds'}", "--config.async_checkpointing=False"]
-  rc = cli.main(["train", "--config", CONFIG, "--workdir", str(workdir),
-                 "--config.num_train_steps=4", "--config.checkpoint_every=2", *common])
-  assert rc == 0
-  result = json.loads((workdir / "result.json").read_text())
-  assert result["status"] == "finished" and result["step"] == 4   # the override took effect
-  saved = json.loads((workdir / "config.json").read_text())
-  assert saved["num_train_steps"] == 4
-  capsys.readouterr()
-  rc = cli.main(["eval", "--config", CONFIG, "--workdir", str(workdir), "--step", "2", *common])
-  assert rc == 0
-  printed = json.loads(capsys.readouterr().out)
-  assert 0.0 <= printed["balanced_accuracy/mean_balanced_accuracy"] <= 1.0
+    workdir = tmp_path / "run"
+    common = [f"--config.data.data_dir={tmp_path / 'tfds'}", "--config.async_checkpointing=False"]
+    rc = cli.main(
+        [
+            "train",
+            "--config",
+            CONFIG,
+            "--workdir",
+            str(workdir),
+            "--config.num_train_steps=4",
+            "--config.checkpoint_every=2",
+            *common,
+        ]
+    )
+    assert rc == 0
+    result = json.loads((workdir / "result.json").read_text())
+    assert result["status"] == "finished" and result["step"] == 4  # the override took effect
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["num_train_steps"] == 4
+    capsys.readouterr()
+    rc = cli.main(["eval", "--config", CONFIG, "--workdir", str(workdir), "--step", "2", *common])
+    assert rc == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert 0.0 <= printed["balanced_accuracy/mean_balanced_accuracy"] <= 1.0
 
 
 def test_unknown_config_field_is_an_error_naming_it(tmp_path):
-  with pytest.raises(SystemExit, match="batch_sise"):
-    cli.main(["train", "--config", CONFIG, "--workdir", str(tmp_path), "--config.batch_sise=8"])
+    with pytest.raises(SystemExit, match="batch_sise"):
+        cli.main(["train", "--config", CONFIG, "--workdir", str(tmp_path), "--config.batch_sise=8"])
 
 
 def test_missing_flags_and_unknown_command():
-  with pytest.raises(SystemExit, match="--workdir is required"):
-    cli.main(["train", "--config", CONFIG])
-  assert cli.main(["no-such-command"]) == 2
+    with pytest.raises(SystemExit, match="--workdir is required"):
+        cli.main(["train", "--config", CONFIG])
+    assert cli.main(["no-such-command"]) == 2
 
 
 def test_eval_without_checkpoint_is_an_error(tmp_path):
-  with pytest.raises(FileNotFoundError, match="no checkpoint"):
-    cli.main(["eval", "--config", CONFIG, "--workdir", str(tmp_path / "empty"),
-              f"--config.data.data_dir={tmp_path / 'tfds'}"])
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        cli.main(
+            [
+                "eval",
+                "--config",
+                CONFIG,
+                "--workdir",
+                str(tmp_path / "empty"),
+                f"--config.data.data_dir={tmp_path / 'tfds'}",
+            ]
+        )

@@ -31,7 +31,8 @@ def test_balanced_accuracy_matches_sklearn(seed):
     m = attribute_metrics(preds, labels, names=[f"a{i}" for i in range(6)])
     for j in range(6):
         assert m["balanced_accuracy"][j] == pytest.approx(
-            balanced_accuracy_score(labels[:, j], preds[:, j]), abs=1e-12)
+            balanced_accuracy_score(labels[:, j], preds[:, j]), abs=1e-12
+        )
         assert m["accuracy"][j] == pytest.approx(accuracy_score(labels[:, j], preds[:, j]))
         rate = (labels[:, j] > 0).mean()
         assert m["imbalance"][j] == pytest.approx(abs(rate - 0.5) * 100)
@@ -43,16 +44,20 @@ def test_balanced_accuracy_matches_sklearn(seed):
 def test_streaming_counts_equal_one_shot_and_mask():
     preds, labels = _data(2)
     step = jax.jit(confusion_counts)
-    total = sum(np.asarray(step(jnp.asarray(preds[i:i + 100]), jnp.asarray(labels[i:i + 100])))
-                for i in range(0, 500, 100))
+    total = sum(
+        np.asarray(step(jnp.asarray(preds[i : i + 100]), jnp.asarray(labels[i : i + 100])))
+        for i in range(0, 500, 100)
+    )
     one = metrics_from_counts(total)
     ref = attribute_metrics(preds, labels)
     np.testing.assert_allclose(one["balanced_accuracy"], ref["balanced_accuracy"])
     # A [N] mask counts only the selected examples (e.g. padding in the last batch).
     where = np.arange(500) < 321
     masked = attribute_metrics(preds, labels, where=where)
-    np.testing.assert_allclose(masked["balanced_accuracy"],
-                               attribute_metrics(preds[:321], labels[:321])["balanced_accuracy"])
+    np.testing.assert_allclose(
+        masked["balanced_accuracy"],
+        attribute_metrics(preds[:321], labels[:321])["balanced_accuracy"],
+    )
     # Bool and {0, 1} inputs mean the same as {-1, 1}.
     same = attribute_metrics(preds > 0, (labels > 0).astype(int))
     np.testing.assert_allclose(same["balanced_accuracy"], ref["balanced_accuracy"])
@@ -82,16 +87,25 @@ def test_imbalance_from_training_rate_and_errors():
 def test_chart_and_table(tmp_path):
     preds, labels = _data(4)
     ours = attribute_metrics(preds, labels)
-    base = attribute_metrics(np.where(np.random.default_rng(0).random(preds.shape) < 0.1,
-                                      -preds, preds), labels)
-    path = plot_gain_vs_imbalance(ours["balanced_accuracy"], base["balanced_accuracy"],
-                                  ours["imbalance"], tmp_path / "sub" / "gain.png",
-                                  names=[f"attr{i}" for i in range(6)])
+    base = attribute_metrics(
+        np.where(np.random.default_rng(0).random(preds.shape) < 0.1, -preds, preds), labels
+    )
+    path = plot_gain_vs_imbalance(
+        ours["balanced_accuracy"],
+        base["balanced_accuracy"],
+        ours["imbalance"],
+        tmp_path / "sub" / "gain.png",
+        names=[f"attr{i}" for i in range(6)],
+    )
     data = open(path, "rb").read()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
     with pytest.raises(ValueError, match="PNG"):
-        plot_gain_vs_imbalance(ours["balanced_accuracy"], base["balanced_accuracy"],
-                               ours["imbalance"], tmp_path / "gain.pdf")
+        plot_gain_vs_imbalance(
+            ours["balanced_accuracy"],
+            base["balanced_accuracy"],
+            ours["imbalance"],
+            tmp_path / "gain.pdf",
+        )
     table = format_metrics_table(ours, base, method_name="LMLE", baseline_name="BCE")
     lines = table.splitlines()
     assert len(lines) == 2 + 6 + 1 and "LMLE bal.acc" in lines[0]

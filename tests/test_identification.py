@@ -1,4 +1,5 @@
 """Streamed all-pairs TAR@FAR and chunked 1:N search against exact NumPy computations."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -106,7 +107,9 @@ def test_cmc_rank_k_and_dir_at_fpir():
     curve = I.cmc(i, probe_ids, gl)
     # Reference CMC from a full argsort, over mated probes + misses for non-mated ones.
     full = np.argsort(-(pe.astype(np.float64) @ g.T), axis=1, kind="stable")
-    first = np.array([np.nonzero(gl[r] == p)[0][0] if p < 400 else 10**9 for r, p in zip(full, probe_ids)])
+    first = np.array(
+        [np.nonzero(gl[r] == p)[0][0] if p < 400 else 10**9 for r, p in zip(full, probe_ids)]
+    )
     np.testing.assert_allclose(curve, [(first < r).mean() for r in range(1, 21)])
     assert np.all(np.diff(curve) >= 0)
     assert I.rank_k_accuracy(i, probe_ids, gl, 5) == curve[4]
@@ -117,7 +120,9 @@ def test_cmc_rank_k_and_dir_at_fpir():
         m = int(np.floor(f * 50 + 1e-9))
         tt = non_top1[m] if m < 50 else -np.inf
         assert t == tt and fp <= f + 1e-12
-        ref = np.mean([(s[q, 0] > tt) and gl[i[q, 0]] == probe_ids[q] for q in np.nonzero(mated)[0]])
+        ref = np.mean(
+            [(s[q, 0] > tt) and gl[i[q, 0]] == probe_ids[q] for q in np.nonzero(mated)[0]]
+        )
         assert d == pytest.approx(ref)
     assert res["dir"][0] <= res["dir"][1] <= res["dir"][2]
     assert res["dir"][2] == pytest.approx(curve[0] * 200 / 150)

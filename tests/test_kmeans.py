@@ -47,7 +47,8 @@ def test_lloyd_matches_numpy_from_same_init(seed):
     mask = rng.random(len(x)) > 0.2
     k = 5
     init = jax.jit(kmeans_plusplus_init, static_argnames="k")(
-        jax.random.PRNGKey(seed), jnp.asarray(x), k=k, mask=jnp.asarray(mask))
+        jax.random.PRNGKey(seed), jnp.asarray(x), k=k, mask=jnp.asarray(mask)
+    )
     res = jax.jit(lloyd)(jnp.asarray(x), init, mask=jnp.asarray(mask))
     c_ref, a_ref, inertia_ref = np_lloyd(x, init, mask)
     np.testing.assert_allclose(res.centroids, c_ref, rtol=1e-4, atol=1e-4)
@@ -73,8 +74,11 @@ def test_kmeans_plusplus_picks_selected_distinct_points():
     x = blobs(3)
     mask = np.zeros(len(x), bool)
     mask[::3] = True
-    init = np.asarray(jax.jit(kmeans_plusplus_init, static_argnames="k")(
-        jax.random.PRNGKey(0), jnp.asarray(x), k=4, mask=jnp.asarray(mask)))
+    init = np.asarray(
+        jax.jit(kmeans_plusplus_init, static_argnames="k")(
+            jax.random.PRNGKey(0), jnp.asarray(x), k=4, mask=jnp.asarray(mask)
+        )
+    )
     selected = x[mask]
     for c in init:
         assert np.isclose(selected, c).all(-1).any()  # every centre is a selected point
@@ -102,7 +106,7 @@ def test_empty_clusters_and_degenerate_masks():
     assert int(res.valid.sum()) == 2 and int(res.counts.sum()) == 4
     # Every centroid, empty ones included, is still one of the selected points.
     for c in np.asarray(res.centroids):
-        assert (np.isclose(c, [2.0, 2.0]).all() or np.isclose(c, [3.0, 3.0]).all()), c
+        assert np.isclose(c, [2.0, 2.0]).all() or np.isclose(c, [3.0, 3.0]).all(), c
     assert float(res.inertia) == 0.0
     # Nothing selected: every cluster empty, nothing assigned.
     res = kmeans_jit(jax.random.PRNGKey(0), x, k=4, mask=jnp.zeros(5, bool))
@@ -119,14 +123,14 @@ def test_per_class_matches_single_class_runs():
     labels = labels.at[:3].set(7)  # out-of-range labels are ignored
     key = jax.random.PRNGKey(2)
     res = jax.jit(kmeans_per_class, static_argnames=("num_classes", "k"))(
-        key, x, labels, num_classes=2, k=3)
+        key, x, labels, num_classes=2, k=3
+    )
     assert res.centroids.shape == (2, 3, 3) and res.flat_centroids.shape == (6, 3)
     assert res.flat_labels.tolist() == [0, 0, 0, 1, 1, 1]
     for c in range(2):
         single = kmeans_jit(jax.random.fold_in(key, c), x, k=3, mask=labels == c)
         np.testing.assert_allclose(res.centroids[c], single.centroids, rtol=1e-5, atol=1e-5)
         sel = np.asarray(labels == c)
-        assert np.array_equal(np.asarray(res.assignments)[sel],
-                              np.asarray(single.assignments)[sel])
+        assert np.array_equal(np.asarray(res.assignments)[sel], np.asarray(single.assignments)[sel])
     assert (np.asarray(res.assignments)[:3] == -1).all()
     np.testing.assert_array_equal(res.flat_valid, res.valid.reshape(-1))

@@ -45,8 +45,9 @@ def test_pairwise_sq_distances():
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(5, 3)), rng.normal(size=(4, 3))
     ref = ((x[:, None] - y[None]) ** 2).sum(-1)
-    np.testing.assert_allclose(pairwise_sq_distances(jnp.asarray(x), jnp.asarray(y)), ref,
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        pairwise_sq_distances(jnp.asarray(x), jnp.asarray(y)), ref, rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("seed,num_classes,k", [(0, 2, 5), (1, 2, 3), (2, 4, 6)])
@@ -65,8 +66,7 @@ def test_matches_numpy_reference_both_branches(seed, num_classes, k):
     centroids = np.concatenate([centroids, group])
     labels = np.concatenate([labels, np.full(k, 1)])
     queries = np.concatenate([queries, group[:2] + 0.001]).astype(np.float32)
-    got = knn_jit(
-        jnp.asarray(queries), jnp.asarray(centroids), jnp.asarray(labels), k=k)
+    got = knn_jit(jnp.asarray(queries), jnp.asarray(centroids), jnp.asarray(labels), k=k)
     ref, branch = np_cluster_knn(queries, centroids, labels, k)
     assert (branch == "unanimous").sum() >= 2 and (branch == "margin").sum() >= 10
     np.testing.assert_array_equal(np.asarray(got), ref)
@@ -92,19 +92,35 @@ def test_invalid_centroids_are_never_neighbours():
     labels = rng.integers(0, 2, 12)
     valid = rng.random(12) > 0.4
     queries = rng.normal(size=(30, 3)).astype(np.float32)
-    got = knn_jit(jnp.asarray(queries), jnp.asarray(centroids),
-                              jnp.asarray(labels), k=4, centroid_valid=jnp.asarray(valid))
+    got = knn_jit(
+        jnp.asarray(queries),
+        jnp.asarray(centroids),
+        jnp.asarray(labels),
+        k=4,
+        centroid_valid=jnp.asarray(valid),
+    )
     ref, _ = np_cluster_knn(queries, centroids, labels, 4, valid)
     np.testing.assert_array_equal(np.asarray(got), ref)
     # Fewer valid centroids than k, and none at all.
     few = np.zeros(12, bool)
     few[[2, 5]] = True
-    got = knn_jit(jnp.asarray(queries), jnp.asarray(centroids),
-                              jnp.asarray(labels), k=4, centroid_valid=jnp.asarray(few))
-    np.testing.assert_array_equal(np.asarray(got),
-                                  np_cluster_knn(queries, centroids, labels, 4, few)[0])
-    got = knn_jit(jnp.asarray(queries), jnp.asarray(centroids),
-                              jnp.asarray(labels), k=4, centroid_valid=jnp.zeros(12, bool))
+    got = knn_jit(
+        jnp.asarray(queries),
+        jnp.asarray(centroids),
+        jnp.asarray(labels),
+        k=4,
+        centroid_valid=jnp.asarray(few),
+    )
+    np.testing.assert_array_equal(
+        np.asarray(got), np_cluster_knn(queries, centroids, labels, 4, few)[0]
+    )
+    got = knn_jit(
+        jnp.asarray(queries),
+        jnp.asarray(centroids),
+        jnp.asarray(labels),
+        k=4,
+        centroid_valid=jnp.zeros(12, bool),
+    )
     assert (np.asarray(got) == -1).all()
 
 

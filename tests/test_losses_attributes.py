@@ -24,11 +24,14 @@ def _np_d(x, y):
 
 def np_triple_header(a, pc, nc, pf, n, margins, where=None):
     g1, g2, g3 = margins
-    h = np.stack([
-        np.maximum(0.0, g1 + _np_d(a, pc) - _np_d(a, nc)),
-        np.maximum(0.0, g2 + _np_d(a, nc) - _np_d(a, pf)),
-        np.maximum(0.0, g3 + _np_d(a, pf) - _np_d(a, n)),
-    ], -1)
+    h = np.stack(
+        [
+            np.maximum(0.0, g1 + _np_d(a, pc) - _np_d(a, nc)),
+            np.maximum(0.0, g2 + _np_d(a, nc) - _np_d(a, pf)),
+            np.maximum(0.0, g3 + _np_d(a, pf) - _np_d(a, n)),
+        ],
+        -1,
+    )
     if where is not None:
         w = np.asarray(where)
         h = h * (w if w.ndim == h.ndim else w[..., None])
@@ -78,24 +81,29 @@ def test_triple_header_matches_numpy(five, margins):
 def test_triple_header_default_margins(five):
     got = triple_header_hinge(*five)
     np.testing.assert_allclose(
-        got, np_triple_header(*five, losses.DEFAULT_LMLE_MARGINS), rtol=1e-5, atol=1e-6)
+        got, np_triple_header(*five, losses.DEFAULT_LMLE_MARGINS), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_triple_header_where_masks(five):
     where = jnp.array([True, False, True, True, False, True, False])
     got = jax.jit(lambda *x, w: triple_header_hinge(*x, margins=(0.4, 0.4, 0.4), where=w))(
-        *five, w=where)
+        *five, w=where
+    )
     np.testing.assert_allclose(
-        got, np_triple_header(*five, (0.4, 0.4, 0.4), np.asarray(where)), rtol=1e-5, atol=1e-6)
+        got, np_triple_header(*five, (0.4, 0.4, 0.4), np.asarray(where)), rtol=1e-5, atol=1e-6
+    )
     assert np.all(np.asarray(got)[~np.asarray(where)] == 0)
     # Per-header mask [B, 3].
     hw = jax.random.bernoulli(jax.random.PRNGKey(3), 0.5, (B, 3))
     got = triple_header_hinge(*five, margins=(0.4, 0.4, 0.4), where=hw)
     np.testing.assert_allclose(
-        got, np_triple_header(*five, (0.4, 0.4, 0.4), np.asarray(hw)), rtol=1e-5, atol=1e-6)
+        got, np_triple_header(*five, (0.4, 0.4, 0.4), np.asarray(hw)), rtol=1e-5, atol=1e-6
+    )
     # Masked examples get zero gradient.
-    grads = jax.grad(lambda a: triple_header_hinge(a, *five[1:], margins=(0.4,) * 3,
-                                                   where=where).sum())(five[0])
+    grads = jax.grad(
+        lambda a: triple_header_hinge(a, *five[1:], margins=(0.4,) * 3, where=where).sum()
+    )(five[0])
     assert np.all(np.asarray(grads)[~np.asarray(where)] == 0)
     assert np.any(np.asarray(grads)[np.asarray(where)] != 0)
 
@@ -106,9 +114,13 @@ def test_triple_header_grads(five):
         fn = lambda *v: triple_header_hinge(*v, margins=(0.3, 0.7, 1.1))  # noqa: E731
         # Random points lie away from the hinge kinks (checked: every header is active or
         # clearly inactive), so finite differences are valid.
-        pre = np.stack([0.3 + _np_d(x[0], x[1]) - _np_d(x[0], x[2]),
-                        0.7 + _np_d(x[0], x[2]) - _np_d(x[0], x[3]),
-                        1.1 + _np_d(x[0], x[3]) - _np_d(x[0], x[4])])
+        pre = np.stack(
+            [
+                0.3 + _np_d(x[0], x[1]) - _np_d(x[0], x[2]),
+                0.7 + _np_d(x[0], x[2]) - _np_d(x[0], x[3]),
+                1.1 + _np_d(x[0], x[3]) - _np_d(x[0], x[4]),
+            ]
+        )
         assert np.abs(pre).min() > 1e-3
         check_grads(fn, x, order=1, modes=["fwd", "rev"])
 
@@ -129,10 +141,12 @@ def test_triple_header_zero_when_orderings_hold_and_grows_when_one_breaks():
     # Exactly at the margins: still zero.
     assert loss(pc=0.1, nc=0.2, pf=0.4, n=0.7) == pytest.approx(0.0, abs=1e-6)
     # Break header 1, 2, 3 in turn, by growing amounts: the loss is the violation.
-    for kw, base_violation in (({"pc": 0.25}, 0.25 + 0.1 - 0.3),
-                               ({"pf": 0.45}, 0.3 + 0.2 - 0.45),
-                               ({"n": 0.8}, 0.6 + 0.3 - 0.8)):
-        (key, val), = kw.items()
+    for kw, base_violation in (
+        ({"pc": 0.25}, 0.25 + 0.1 - 0.3),
+        ({"pf": 0.45}, 0.3 + 0.2 - 0.45),
+        ({"n": 0.8}, 0.6 + 0.3 - 0.8),
+    ):
+        ((key, val),) = kw.items()
         first = loss(**kw)
         assert first == pytest.approx(base_violation, abs=1e-6) and first > 0
         worse = loss(**{key: val + (0.05 if key in ("pc",) else -0.05)})
@@ -163,13 +177,13 @@ def test_triplet_margin_matches_numpy_and_grads(five, margin):
     np.testing.assert_allclose(got, np_triplet(a, p, n, margin), rtol=1e-5, atol=1e-6)
     where = jnp.arange(B) % 2 == 0
     masked = triplet_margin(a, p, n, margin=margin, where=where)
-    np.testing.assert_allclose(masked, np.where(where, np_triplet(a, p, n, margin), 0),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        masked, np.where(where, np_triplet(a, p, n, margin), 0), rtol=1e-5, atol=1e-6
+    )
     with jax.enable_x64(True):
         x = [jnp.asarray(np.asarray(v), jnp.float64) for v in (a, p, n)]
         assert np.abs(margin + _np_d(x[0], x[1]) - _np_d(x[0], x[2])).min() > 1e-3
-        check_grads(lambda *v: triplet_margin(*v, margin=margin), x, order=1,
-                    modes=["fwd", "rev"])
+        check_grads(lambda *v: triplet_margin(*v, margin=margin), x, order=1, modes=["fwd", "rev"])
 
 
 def test_triplet_margin_zero_when_ordering_holds():
@@ -192,7 +206,8 @@ def test_bce_matches_numpy(five):
     np.testing.assert_allclose(w[1], 0.5 / np.asarray(rate), rtol=1e-6)
     np.testing.assert_allclose(w[0], 0.5 / (1 - np.asarray(rate)), rtol=1e-6)
     got = jax.jit(lambda x, y, w: sigmoid_binary_cross_entropy(x, y, class_weights=w))(
-        logits, labels, w)
+        logits, labels, w
+    )
     np.testing.assert_allclose(got, np_bce(logits, labels, np.asarray(w)), rtol=1e-5)
 
     where = jax.random.bernoulli(jax.random.fold_in(key, 2), 0.7, (B, 40))
@@ -215,11 +230,16 @@ def test_bce_stable_for_large_logits_and_grads():
         x = jax.random.normal(jax.random.PRNGKey(0), (3, 6), jnp.float64)
         y = (jax.random.uniform(jax.random.PRNGKey(1), (3, 6)) > 0.5).astype(jnp.float64)
         w = jnp.asarray(np.random.default_rng(0).uniform(0.5, 2.0, (2, 6)))
-        check_grads(lambda z: sigmoid_binary_cross_entropy(z, y, class_weights=w), (x,),
-                    order=1, modes=["fwd", "rev"])
+        check_grads(
+            lambda z: sigmoid_binary_cross_entropy(z, y, class_weights=w),
+            (x,),
+            order=1,
+            modes=["fwd", "rev"],
+        )
 
 
 def test_bce_rejects_bad_weights():
     with pytest.raises(ValueError, match="class_weights"):
-        sigmoid_binary_cross_entropy(jnp.zeros((2, 3)), jnp.zeros((2, 3)),
-                                     class_weights=jnp.ones((3, 3)))
+        sigmoid_binary_cross_entropy(
+            jnp.zeros((2, 3)), jnp.zeros((2, 3)), class_weights=jnp.ones((3, 3))
+        )

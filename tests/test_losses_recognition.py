@@ -1,4 +1,5 @@
 """Recognition losses: NumPy references under jit, gradients, properties."""
+
 import math
 
 import jax
@@ -37,7 +38,9 @@ def np_arcface(e, w, y, s, m, easy):
         if easy:
             out[b, label] = math.cos(th + m) if c > 0 else c
         else:
-            out[b, label] = math.cos(th + m) if c > math.cos(math.pi - m) else c - math.sin(math.pi - m) * m
+            out[b, label] = (
+                math.cos(th + m) if c > math.cos(math.pi - m) else c - math.sin(math.pi - m) * m
+            )
     return s * out
 
 
@@ -47,10 +50,20 @@ def test_softmax_ce_matches_numpy_and_mask():
     got = jax.jit(losses.softmax_identity_cross_entropy)(logits, labels)
     np.testing.assert_allclose(got, np_softmax_ce(logits, labels), rtol=1e-5, atol=1e-5)
     where = np.array([1, 0, 1, 1, 0, 1], bool)
-    masked = jax.jit(lambda a, b, w: losses.softmax_identity_cross_entropy(a, b, where=w))(logits, labels, where)
-    np.testing.assert_allclose(masked, np.where(where, np_softmax_ce(logits, labels), 0), rtol=1e-5, atol=1e-5)
-    check_grads(lambda x: losses.softmax_identity_cross_entropy(x, labels), (logits.astype(np.float64),), 1,
-                eps=1e-3, rtol=1e-2, atol=1e-2)
+    masked = jax.jit(lambda a, b, w: losses.softmax_identity_cross_entropy(a, b, where=w))(
+        logits, labels, where
+    )
+    np.testing.assert_allclose(
+        masked, np.where(where, np_softmax_ce(logits, labels), 0), rtol=1e-5, atol=1e-5
+    )
+    check_grads(
+        lambda x: losses.softmax_identity_cross_entropy(x, labels),
+        (logits.astype(np.float64),),
+        1,
+        eps=1e-3,
+        rtol=1e-2,
+        atol=1e-2,
+    )
 
 
 def test_contrastive_matches_numpy_and_hinge_property():
@@ -65,16 +78,22 @@ def test_contrastive_matches_numpy_and_hinge_property():
     np.testing.assert_array_equal(far, 0.0)
     # Permuting the batch permutes the per-pair loss.
     perm = RNG.permutation(8)
-    np.testing.assert_allclose(fn(f1[perm], f2[perm], same[perm], 3.0), np.asarray(got)[perm], rtol=1e-6)
+    np.testing.assert_allclose(
+        fn(f1[perm], f2[perm], same[perm], 3.0), np.asarray(got)[perm], rtol=1e-6
+    )
     # vmap over a leading axis agrees with the batched call.
-    vm = jax.vmap(lambda a, b, s: losses.contrastive_verification(a[None], b[None], s[None], margin=3.0)[0])
+    vm = jax.vmap(
+        lambda a, b, s: losses.contrastive_verification(a[None], b[None], s[None], margin=3.0)[0]
+    )
     np.testing.assert_allclose(vm(f1, f2, same), got, rtol=1e-6)
 
 
 def test_contrastive_gradients_finite_at_zero_distance_and_margin_gradient():
     f = jnp.ones((3, 4))
     same = jnp.array([False, True, False])
-    g_f1, g_m = jax.grad(lambda a, m: losses.contrastive_verification(a, f, same, margin=m).sum(), argnums=(0, 1))(f, 2.0)
+    g_f1, g_m = jax.grad(
+        lambda a, m: losses.contrastive_verification(a, f, same, margin=m).sum(), argnums=(0, 1)
+    )(f, 2.0)
     assert np.all(np.isfinite(g_f1))
     np.testing.assert_allclose(g_f1, 0.0)
     # d = 0 for both different pairs: dL/dm = max(0, m - d) = m per different pair.
@@ -82,8 +101,14 @@ def test_contrastive_gradients_finite_at_zero_distance_and_margin_gradient():
     f1 = RNG.normal(size=(4, 3))
     f2 = RNG.normal(size=(4, 3))
     s = np.array([True, False, False, True])
-    check_grads(lambda a, b, m: losses.contrastive_verification(a, b, s, margin=m), (f1, f2, 5.0), 1,
-                eps=1e-3, rtol=2e-2, atol=2e-2)
+    check_grads(
+        lambda a, b, m: losses.contrastive_verification(a, b, s, margin=m),
+        (f1, f2, 5.0),
+        1,
+        eps=1e-3,
+        rtol=2e-2,
+        atol=2e-2,
+    )
 
 
 def test_deepid2_joint_and_learned_margin_gradient():
@@ -95,13 +120,23 @@ def test_deepid2_joint_and_learned_margin_gradient():
     f2 = RNG.normal(size=(4, 3))
     lam, m = 0.05, 4.0
     got = jax.jit(lambda *a: losses.deepid2_joint_loss(*a, margin=m, verification_weight=lam))(
-        logits1, logits2, y1, y2, f1, f2)
-    ref = np_softmax_ce(logits1, y1) + np_softmax_ce(logits2, y2) + lam * np_contrastive(f1, f2, y1 == y2, m)
+        logits1, logits2, y1, y2, f1, f2
+    )
+    ref = (
+        np_softmax_ce(logits1, y1)
+        + np_softmax_ce(logits2, y2)
+        + lam * np_contrastive(f1, f2, y1 == y2, m)
+    )
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
-    gm = jax.grad(lambda mm: losses.deepid2_joint_loss(logits1, logits2, y1, y2, f1, f2, margin=mm,
-                                                       verification_weight=lam).sum())(m)
+    gm = jax.grad(
+        lambda mm: losses.deepid2_joint_loss(
+            logits1, logits2, y1, y2, f1, f2, margin=mm, verification_weight=lam
+        ).sum()
+    )(m)
     d = np.linalg.norm(f1 - f2, axis=1)
-    np.testing.assert_allclose(gm, lam * np.sum(np.where(y1 != y2, np.maximum(0, m - d), 0)), rtol=1e-5)
+    np.testing.assert_allclose(
+        gm, lam * np.sum(np.where(y1 != y2, np.maximum(0, m - d), 0)), rtol=1e-5
+    )
 
 
 def test_cosface_matches_numpy():
@@ -129,10 +164,17 @@ def test_arcface_matches_numpy_including_fallback_region(easy):
     e[0] = -wn[:, y[0]] + 0.01 * RNG.normal(size=d)
     e[1] = -wn[:, y[1]] + 0.2 * RNG.normal(size=d)
     e[2] = wn[:, y[2]]
-    got = jax.jit(lambda a, b, l: losses.arcface_logits(a, b, l, scale=64.0, margin=0.5, easy_margin=easy))(e, w, y)
-    np.testing.assert_allclose(got, np_arcface(e, w, y, 64.0, 0.5, easy), rtol=1e-4, atol=3e-2)  # float32 sqrt(1-cos^2) near cos=1
-    g = jax.grad(lambda a: losses.softmax_identity_cross_entropy(
-        losses.arcface_logits(a, w, y, easy_margin=easy), y).sum())(jnp.asarray(e))
+    got = jax.jit(
+        lambda a, b, l: losses.arcface_logits(a, b, l, scale=64.0, margin=0.5, easy_margin=easy)
+    )(e, w, y)
+    np.testing.assert_allclose(
+        got, np_arcface(e, w, y, 64.0, 0.5, easy), rtol=1e-4, atol=3e-2
+    )  # float32 sqrt(1-cos^2) near cos=1
+    g = jax.grad(
+        lambda a: losses.softmax_identity_cross_entropy(
+            losses.arcface_logits(a, w, y, easy_margin=easy), y
+        ).sum()
+    )(jnp.asarray(e))
     assert np.all(np.isfinite(g))
     # The margin only lowers the target logit.
     cos_only = losses.arcface_logits(e, w, -np.ones(8, int))
@@ -146,14 +188,23 @@ def test_arcface_gradient_finite_at_cos_one_and_check_grads():
     assert np.all(np.isfinite(g))
     e2 = RNG.normal(size=(3, 5))
     w2 = RNG.normal(size=(5, 4))
-    check_grads(lambda a, b: losses.arcface_logits(a, b, np.array([0, 1, 3]), scale=2.0), (e2, w2), 1, modes=["rev"],
-                eps=1e-3, rtol=2e-2, atol=2e-2)
+    check_grads(
+        lambda a, b: losses.arcface_logits(a, b, np.array([0, 1, 3]), scale=2.0),
+        (e2, w2),
+        1,
+        modes=["rev"],
+        eps=1e-3,
+        rtol=2e-2,
+        atol=2e-2,
+    )
 
 
 def test_dream_stitching_mse():
     p = RNG.normal(size=(4, 6))
     t = RNG.normal(size=(4, 6))
-    got = jax.jit(lambda a, b: losses.dream_stitching_mse(a, b, where=np.array([1, 1, 0, 1], bool)))(p, t)
+    got = jax.jit(
+        lambda a, b: losses.dream_stitching_mse(a, b, where=np.array([1, 1, 0, 1], bool))
+    )(p, t)
     ref = ((p - t) ** 2).mean(1)
     ref[2] = 0
     np.testing.assert_allclose(got, ref, rtol=1e-5)
@@ -163,6 +214,8 @@ def test_dream_stitching_mse():
 
 def test_shape_errors_are_clear():
     with pytest.raises(ValueError, match=r"\[B, D\]"):
-        losses.contrastive_verification(np.ones((2, 3)), np.ones((2, 4)), np.ones(2, bool), margin=1.0)
+        losses.contrastive_verification(
+            np.ones((2, 3)), np.ones((2, 4)), np.ones(2, bool), margin=1.0
+        )
     with pytest.raises(ValueError, match="where"):
         losses.dream_stitching_mse(np.ones((2, 3)), np.ones((2, 3)), where=np.ones(3, bool))

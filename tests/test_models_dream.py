@@ -1,4 +1,5 @@
 """DREAM gate and block, ResNet shapes and torchvision parameter counts."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,7 +32,10 @@ def test_dream_block_param_count_and_gating():
     f = block.apply(params, phi, yaw)
     assert f.shape == (4, 256)
     p = params["params"]
-    r = jax.nn.relu(jax.nn.relu(phi @ p["fc1"]["kernel"] + p["fc1"]["bias"]) @ p["fc2"]["kernel"] + p["fc2"]["bias"])
+    r = jax.nn.relu(
+        jax.nn.relu(phi @ p["fc1"]["kernel"] + p["fc1"]["bias"]) @ p["fc2"]["kernel"]
+        + p["fc2"]["bias"]
+    )
     np.testing.assert_allclose(f, phi + yaw_gate(yaw)[:, None] * r, rtol=1e-5, atol=1e-6)
     # Frontal faces pass (almost) untouched.
     np.testing.assert_allclose(f[0], phi[0], atol=1e-3)
@@ -50,14 +54,18 @@ def test_resnet_torchvision_param_counts(ctor, count):
 
 def test_resnet_stage_shapes_imagenet_and_small_stem():
     model = ResNet50(num_classes=10)
-    out = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), jnp.zeros((2, 224, 224, 3)))[0])
+    out = jax.eval_shape(
+        lambda: model.init_with_output(jax.random.key(0), jnp.zeros((2, 224, 224, 3)))[0]
+    )
     assert out["res2"].shape == (2, 56, 56, 256)
     assert out["res3"].shape == (2, 28, 28, 512)
     assert out["res4"].shape == (2, 14, 14, 1024)
     assert out["res5"].shape == (2, 7, 7, 2048)
     assert out["logits"].shape == (2, 10)
     small = ResNet18(stem="small")
-    out = jax.eval_shape(lambda: small.init_with_output(jax.random.key(0), jnp.zeros((2, 112, 112, 3)))[0])
+    out = jax.eval_shape(
+        lambda: small.init_with_output(jax.random.key(0), jnp.zeros((2, 112, 112, 3)))[0]
+    )
     assert out["stem"].shape == (2, 112, 112, 64)
     assert [out[k].shape[1] for k in ("res2", "res3", "res4", "res5")] == [56, 28, 14, 7]
     assert out["pooled"].shape == (2, 512)

@@ -1,4 +1,5 @@
 """Box ops against NumPy references, under jax.jit, on both array modules."""
+
 import math
 
 import jax
@@ -26,7 +27,9 @@ def _iou_ref(a, b, plus_one):
             if iw <= 0 or ih <= 0:
                 continue
             inter = iw * ih
-            ua = (p[2] - p[0] + off) * (p[3] - p[1] + off) + (q[2] - q[0] + off) * (q[3] - q[1] + off)
+            ua = (p[2] - p[0] + off) * (p[3] - p[1] + off) + (q[2] - q[0] + off) * (
+                q[3] - q[1] + off
+            )
             out[i, j] = inter / (ua - inter)
     return out
 
@@ -71,7 +74,9 @@ def test_iou_batched_leading_dims():
     got = jax.jit(ops.iou_matrix)(a, b)
     assert got.shape == (3, 5, 4)
     for k in range(3):
-        np.testing.assert_allclose(np.asarray(got[k]), _iou_ref(a[k], b[k], False), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            np.asarray(got[k]), _iou_ref(a[k], b[k], False), rtol=1e-5, atol=1e-6
+        )
 
 
 def test_array_module_dispatch():
@@ -91,7 +96,9 @@ def test_encode_decode_round_trip_and_reference():
     ax, ay = anchors[:, 0] + 0.5 * aw, anchors[:, 1] + 0.5 * ah
     gw, gh = gt[:, 2] - gt[:, 0], gt[:, 3] - gt[:, 1]
     gx, gy = gt[:, 0] + 0.5 * gw, gt[:, 1] + 0.5 * gh
-    ref = np.stack([10 * (gx - ax) / aw, 10 * (gy - ay) / ah, 5 * np.log(gw / aw), 5 * np.log(gh / ah)], 1)
+    ref = np.stack(
+        [10 * (gx - ax) / aw, 10 * (gy - ay) / ah, 5 * np.log(gw / aw), 5 * np.log(gh / ah)], 1
+    )
     np.testing.assert_allclose(d, ref, rtol=1e-4, atol=1e-4)
     back = np.asarray(jax.jit(lambda d, a: ops.decode_boxes(d, a, weights=w))(d, anchors))
     np.testing.assert_allclose(back, gt, rtol=1e-4, atol=1e-3)

@@ -1,4 +1,5 @@
 """Batched NMS against a greedy NumPy NMS, under jax.jit."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,7 +50,9 @@ def test_nms_matches_greedy_reference(thr):
     valid = rng.random((b, n)) > 0.1
     f = jax.jit(lambda bx, s, v: ops.batched_nms(bx, s, iou_threshold=thr, max_output=k, valid=v))
     out = f(boxes, scores, valid)
-    assert out.indices.shape == (b, k) and out.boxes.shape == (b, k, 4) and out.valid.shape == (b, k)
+    assert (
+        out.indices.shape == (b, k) and out.boxes.shape == (b, k, 4) and out.valid.shape == (b, k)
+    )
     for i in range(b):
         ref = greedy_nms_reference(boxes[i].astype(np.float64), scores[i], thr, valid[i])[:k]
         got = np.asarray(out.indices[i])[np.asarray(out.valid[i])].tolist()
@@ -74,7 +77,9 @@ def test_nms_categories_score_threshold_and_padding():
     )(boxes, scores, cats)
     assert out.indices.shape == (b, 40)  # more slots than boxes: padded
     for i in range(b):
-        ref = greedy_nms_reference(boxes[i].astype(np.float64), scores[i], 0.4, scores[i] >= 0.2, cats[i])
+        ref = greedy_nms_reference(
+            boxes[i].astype(np.float64), scores[i], 0.4, scores[i] >= 0.2, cats[i]
+        )
         got = np.asarray(out.indices[i])[np.asarray(out.valid[i])].tolist()
         assert got == ref
 

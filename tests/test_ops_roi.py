@@ -1,4 +1,5 @@
 """RoIAlign vs a NumPy bilinear reference, RoIPool vs a NumPy max reference (torchvision semantics)."""
+
 import math
 
 import jax
@@ -107,7 +108,9 @@ def test_roi_align_matches_reference(data, sampling, aligned):
         )
     )
     got = np.asarray(f(feat, rois, bidx))
-    ref = roi_align_reference(feat.astype(np.float64), rois.astype(np.float64), bidx, (3, 4), scale, sampling, aligned)
+    ref = roi_align_reference(
+        feat.astype(np.float64), rois.astype(np.float64), bidx, (3, 4), scale, sampling, aligned
+    )
     assert got.shape == (6, 3, 4, 3)
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
 
@@ -116,16 +119,24 @@ def test_roi_align_constant_map_and_grad(data):
     feat, rois, bidx = data
     const = np.full_like(feat, 2.5)
     inside = rois[:2] * np.float32(0.5)
-    got = ops.roi_align(jnp.asarray(const), inside, bidx[:2], 2, spatial_scale=0.25, sampling_ratio=2)
+    got = ops.roi_align(
+        jnp.asarray(const), inside, bidx[:2], 2, spatial_scale=0.25, sampling_ratio=2
+    )
     np.testing.assert_allclose(np.asarray(got), 2.5, rtol=1e-6)
     fn = lambda x: ops.roi_align(x, rois, bidx, (2, 2), spatial_scale=0.25, sampling_ratio=2).sum()  # noqa: E731
-    check_grads(fn, (jnp.asarray(feat, jnp.float32),), order=1, modes=("rev",), atol=1e-2, rtol=1e-2)
+    check_grads(
+        fn, (jnp.asarray(feat, jnp.float32),), order=1, modes=("rev",), atol=1e-2, rtol=1e-2
+    )
 
 
 def test_roi_pool_matches_reference(data):
     feat, rois, bidx = data
     scale = 0.25
-    got = np.asarray(jax.jit(lambda x, r, b: ops.roi_pool(x, r, b, (3, 2), spatial_scale=scale))(feat, rois, bidx))
+    got = np.asarray(
+        jax.jit(lambda x, r, b: ops.roi_pool(x, r, b, (3, 2), spatial_scale=scale))(
+            feat, rois, bidx
+        )
+    )
     ref = roi_pool_reference(feat.astype(np.float64), rois.astype(np.float64), bidx, (3, 2), scale)
     assert got.shape == (6, 3, 2, 3)
     np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)

@@ -1,4 +1,5 @@
 """Yaw from landmarks: synthetic projections of the mean face and CFP's real fiducials."""
+
 import jax
 import numpy as np
 import pytest
@@ -39,7 +40,11 @@ def test_five_point_yaw_with_noise_and_batching():
     got2 = np.asarray(PZ.yaw_from_landmarks(pts.reshape(3, 100, 5, 2)))
     np.testing.assert_allclose(got2.ravel(), got, atol=1e-3)
     # Sign convention: positive yaw moves the nose tip to the image right of the eyes' midpoint.
-    turned = np.asarray(PZ.project(PZ.MEAN_FACE_5, PZ.rotation_from_angles([30.0, -30.0], 0.0, 0.0), 1.0, [0.0, 0.0]))
+    turned = np.asarray(
+        PZ.project(
+            PZ.MEAN_FACE_5, PZ.rotation_from_angles([30.0, -30.0], 0.0, 0.0), 1.0, [0.0, 0.0]
+        )
+    )
     assert turned[0, 2, 0] > turned[0, :2, 0].mean() and turned[1, 2, 0] < turned[1, :2, 0].mean()
     np.testing.assert_allclose(PZ.yaw_from_landmarks(turned), [30.0, -30.0], atol=1e-3)
 

@@ -58,12 +58,13 @@ def test_mining_matches_brute_force(seed):
     clusters = rng.integers(0, 3, b)  # per-class ids: (label, cluster) is the group
     # Force edge cases: a singleton group (no p+), a class with one cluster (no p-), a
     # class with one point (no p+, p-, p--), padding.
-    labels[0], clusters[0] = 5, 0            # only member of class 5
-    labels[1:3], clusters[1:3] = 6, 0        # class 6: one cluster of two
+    labels[0], clusters[0] = 5, 0  # only member of class 5
+    labels[1:3], clusters[1:3] = 6, 0  # class 6: one cluster of two
     valid = rng.random(b) > 0.15
     valid[:3] = True
-    q = jax.jit(mine_quintuplets)(jnp.asarray(x), jnp.asarray(labels), jnp.asarray(clusters),
-                                  valid=jnp.asarray(valid))
+    q = jax.jit(mine_quintuplets)(
+        jnp.asarray(x), jnp.asarray(labels), jnp.asarray(clusters), valid=jnp.asarray(valid)
+    )
     ref = brute_force(x, labels, clusters, valid)
     got = {"pc": q.pos_cluster, "nc": q.neg_cluster, "pf": q.pos_far, "n": q.neg_class}
     assert q.valid.shape == (b, 4)
@@ -116,8 +117,14 @@ def test_mined_quintuplets_feed_the_loss():
     @jax.jit
     def loss(x):
         q = mine_quintuplets(jax.lax.stop_gradient(x), labels, clusters)
-        per = triple_header_hinge(x, x[q.pos_cluster], x[q.neg_cluster], x[q.pos_far],
-                                  x[q.neg_class], where=header_mask(q.valid))
+        per = triple_header_hinge(
+            x,
+            x[q.pos_cluster],
+            x[q.neg_cluster],
+            x[q.pos_far],
+            x[q.neg_class],
+            where=header_mask(q.valid),
+        )
         return per.mean()
 
     val, grad = jax.value_and_grad(loss)(x)
@@ -138,8 +145,11 @@ def test_mining_vmaps_over_attributes():
 
 def test_header_mask():
     v = jnp.array([[1, 1, 1, 1], [1, 0, 1, 1], [0, 1, 1, 0]], bool)
-    assert header_mask(v).tolist() == [[True, True, True], [False, False, True],
-                                       [False, True, False]]
+    assert header_mask(v).tolist() == [
+        [True, True, True],
+        [False, False, True],
+        [False, True, False],
+    ]
 
 
 def test_balanced_batch_indices_equal_per_class_and_cluster():
@@ -171,13 +181,15 @@ def test_balanced_batch_small_group_with_replacement_and_valid():
     clusters = np.zeros(22, int)
     valid = np.ones(22, bool)
     valid[5] = False
-    idx = balanced_batch_indices(labels, clusters, batch_size=16, rng=np.random.default_rng(0),
-                                 valid=valid)
+    idx = balanced_batch_indices(
+        labels, clusters, batch_size=16, rng=np.random.default_rng(0), valid=valid
+    )
     assert (labels[idx] == 1).sum() == 8 and set(idx[labels[idx] == 1]) <= {20, 21}
     assert 5 not in idx
     with pytest.raises(ValueError, match="masked"):
-        balanced_batch_indices(labels, clusters, batch_size=4, rng=np.random.default_rng(0),
-                               valid=np.zeros(22, bool))
+        balanced_batch_indices(
+            labels, clusters, batch_size=4, rng=np.random.default_rng(0), valid=np.zeros(22, bool)
+        )
 
 
 def test_sampler_deterministic_and_round_robin():

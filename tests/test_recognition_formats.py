@@ -1,4 +1,5 @@
 """Identity folders, MXNet RecordIO without mxnet, and the restricted .bin unpickler."""
+
 import io
 import os
 import pickle
@@ -13,11 +14,21 @@ RNG = np.random.default_rng(0)
 
 
 def _fake_jpeg(k: int, size: int = 50) -> bytes:
-    return b"\xff\xd8\xff\xe0" + bytes(RNG.integers(0, 256, size, dtype=np.uint8)) + bytes([k % 256]) + b"\xff\xd9"
+    return (
+        b"\xff\xd8\xff\xe0"
+        + bytes(RNG.integers(0, 256, size, dtype=np.uint8))
+        + bytes([k % 256])
+        + b"\xff\xd9"
+    )
 
 
 def test_identity_folder(tmp_path):
-    for name, files in {"bob": ["2.jpg", "1.PNG", "notes.txt"], "alice": ["a.jpeg"], "empty": [], ".hidden": ["x.jpg"]}.items():
+    for name, files in {
+        "bob": ["2.jpg", "1.PNG", "notes.txt"],
+        "alice": ["a.jpeg"],
+        "empty": [],
+        ".hidden": ["x.jpg"],
+    }.items():
         d = tmp_path / name
         d.mkdir()
         for f in files:
@@ -37,13 +48,18 @@ def _write_insightface_rec(root, images, labels):
     """A train.rec/idx/property set written byte by byte in MXNet's format (independent of
     the module's writer): header record 0 with label = (n + 1, n + 1), then images 1..n."""
     recs = []
-    head = struct.pack("<IfQQ", 2, 0.0, 0, 0) + np.array([len(images) + 1, len(images) + 1], "<f4").tobytes()
+    head = (
+        struct.pack("<IfQQ", 2, 0.0, 0, 0)
+        + np.array([len(images) + 1, len(images) + 1], "<f4").tobytes()
+    )
     recs.append((0, head))
     for k, (img, lab) in enumerate(zip(images, labels), 1):
         if k % 2:
             payload = struct.pack("<IfQQ", 0, float(lab), k, 0) + img  # scalar label
         else:
-            payload = struct.pack("<IfQQ", 2, 0.0, k, 0) + np.array([lab, 7.0], "<f4").tobytes() + img
+            payload = (
+                struct.pack("<IfQQ", 2, 0.0, k, 0) + np.array([lab, 7.0], "<f4").tobytes() + img
+            )
         recs.append((k, payload))
     offsets = []
     with open(root / "train.rec", "wb") as f:
@@ -136,11 +152,17 @@ def test_verification_bin_refuses_malicious_pickles(tmp_path):
     p = tmp_path / "evil.bin"
     p.write_bytes(pickle.dumps(([b"a", b"b"], [_Evil(marker)])))
     assert b"system" in p.read_bytes()
-    with pytest.raises(pickle.UnpicklingError, match=r"evil.bin: refused to load global '(posix|os|nt)\.system'"):
+    with pytest.raises(
+        pickle.UnpicklingError, match=r"evil.bin: refused to load global '(posix|os|nt)\.system'"
+    ):
         R.load_verification_bin(p)
     assert not marker.exists()
     # builtins.eval through a hand-written protocol-0 pickle.
-    p.write_bytes(b"cbuiltins\neval\n(S'__import__(\"os\").system(\"touch " + str(marker).encode() + b"\")'\ntR.")
+    p.write_bytes(
+        b'cbuiltins\neval\n(S\'__import__("os").system("touch '
+        + str(marker).encode()
+        + b"\")'\ntR."
+    )
     with pytest.raises(pickle.UnpicklingError, match="builtins.eval"):
         R.load_verification_bin(p)
     assert not marker.exists()

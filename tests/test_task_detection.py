@@ -1,5 +1,6 @@
 """The ``detection`` task (ScaleFace) on the tiny config: training on 8 devices, the exact
 WIDER evaluation on synthetic ground truth, and the prediction-folder writer."""
+
 import pathlib
 
 import jax
@@ -20,168 +21,199 @@ CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
 @pytest.fixture(scope="module")
 def task_and_batch(tmp_path_factory):
-  config = load_config(CONFIGS / "scaleface.py", "tiny")
-  config.data.data_dir = str(tmp_path_factory.mktemp("tfds"))
-  task = det.DetectionTask(config)
-  src, transform = task.data("train", train=True)
-  batch = pipeline.collate([transform(src[i], np.random.default_rng(i)) for i in range(8)])
-  return task, batch
+    config = load_config(CONFIGS / "scaleface.py", "tiny")
+    config.data.data_dir = str(tmp_path_factory.mktemp("tfds"))
+    task = det.DetectionTask(config)
+    src, transform = task.data("train", train=True)
+    batch = pipeline.collate([transform(src[i], np.random.default_rng(i)) for i in range(8)])
+    return task, batch
 
 
 def test_transform_fixed_shapes_and_boxes_follow_the_image(task_and_batch):
-  task, batch = task_and_batch
-  s, m = task.config.image_size, task.config.max_faces
-  assert batch["image"].shape == (8, s, s, 3) and batch["gt_boxes"].shape == (8, m, 4)
-  assert batch["gt_valid"].any()
-  b = batch["gt_boxes"][batch["gt_valid"]]
-  assert np.all((b >= 0) & (b <= s)) and np.all(b[:, 2] > b[:, 0])
-  # Evaluation placement: boxes are the originals times the scale.
-  src, transform = task.data("train", train=False)
-  ex = src[0]
-  out = transform(ex, np.random.default_rng(0))
-  faces = det.faces_of(ex)
-  n = min(len(faces["boxes"]), task.config.max_faces)
-  np.testing.assert_allclose(out["gt_boxes"][:n], np.clip(faces["boxes"][:n] * out["scale"], 0, s), atol=1e-3)
+    task, batch = task_and_batch
+    s, m = task.config.image_size, task.config.max_faces
+    assert batch["image"].shape == (8, s, s, 3) and batch["gt_boxes"].shape == (8, m, 4)
+    assert batch["gt_valid"].any()
+    b = batch["gt_boxes"][batch["gt_valid"]]
+    assert np.all((b >= 0) & (b <= s)) and np.all(b[:, 2] > b[:, 0])
+    # Evaluation placement: boxes are the originals times the scale.
+    src, transform = task.data("train", train=False)
+    ex = src[0]
+    out = transform(ex, np.random.default_rng(0))
+    faces = det.faces_of(ex)
+    n = min(len(faces["boxes"]), task.config.max_faces)
+    np.testing.assert_allclose(
+        out["gt_boxes"][:n], np.clip(faces["boxes"][:n] * out["scale"], 0, s), atol=1e-3
+    )
 
 
 def test_few_steps_on_8_devices_finite_decreasing_loss(task_and_batch):
-  task, batch = task_and_batch
-  assert jax.device_count() == 8
-  mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
-  shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  gbatch = {k: jax.device_put(v, shard) for k, v in batch.items()}
-  variables = jax.jit(task.init_variables, out_shardings=repl)(jax.random.key(0), gbatch)
-  params = variables["params"]
-  state = {k: v for k, v in variables.items() if k != "params"}
-  tx = optax.adam(2e-3)
-  opt = tx.init(params)
+    task, batch = task_and_batch
+    assert jax.device_count() == 8
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
+    shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    gbatch = {k: jax.device_put(v, shard) for k, v in batch.items()}
+    variables = jax.jit(task.init_variables, out_shardings=repl)(jax.random.key(0), gbatch)
+    params = variables["params"]
+    state = {k: v for k, v in variables.items() if k != "params"}
+    tx = optax.adam(2e-3)
+    opt = tx.init(params)
 
-  @jax.jit
-  def step(params, state, opt, batch):
-    (loss, (new_state, metrics)), g = jax.value_and_grad(task.loss, has_aux=True)(
-        params, state, batch, jax.random.key(1), {})
-    upd, opt = tx.update(g, opt, params)
-    return optax.apply_updates(params, upd), new_state, opt, loss, metrics
+    @jax.jit
+    def step(params, state, opt, batch):
+        (loss, (new_state, metrics)), g = jax.value_and_grad(task.loss, has_aux=True)(
+            params, state, batch, jax.random.key(1), {}
+        )
+        upd, opt = tx.update(g, opt, params)
+        return optax.apply_updates(params, upd), new_state, opt, loss, metrics
 
-  losses = []
-  for _ in range(6):
-    params, state, opt, loss, metrics = step(params, state, opt, gbatch)
-    losses.append(float(loss))
-  assert np.all(np.isfinite(losses)), losses
-  assert losses[-1] < losses[0], losses
-  assert set(task.metric_names()) <= set(metrics)
+    losses = []
+    for _ in range(6):
+        params, state, opt, loss, metrics = step(params, state, opt, gbatch)
+        losses.append(float(loss))
+    assert np.all(np.isfinite(losses)), losses
+    assert losses[-1] < losses[0], losses
+    assert set(task.metric_names()) <= set(metrics)
 
-  # Inference on the same batch: fixed shapes, boxes inside the original image.
-  out = jax.jit(task.predict)({"params": params, **state}, gbatch)
-  k = task.config.max_detections
-  assert out["boxes"].shape == (8, k, 4) and out["valid"].shape == (8, k)
-  assert out["landmarks"].shape == (8, k, 5, 2)
-  v = np.asarray(out["valid"])
-  sc = np.asarray(out["scores"])
-  assert np.all((sc[v] >= 0) & (sc[v] <= 1))
-  # Valid detections come first, in descending score order.
-  for row, vr in zip(sc, v):
-    n = int(vr.sum())
-    assert vr[:n].all() and not vr[n:].any()
-    assert np.all(np.diff(row[:n]) <= 0)
+    # Inference on the same batch: fixed shapes, boxes inside the original image.
+    out = jax.jit(task.predict)({"params": params, **state}, gbatch)
+    k = task.config.max_detections
+    assert out["boxes"].shape == (8, k, 4) and out["valid"].shape == (8, k)
+    assert out["landmarks"].shape == (8, k, 5, 2)
+    v = np.asarray(out["valid"])
+    sc = np.asarray(out["scores"])
+    assert np.all((sc[v] >= 0) & (sc[v] <= 1))
+    # Valid detections come first, in descending score order.
+    for row, vr in zip(sc, v):
+        n = int(vr.sum())
+        assert vr[:n].all() and not vr[n:].any()
+        assert np.all(np.diff(row[:n]) <= 0)
 
-  # Prediction writer on an image folder in the WIDER layout; the official reader parses it.
-  variables = {"params": params, **state}
-  root = pathlib.Path(task.config.data.data_dir).parent / "images"
-  rng = np.random.default_rng(0)
-  rels = ["0--Parade/a_1.jpg", "0--Parade/b_2.jpg", "12--Group/c_3.png"]
-  for rel in rels:
-    (root / rel).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rng.integers(0, 255, (100 + 20 * len(rel), 150, 3), dtype=np.uint8)).save(root / rel)
-  pred_dir = root.parent / "pred"
-  assert det.write_folder_predictions(task, variables, root, pred_dir, batch_size=2) == 3
-  for rel in rels:
-    f = pred_dir / (rel.rsplit(".", 1)[0] + ".txt")
-    assert f.read_text().splitlines()[0] == rel.rsplit("/", 1)[1].rsplit(".", 1)[0]
-    boxes, scores = wider_eval.read_prediction_file(f)
-    assert boxes.shape[0] == scores.shape[0] <= k
-    assert np.all(np.diff(scores) <= 0)
+    # Prediction writer on an image folder in the WIDER layout; the official reader parses it.
+    variables = {"params": params, **state}
+    root = pathlib.Path(task.config.data.data_dir).parent / "images"
+    rng = np.random.default_rng(0)
+    rels = ["0--Parade/a_1.jpg", "0--Parade/b_2.jpg", "12--Group/c_3.png"]
+    for rel in rels:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (100 + 20 * len(rel), 150, 3), dtype=np.uint8)).save(
+            root / rel
+        )
+    pred_dir = root.parent / "pred"
+    assert det.write_folder_predictions(task, variables, root, pred_dir, batch_size=2) == 3
+    for rel in rels:
+        f = pred_dir / (rel.rsplit(".", 1)[0] + ".txt")
+        assert f.read_text().splitlines()[0] == rel.rsplit("/", 1)[1].rsplit(".", 1)[0]
+        boxes, scores = wider_eval.read_prediction_file(f)
+        assert boxes.shape[0] == scores.shape[0] <= k
+        assert np.all(np.diff(scores) <= 0)
 
 
 def test_synthetic_ground_truth_perfect_predictions_give_ap_one():
-  faces = [
-      {"boxes": np.array([[10, 10, 70, 80], [100, 100, 115, 114], [200, 50, 212, 58]], np.float32),
-       "blur": np.array([0, 0, 0]), "occlusion": np.array([0, 0, 0]), "pose": np.array([0, 0, 0]),
-       "invalid": np.array([0, 0, 1])},
-      {"boxes": np.zeros((0, 4), np.float32), "blur": np.zeros(0), "occlusion": np.zeros(0),
-       "pose": np.zeros(0), "invalid": np.zeros(0)},
-  ]
-  gt = det.synthetic_ground_truth(faces, size_buckets=[(10, 40), (40, 0)])
-  # hard keeps the 70 px and 14 px faces; easy only the 70 px; the invalid one is ignored.
-  assert gt.settings["hard"].keep.tolist() == [True, True, False]
-  assert gt.settings["easy"].keep.tolist() == [True, False, False]
-  assert gt.settings["size_10_40"].keep.tolist() == [False, True, False]
-  boxes = np.zeros((2, 4, 4), np.float32)
-  boxes[0, :3] = faces[0]["boxes"]
-  scores = np.array([[0.9, 0.8, 0.7, 0], [0, 0, 0, 0]], np.float32)
-  valid = np.array([[True, True, True, False], [False] * 4])
-  res = wider_eval.evaluate(gt, det.predictions_from_arrays(boxes, scores, valid))
-  for k in ("easy", "medium", "hard", "size_10_40", "size_40_up"):
-    assert res[k].ap == pytest.approx(1.0), k
-  # A missed face halves the hard recall: AP drops.
-  valid2 = np.array([[True, False, True, False], [False] * 4])
-  res2 = wider_eval.evaluate(gt, det.predictions_from_arrays(boxes, scores, valid2))
-  assert res2["hard"].ap == pytest.approx(0.5) and res2["easy"].ap == pytest.approx(1.0)
+    faces = [
+        {
+            "boxes": np.array(
+                [[10, 10, 70, 80], [100, 100, 115, 114], [200, 50, 212, 58]], np.float32
+            ),
+            "blur": np.array([0, 0, 0]),
+            "occlusion": np.array([0, 0, 0]),
+            "pose": np.array([0, 0, 0]),
+            "invalid": np.array([0, 0, 1]),
+        },
+        {
+            "boxes": np.zeros((0, 4), np.float32),
+            "blur": np.zeros(0),
+            "occlusion": np.zeros(0),
+            "pose": np.zeros(0),
+            "invalid": np.zeros(0),
+        },
+    ]
+    gt = det.synthetic_ground_truth(faces, size_buckets=[(10, 40), (40, 0)])
+    # hard keeps the 70 px and 14 px faces; easy only the 70 px; the invalid one is ignored.
+    assert gt.settings["hard"].keep.tolist() == [True, True, False]
+    assert gt.settings["easy"].keep.tolist() == [True, False, False]
+    assert gt.settings["size_10_40"].keep.tolist() == [False, True, False]
+    boxes = np.zeros((2, 4, 4), np.float32)
+    boxes[0, :3] = faces[0]["boxes"]
+    scores = np.array([[0.9, 0.8, 0.7, 0], [0, 0, 0, 0]], np.float32)
+    valid = np.array([[True, True, True, False], [False] * 4])
+    res = wider_eval.evaluate(gt, det.predictions_from_arrays(boxes, scores, valid))
+    for k in ("easy", "medium", "hard", "size_10_40", "size_40_up"):
+        assert res[k].ap == pytest.approx(1.0), k
+    # A missed face halves the hard recall: AP drops.
+    valid2 = np.array([[True, False, True, False], [False] * 4])
+    res2 = wider_eval.evaluate(gt, det.predictions_from_arrays(boxes, scores, valid2))
+    assert res2["hard"].ap == pytest.approx(0.5) and res2["easy"].ap == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("variant", ["wider", "synthetic", "single_branch"])
 def test_every_variant_traces_init_loss_and_predict(variant):
-  """Shape-level check (no compilation) of the real variants on a 256 px batch."""
-  config = load_config(CONFIGS / "scaleface.py", variant)
-  config.image_size = 256
-  task = det.DetectionTask(config)
-  m = int(config.max_faces)
-  batch = {"image": jnp.zeros((2, 256, 256, 3)), "gt_boxes": jnp.tile(jnp.array([[20., 20., 60., 70.]]), (2, m, 1)),
-           "gt_valid": jnp.zeros((2, m), bool).at[:, 0].set(True), "gt_ignore": jnp.zeros((2, m), bool),
-           "gt_landmarks": jnp.zeros((2, m, 5, 2)), "gt_landmarks_valid": jnp.zeros((2, m), bool),
-           "image_hw": jnp.full((2, 2), 256.0), "scale": jnp.ones((2,))}
-  variables = jax.eval_shape(task.init_variables, jax.random.key(0), batch)
-  params = variables["params"]
-  state = {k: v for k, v in variables.items() if k != "params"}
-  assert len([k for k in params if k.startswith("heads_")]) == len(config.model.branches)
-  loss, _ = jax.eval_shape(lambda p, s, b: task.loss(p, s, b, jax.random.key(1), {}), params, state, batch)
-  assert loss.shape == ()
-  out = jax.eval_shape(task.predict, variables, batch)
-  assert out["boxes"].shape == (2, config.max_detections, 4)
+    """Shape-level check (no compilation) of the real variants on a 256 px batch."""
+    config = load_config(CONFIGS / "scaleface.py", variant)
+    config.image_size = 256
+    task = det.DetectionTask(config)
+    m = int(config.max_faces)
+    batch = {
+        "image": jnp.zeros((2, 256, 256, 3)),
+        "gt_boxes": jnp.tile(jnp.array([[20.0, 20.0, 60.0, 70.0]]), (2, m, 1)),
+        "gt_valid": jnp.zeros((2, m), bool).at[:, 0].set(True),
+        "gt_ignore": jnp.zeros((2, m), bool),
+        "gt_landmarks": jnp.zeros((2, m, 5, 2)),
+        "gt_landmarks_valid": jnp.zeros((2, m), bool),
+        "image_hw": jnp.full((2, 2), 256.0),
+        "scale": jnp.ones((2,)),
+    }
+    variables = jax.eval_shape(task.init_variables, jax.random.key(0), batch)
+    params = variables["params"]
+    state = {k: v for k, v in variables.items() if k != "params"}
+    assert len([k for k in params if k.startswith("heads_")]) == len(config.model.branches)
+    loss, _ = jax.eval_shape(
+        lambda p, s, b: task.loss(p, s, b, jax.random.key(1), {}), params, state, batch
+    )
+    assert loss.shape == ()
+    out = jax.eval_shape(task.predict, variables, batch)
+    assert out["boxes"].shape == (2, config.max_detections, 4)
 
 
 def test_augmentation_keeps_boxes_on_the_pixels():
-  from jaxface.data import detection_aug as aug
-  img = np.zeros((120, 200, 3), np.uint8)
-  img[30:70, 50:90] = 255            # a white "face" at x 50..90, y 30..70
-  boxes = np.array([[50, 30, 90, 70], [180, 0, 200, 40]], np.float32)
-  lm = np.tile(np.array([[55, 40], [85, 40], [70, 50], [60, 62], [80, 62]], np.float32), (2, 1, 1))
-  # Flip: the box still covers the white pixels; landmarks swap sides.
-  fi, fb, fl = aug.flip_horizontal(img, boxes, lm)
-  x1, y1, x2, y2 = fb[0].astype(int)
-  assert fi[y1:y2, x1:x2].min() == 255 and fi[:, :x1].max() == 0
-  np.testing.assert_allclose(fl[0, 0], [200 - 85, 40])  # new left eye = mirrored right eye
-  ri, rb, _ = aug.flip_horizontal(fi, fb, fl)
-  np.testing.assert_array_equal(ri, img)
-  np.testing.assert_allclose(rb, boxes)
-  # A random placement (scale + crop/pad): the white block lands where the box says.
-  rng = np.random.default_rng(0)
-  for _ in range(5):
-    p = aug.random_placement(rng, 120, 200, 128, scale_range=(0.8, 1.6))
-    out = aug.place(img, boxes, p, landmarks=lm)
-    b = out["boxes"][0]
-    if not out["keep"][0] or out["ignore"][0]:
-      continue
-    inner = out["image"][int(np.ceil(b[1])) + 1:int(b[3]) - 1, int(np.ceil(b[0])) + 1:int(b[2]) - 1]
-    assert inner.size and inner.min() > 200
-    np.testing.assert_allclose(out["landmarks"][0, 2], lm[0, 2] * p.scale - np.array(p.offset), atol=1e-4)
-  # A crop that cuts the second face to a sliver makes it an ignore region.
-  p = aug.Placement(scale=1.0, offset=(170.0, 0.0), out_size=64)
-  out = aug.place(img, boxes, p)
-  assert not out["keep"][0] and out["keep"][1] and not out["ignore"][1]
-  p = aug.Placement(scale=1.0, offset=(192.0, 0.0), out_size=64)
-  out = aug.place(img, boxes, p)
-  assert out["keep"][1] and out["ignore"][1]
-  jit = aug.photometric_jitter(rng, img)
-  assert jit.shape == img.shape and jit.dtype == np.uint8
+    from jaxface.data import detection_aug as aug
+
+    img = np.zeros((120, 200, 3), np.uint8)
+    img[30:70, 50:90] = 255  # a white "face" at x 50..90, y 30..70
+    boxes = np.array([[50, 30, 90, 70], [180, 0, 200, 40]], np.float32)
+    lm = np.tile(
+        np.array([[55, 40], [85, 40], [70, 50], [60, 62], [80, 62]], np.float32), (2, 1, 1)
+    )
+    # Flip: the box still covers the white pixels; landmarks swap sides.
+    fi, fb, fl = aug.flip_horizontal(img, boxes, lm)
+    x1, y1, x2, y2 = fb[0].astype(int)
+    assert fi[y1:y2, x1:x2].min() == 255 and fi[:, :x1].max() == 0
+    np.testing.assert_allclose(fl[0, 0], [200 - 85, 40])  # new left eye = mirrored right eye
+    ri, rb, _ = aug.flip_horizontal(fi, fb, fl)
+    np.testing.assert_array_equal(ri, img)
+    np.testing.assert_allclose(rb, boxes)
+    # A random placement (scale + crop/pad): the white block lands where the box says.
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        p = aug.random_placement(rng, 120, 200, 128, scale_range=(0.8, 1.6))
+        out = aug.place(img, boxes, p, landmarks=lm)
+        b = out["boxes"][0]
+        if not out["keep"][0] or out["ignore"][0]:
+            continue
+        inner = out["image"][
+            int(np.ceil(b[1])) + 1 : int(b[3]) - 1, int(np.ceil(b[0])) + 1 : int(b[2]) - 1
+        ]
+        assert inner.size and inner.min() > 200
+        np.testing.assert_allclose(
+            out["landmarks"][0, 2], lm[0, 2] * p.scale - np.array(p.offset), atol=1e-4
+        )
+    # A crop that cuts the second face to a sliver makes it an ignore region.
+    p = aug.Placement(scale=1.0, offset=(170.0, 0.0), out_size=64)
+    out = aug.place(img, boxes, p)
+    assert not out["keep"][0] and out["keep"][1] and not out["ignore"][1]
+    p = aug.Placement(scale=1.0, offset=(192.0, 0.0), out_size=64)
+    out = aug.place(img, boxes, p)
+    assert out["keep"][1] and out["ignore"][1]
+    jit = aug.photometric_jitter(rng, img)
+    assert jit.shape == img.shape and jit.dtype == np.uint8

@@ -2,6 +2,7 @@
 
 Tiny synthetic identity data (configs/dream.py:tiny) prepared once per module.
 """
+
 import functools
 import pathlib
 
@@ -20,202 +21,234 @@ CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
 
 def _config(variant, data_dir, **overrides):
-  c = load_config(CONFIGS / "dream.py", variant)
-  c.data.data_dir = str(data_dir)
-  for k, v in overrides.items():
-    node = c
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return c
+    c = load_config(CONFIGS / "dream.py", variant)
+    c.data.data_dir = str(data_dir)
+    for k, v in overrides.items():
+        node = c
+        *path, last = k.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = v
+    return c
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp("tfds")
+    return tmp_path_factory.mktemp("tfds")
 
 
 def _steps(trainer, n):
-  """n train steps on one fixed batch (the loader's first), after the start hooks.
+    """n train steps on one fixed batch (the loader's first), after the start hooks.
 
-  Returns (state, losses, (params, model_state) before the first step, on the host)."""
-  loader = trainer.train_loader()
-  host = loader.batch(0)
-  loader.close()
-  state, sharding = trainer.init_state(host)
-  for hook in trainer.task.hooks():
-    if hook.at_start:
-      state = hook.fn(state, trainer.ctx)
-  before = jax.device_get((state.params, state.model_state))
-  step = trainer.make_train_step(sharding)
-  rng = jax.device_put(jax.random.key(1), trainer.replicated)
-  g = trainer.ctx.to_global(host)
-  losses = []
-  for _ in range(n):
-    state, m = step(state, g, rng)
-    losses.append(float(m.compute()["loss"]))
-  return state, losses, before
+    Returns (state, losses, (params, model_state) before the first step, on the host)."""
+    loader = trainer.train_loader()
+    host = loader.batch(0)
+    loader.close()
+    state, sharding = trainer.init_state(host)
+    for hook in trainer.task.hooks():
+        if hook.at_start:
+            state = hook.fn(state, trainer.ctx)
+    before = jax.device_get((state.params, state.model_state))
+    step = trainer.make_train_step(sharding)
+    rng = jax.device_put(jax.random.key(1), trainer.replicated)
+    g = trainer.ctx.to_global(host)
+    losses = []
+    for _ in range(n):
+        state, m = step(state, g, rng)
+        losses.append(float(m.compute()["loss"]))
+    return state, losses, before
 
 
 @pytest.fixture(scope="module")
 def trained(data_dir, tmp_path_factory):
-  assert jax.device_count() == 8
-  c = _config("tiny", data_dir)
-  trainer = train.Trainer(c, str(tmp_path_factory.mktemp("wd")))
-  state, losses, _ = _steps(trainer, 6)
-  return trainer, state, losses
+    assert jax.device_count() == 8
+    c = _config("tiny", data_dir)
+    trainer = train.Trainer(c, str(tmp_path_factory.mktemp("wd")))
+    state, losses, _ = _steps(trainer, 6)
+    return trainer, state, losses
 
 
 def test_end_to_end_loss_finite_and_decreasing(trained):
-  _, state, losses = trained
-  assert all(np.isfinite(losses)), losses
-  assert losses[-1] < losses[0] - 0.05, losses
-  assert int(state.nonfinite_total) == 0
-  # The DREAM block exists and is part of the params.
-  assert "dream" in state.params["embedder"]
+    _, state, losses = trained
+    assert all(np.isfinite(losses)), losses
+    assert losses[-1] < losses[0] - 0.05, losses
+    assert int(state.nonfinite_total) == 0
+    # The DREAM block exists and is part of the params.
+    assert "dream" in state.params["embedder"]
 
 
 def test_stitching_freezes_stem_and_trains_block(data_dir, tmp_path_factory):
-  c = _config("tiny_stitch", data_dir)
-  trainer = train.Trainer(c, str(tmp_path_factory.mktemp("wd_st")))
-  task = trainer.task
-  # Training rows are profile images of identities that also have a frontal image.
-  src, _ = task.data("train", train=True)
-  meta = task.metadata("train")
-  assert len(src) > 0 and np.all(meta["abs_yaw"][src.rows] >= 50)
-  state, losses, before = _steps(trainer, 3)
-  after = jax.device_get((state.params, state.model_state))
-  assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
-  assert float(np.abs(np.asarray(state.task_state["frontal_mean"])).sum()) > 0
-  flat_b = jax.tree_util.tree_flatten_with_path(before)[0]
-  flat_a = jax.tree.leaves(after)
-  changed_dream, n_frozen = 0, 0
-  for (path, b), a in zip(flat_b, flat_a):
-    keys = [getattr(p, "key", getattr(p, "idx", None)) for p in path]
-    if keys[1:3] == ["embedder", "dream"]:
-      changed_dream += int(not np.array_equal(a, b))
-    else:
-      n_frozen += 1
-      assert np.array_equal(a, b), f"frozen leaf changed: {keys}"
-  assert n_frozen > 10 and changed_dream == 4  # fc1/fc2 kernel and bias
+    c = _config("tiny_stitch", data_dir)
+    trainer = train.Trainer(c, str(tmp_path_factory.mktemp("wd_st")))
+    task = trainer.task
+    # Training rows are profile images of identities that also have a frontal image.
+    src, _ = task.data("train", train=True)
+    meta = task.metadata("train")
+    assert len(src) > 0 and np.all(meta["abs_yaw"][src.rows] >= 50)
+    state, losses, before = _steps(trainer, 3)
+    after = jax.device_get((state.params, state.model_state))
+    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert float(np.abs(np.asarray(state.task_state["frontal_mean"])).sum()) > 0
+    flat_b = jax.tree_util.tree_flatten_with_path(before)[0]
+    flat_a = jax.tree.leaves(after)
+    changed_dream, n_frozen = 0, 0
+    for (path, b), a in zip(flat_b, flat_a):
+        keys = [getattr(p, "key", getattr(p, "idx", None)) for p in path]
+        if keys[1:3] == ["embedder", "dream"]:
+            changed_dream += int(not np.array_equal(a, b))
+        else:
+            n_frozen += 1
+            assert np.array_equal(a, b), f"frozen leaf changed: {keys}"
+    assert n_frozen > 10 and changed_dream == 4  # fc1/fc2 kernel and bias
 
 
 def test_verification_evaluator_equals_direct_computation(trained):
-  trainer, state, _ = trained
-  task = trainer.task
-  got = task.evaluators()["verification"](state, trainer.ctx)
-  # Direct: embed every test image (and its mirror) with the model, then the evaluation module.
-  src, _ = task.data("test", train=False)
-  transform = functools.partial(task.transform, train=False)
-  batch = pipeline.collate([transform(src[i], None) for i in range(len(src))])
-  variables = jax.device_get(common.variables_of(state))
-  yaw = batch["yaw"]
-  out = task.model.apply(variables, batch["image"], yaw, train=False)
-  out_f = task.model.apply(variables, batch["image"][:, :, ::-1], yaw, train=False)
-  fused = verif.fuse_flip(np.asarray(out["embedding"]), np.asarray(out_f["embedding"]))
-  meta = task.metadata("test")
-  v = trainer.config.verification
-  pairs = rec.build_verification_pairs(meta["label"], meta["abs_yaw"], frontal_max_yaw=v.frontal_max_yaw,
-                                       profile_min_yaw=v.profile_min_yaw,
-                                       pairs_per_identity=v.pairs_per_identity, num_folds=v.folds, seed=v.seed)
-  for name in ("FF", "FP"):
-    i, j, same, fold = pairs[name]
-    # The pair sets mean what they say.
-    assert np.array_equal(same, meta["label"][i] == meta["label"][j])
-    assert np.all(meta["abs_yaw"][i] <= 20)
-    assert np.all(meta["abs_yaw"][j] <= 20) if name == "FF" else np.all(meta["abs_yaw"][j] >= 50)
-    for f in np.unique(fold):  # folds are identity-disjoint
-      others = set(meta["label"][np.concatenate([i, j])[np.tile(fold, 2) != f]])
-      assert not set(meta["label"][np.concatenate([i, j])[np.tile(fold, 2) == f]]) & others
-    want = verif.evaluate_folds(verif.pair_distances(fused[i], fused[j]), same, fold, kind="distance")
-    for m in ("accuracy", "eer", "auc"):
-      for s in ("mean", "std"):
-        np.testing.assert_allclose(got[f"{name.lower()}_{m}_{s}"], want[f"{m}_{s}"], atol=1e-6,
-                                   err_msg=f"{name} {m} {s}")
+    trainer, state, _ = trained
+    task = trainer.task
+    got = task.evaluators()["verification"](state, trainer.ctx)
+    # Direct: embed every test image (and its mirror) with the model, then the evaluation module.
+    src, _ = task.data("test", train=False)
+    transform = functools.partial(task.transform, train=False)
+    batch = pipeline.collate([transform(src[i], None) for i in range(len(src))])
+    variables = jax.device_get(common.variables_of(state))
+    yaw = batch["yaw"]
+    out = task.model.apply(variables, batch["image"], yaw, train=False)
+    out_f = task.model.apply(variables, batch["image"][:, :, ::-1], yaw, train=False)
+    fused = verif.fuse_flip(np.asarray(out["embedding"]), np.asarray(out_f["embedding"]))
+    meta = task.metadata("test")
+    v = trainer.config.verification
+    pairs = rec.build_verification_pairs(
+        meta["label"],
+        meta["abs_yaw"],
+        frontal_max_yaw=v.frontal_max_yaw,
+        profile_min_yaw=v.profile_min_yaw,
+        pairs_per_identity=v.pairs_per_identity,
+        num_folds=v.folds,
+        seed=v.seed,
+    )
+    for name in ("FF", "FP"):
+        i, j, same, fold = pairs[name]
+        # The pair sets mean what they say.
+        assert np.array_equal(same, meta["label"][i] == meta["label"][j])
+        assert np.all(meta["abs_yaw"][i] <= 20)
+        assert (
+            np.all(meta["abs_yaw"][j] <= 20) if name == "FF" else np.all(meta["abs_yaw"][j] >= 50)
+        )
+        for f in np.unique(fold):  # folds are identity-disjoint
+            others = set(meta["label"][np.concatenate([i, j])[np.tile(fold, 2) != f]])
+            assert not set(meta["label"][np.concatenate([i, j])[np.tile(fold, 2) == f]]) & others
+        want = verif.evaluate_folds(
+            verif.pair_distances(fused[i], fused[j]), same, fold, kind="distance"
+        )
+        for m in ("accuracy", "eer", "auc"):
+            for s in ("mean", "std"):
+                np.testing.assert_allclose(
+                    got[f"{name.lower()}_{m}_{s}"],
+                    want[f"{m}_{s}"],
+                    atol=1e-6,
+                    err_msg=f"{name} {m} {s}",
+                )
 
 
 def test_margin_heads_deepid2_and_learned_yaw_give_finite_gradients(data_dir):
-  c = _config("tiny", data_dir, **{"head.type": "arcface", "deepid2.weight": 0.05,
-                                   "deepid2.learn_margin": True, "yaw_source": "learned"})
-  task = rec.RecognitionTask(c)
-  src, transform = task.data("train", train=True)
-  batch = pipeline.collate([transform(src[i], np.random.default_rng(i)) for i in range(16)])
-  variables = task.init_variables(jax.random.key(0), batch)
-  params = variables.pop("params")
-  assert "verif_margin" in params and "yaw_net" in params
+    c = _config(
+        "tiny",
+        data_dir,
+        **{
+            "head.type": "arcface",
+            "deepid2.weight": 0.05,
+            "deepid2.learn_margin": True,
+            "yaw_source": "learned",
+        },
+    )
+    task = rec.RecognitionTask(c)
+    src, transform = task.data("train", train=True)
+    batch = pipeline.collate([transform(src[i], np.random.default_rng(i)) for i in range(16)])
+    variables = task.init_variables(jax.random.key(0), batch)
+    params = variables.pop("params")
+    assert "verif_margin" in params and "yaw_net" in params
 
-  @jax.jit
-  def grad(p):
-    return jax.grad(lambda q: task.loss(q, variables, batch, jax.random.key(1), {})[0])(p)
+    @jax.jit
+    def grad(p):
+        return jax.grad(lambda q: task.loss(q, variables, batch, jax.random.key(1), {})[0])(p)
 
-  g = grad(params)
-  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(g))
-  assert float(g["verif_margin"]) != 0.0       # the learned margin receives lambda dVerif/dm
-  assert float(np.abs(g["yaw_net"]["fc2"]["kernel"]).sum()) > 0   # the yaw head trains
+    g = grad(params)
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(g))
+    assert float(g["verif_margin"]) != 0.0  # the learned margin receives lambda dVerif/dm
+    assert float(np.abs(g["yaw_net"]["fc2"]["kernel"]).sum()) > 0  # the yaw head trains
 
 
 def test_cfp_config_reads_real_files(real_data):
-  root = real_data("cfp")
-  c = load_config(CONFIGS / "dream.py", "cfp")
-  assert pathlib.Path(c.data.manual_dir).resolve() == root.resolve()
-  assert c.data.builder == "cfp_manual" and list(c.cfp.eval_splits) == [9, 10]
-  from jaxface.data import cfp
-  idx = cfp.index_cfp(c.data.manual_dir)
-  assert len(idx.paths) == 7000
-  train_rows = idx.select(c.data.overrides.train_splits)
-  test_rows = idx.select(c.cfp.eval_splits)
-  assert len(train_rows) == 5600 and len(np.unique(idx.identity[train_rows])) == c.num_classes
-  assert not set(idx.identity[train_rows]) & set(idx.identity[test_rows])
-  for r in (int(train_rows[0]), int(test_rows[-1])):
-    fid = verif.read_cfp_fiducials(idx.protocol.fiducial_path(idx.paths[r]))
-    image, pts = cfp.crop_image(idx.paths[r], fid, c.data.overrides.image_size)
-    assert image.shape == (64, 64, 3) and image.dtype == np.uint8 and image.std() > 10
-    assert pts.shape == (30, 2) and np.all(np.isfinite(pts))
-  # The profile flag drives the gate on CFP: 0 deg frontal, 90 deg profile.
-  task = rec.RecognitionTask(c)
-  ex = {"image": image, "label": 0, "is_profile": True}
-  out = task.transform(ex, None, train=False)
-  assert out["image"].shape == (c.image_size, c.image_size, 3)
-  assert float(task.gate_yaw({k: np.asarray(v)[None] for k, v in out.items()})[0]) == 90.0
+    root = real_data("cfp")
+    c = load_config(CONFIGS / "dream.py", "cfp")
+    assert pathlib.Path(c.data.manual_dir).resolve() == root.resolve()
+    assert c.data.builder == "cfp_manual" and list(c.cfp.eval_splits) == [9, 10]
+    from jaxface.data import cfp
+
+    idx = cfp.index_cfp(c.data.manual_dir)
+    assert len(idx.paths) == 7000
+    train_rows = idx.select(c.data.overrides.train_splits)
+    test_rows = idx.select(c.cfp.eval_splits)
+    assert len(train_rows) == 5600 and len(np.unique(idx.identity[train_rows])) == c.num_classes
+    assert not set(idx.identity[train_rows]) & set(idx.identity[test_rows])
+    for r in (int(train_rows[0]), int(test_rows[-1])):
+        fid = verif.read_cfp_fiducials(idx.protocol.fiducial_path(idx.paths[r]))
+        image, pts = cfp.crop_image(idx.paths[r], fid, c.data.overrides.image_size)
+        assert image.shape == (64, 64, 3) and image.dtype == np.uint8 and image.std() > 10
+        assert pts.shape == (30, 2) and np.all(np.isfinite(pts))
+    # The profile flag drives the gate on CFP: 0 deg frontal, 90 deg profile.
+    task = rec.RecognitionTask(c)
+    ex = {"image": image, "label": 0, "is_profile": True}
+    out = task.transform(ex, None, train=False)
+    assert out["image"].shape == (c.image_size, c.image_size, 3)
+    assert float(task.gate_yaw({k: np.asarray(v)[None] for k, v in out.items()})[0]) == 90.0
 
 
 def test_gate_yaw_from_landmarks_tracks_metadata_yaw(data_dir):
-  """yaw_source='landmarks': the 5-point mean-face fit (on resized, randomly mirrored
-  crops) recovers the rendered |yaw| the metadata holds."""
-  c = _config("tiny", data_dir, yaw_source="landmarks")
-  task = rec.RecognitionTask(c)
-  src, transform = task.data("train", train=True)
-  exs = [src[i] for i in range(len(src))]
-  batch = pipeline.collate([transform(ex, np.random.default_rng(i)) for i, ex in enumerate(exs)])
-  assert "yaw" not in batch and batch["landmarks"].shape == (len(exs), 5, 2)
-  got = np.abs(np.asarray(jax.jit(task.gate_yaw)(batch)))
-  want = np.abs(np.array([ex["yaw"] for ex in exs]))
-  assert np.corrcoef(got, want)[0, 1] > 0.9, (got, want)
-  assert np.median(np.abs(got - want)) < 10.0
+    """yaw_source='landmarks': the 5-point mean-face fit (on resized, randomly mirrored
+    crops) recovers the rendered |yaw| the metadata holds."""
+    c = _config("tiny", data_dir, yaw_source="landmarks")
+    task = rec.RecognitionTask(c)
+    src, transform = task.data("train", train=True)
+    exs = [src[i] for i in range(len(src))]
+    batch = pipeline.collate([transform(ex, np.random.default_rng(i)) for i, ex in enumerate(exs)])
+    assert "yaw" not in batch and batch["landmarks"].shape == (len(exs), 5, 2)
+    got = np.abs(np.asarray(jax.jit(task.gate_yaw)(batch)))
+    want = np.abs(np.array([ex["yaw"] for ex in exs]))
+    assert np.corrcoef(got, want)[0, 1] > 0.9, (got, want)
+    assert np.median(np.abs(got - want)) < 10.0
 
 
 def test_end_to_end_then_stitching_through_init_from(data_dir, tmp_path):
-  """The paper's best recipe with two commands: the stitching run starts from the
-  end-to-end run's weights (trainer's init_from reads params + model state only, though
-  the optimizer state differs), keeps the stem bit-identical and trains the block."""
-  e2e, stitch = str(tmp_path / "e2e"), str(tmp_path / "stitch")
-  c1 = _config("tiny", data_dir, num_train_steps=2, async_checkpointing=False, evals=[])
-  assert train.train_and_evaluate(c1, e2e).status == "finished"
-  c2 = _config("tiny_stitch", data_dir, num_train_steps=2, async_checkpointing=False, evals=[],
-               init_from=e2e)
-  assert train.train_and_evaluate(c2, stitch).status == "finished"
-  _, s1, _ = train.load_state(c1, e2e)
-  _, s2, _ = train.load_state(c2, stitch)
-  p1 = jax.tree_util.tree_flatten_with_path(jax.device_get(s1.params))[0]
-  p2 = jax.tree.leaves(jax.device_get(s2.params))
-  changed = 0
-  for (path, a), b in zip(p1, p2):
-    keys = [getattr(p, "key", None) for p in path]
-    if "dream" in keys:
-      changed += int(not np.array_equal(a, b))
-    else:
-      np.testing.assert_array_equal(a, b, err_msg=str(keys))
-  assert changed > 0
-  jax.tree.map(np.testing.assert_array_equal, jax.device_get(s1.model_state),
-               jax.device_get(s2.model_state))
+    """The paper's best recipe with two commands: the stitching run starts from the
+    end-to-end run's weights (trainer's init_from reads params + model state only, though
+    the optimizer state differs), keeps the stem bit-identical and trains the block."""
+    e2e, stitch = str(tmp_path / "e2e"), str(tmp_path / "stitch")
+    c1 = _config("tiny", data_dir, num_train_steps=2, async_checkpointing=False, evals=[])
+    assert train.train_and_evaluate(c1, e2e).status == "finished"
+    c2 = _config(
+        "tiny_stitch",
+        data_dir,
+        num_train_steps=2,
+        async_checkpointing=False,
+        evals=[],
+        init_from=e2e,
+    )
+    assert train.train_and_evaluate(c2, stitch).status == "finished"
+    _, s1, _ = train.load_state(c1, e2e)
+    _, s2, _ = train.load_state(c2, stitch)
+    p1 = jax.tree_util.tree_flatten_with_path(jax.device_get(s1.params))[0]
+    p2 = jax.tree.leaves(jax.device_get(s2.params))
+    changed = 0
+    for (path, a), b in zip(p1, p2):
+        keys = [getattr(p, "key", None) for p in path]
+        if "dream" in keys:
+            changed += int(not np.array_equal(a, b))
+        else:
+            np.testing.assert_array_equal(a, b, err_msg=str(keys))
+    assert changed > 0
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        jax.device_get(s1.model_state),
+        jax.device_get(s2.model_state),
+    )

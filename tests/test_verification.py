@@ -1,4 +1,5 @@
 """Verification protocols: real LFW / CFP files, fold logic, ROC metrics vs sklearn."""
+
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
@@ -28,7 +29,10 @@ def test_lfw_pairs_real_file(real_data):
     p1, _ = pairs.paths("/lfw")
     assert str(p1[0]) == "/lfw/Abel_Pacheco/Abel_Pacheco_0001.jpg"
     # The real image files that are present follow that layout's naming.
-    assert real_data("lfw", "Anthony_Hopkins_0001.jpg").name == V.lfw_image_path(".", "Anthony_Hopkins", 1).name
+    assert (
+        real_data("lfw", "Anthony_Hopkins_0001.jpg").name
+        == V.lfw_image_path(".", "Anthony_Hopkins", 1).name
+    )
 
 
 def test_cfp_protocol_real_files(real_data):
@@ -59,7 +63,9 @@ def test_cfp_protocol_real_files(real_data):
 def test_cfp_rejects_escaping_paths_and_bad_indices(tmp_path):
     root = tmp_path / "cfp"
     (root / "Protocol").mkdir(parents=True)
-    (root / "Protocol" / "Pair_list_F.txt").write_text("1 ../Data/Images/001/frontal/01.jpg\n2 ../../../etc/passwd\n")
+    (root / "Protocol" / "Pair_list_F.txt").write_text(
+        "1 ../Data/Images/001/frontal/01.jpg\n2 ../../../etc/passwd\n"
+    )
     (root / "Protocol" / "Pair_list_P.txt").write_text("1 ../Data/Images/001/profile/01.jpg\n")
     with pytest.raises(ValueError, match=r"Pair_list_F.txt:2: .*escapes"):
         V.parse_cfp_protocol(root, check_exists=False)
@@ -103,7 +109,11 @@ def _synthetic(n=1000, sep=1.5):
 
 
 def test_roc_eer_auc_against_sklearn():
-    for sim, same in (_synthetic(), _synthetic(300, 0.3), (np.round(_synthetic()[0], 1), _synthetic()[1])):
+    for sim, same in (
+        _synthetic(),
+        _synthetic(300, 0.3),
+        (np.round(_synthetic()[0], 1), _synthetic()[1]),
+    ):
         fpr, tpr, thr = V.roc_curve(sim, same)
         sf, st, sth = sk_roc_curve(same, sim, drop_intermediate=False)
         np.testing.assert_allclose(fpr, sf)
@@ -112,7 +122,9 @@ def test_roc_eer_auc_against_sklearn():
         np.testing.assert_allclose(V.roc_auc(sim, same), roc_auc_score(same, sim), rtol=1e-12)
         np.testing.assert_allclose(V.eer(sim, same), sf[np.argmin(np.abs(sf + st - 1))])
         # Distances: the same ROC.
-        np.testing.assert_allclose(V.roc_auc(-sim, same, kind="distance"), roc_auc_score(same, sim), rtol=1e-12)
+        np.testing.assert_allclose(
+            V.roc_auc(-sim, same, kind="distance"), roc_auc_score(same, sim), rtol=1e-12
+        )
         np.testing.assert_allclose(V.eer(2 - sim, same, kind="distance"), V.eer(sim, same))
 
 
@@ -123,8 +135,10 @@ def test_tar_at_far_closest_and_interpolated():
         # insightface IJB_11.py convention
         _, idx = min(zip(abs(sf - far), range(len(sf))))
         np.testing.assert_allclose(V.tar_at_far(sim, same, far), st[idx])
-    np.testing.assert_allclose(V.tar_at_far(sim, same, [0.5], method="interpolated"),
-                               [np.interp(0.5, *V.roc_curve(sim, same)[:2])])
+    np.testing.assert_allclose(
+        V.tar_at_far(sim, same, [0.5], method="interpolated"),
+        [np.interp(0.5, *V.roc_curve(sim, same)[:2])],
+    )
     # Perfect separation: TAR 1 at any FAR.
     perfect = np.where(same, 1.0, -1.0)
     assert V.tar_at_far(perfect, same, 1e-6, method="closest_upper") == 1.0
@@ -151,7 +165,9 @@ def test_kfold_accuracy_matches_reference_and_uses_other_folds():
     folds = np.repeat(np.arange(10), 60)
     dist = np.clip(RNG.normal(1.4, 0.3, n) - 0.5 * same, 0, 4)
     got = V.kfold_accuracy(dist, same, folds)
-    np.testing.assert_allclose(got["accuracy"], _reference_kfold(dist, same, folds, V.LFW_THRESHOLDS))
+    np.testing.assert_allclose(
+        got["accuracy"], _reference_kfold(dist, same, folds, V.LFW_THRESHOLDS)
+    )
     assert abs(got["mean"] - got["accuracy"].mean()) < 1e-12 and got["std"] == got["accuracy"].std()
     # Leakage check: a fold whose own optimum differs from the others' does not get its own.
     dist2 = np.where(same, 0.5, 1.5)

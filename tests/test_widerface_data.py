@@ -1,4 +1,5 @@
 """WIDER FACE annotation parser: official text and .mat layouts, errors, path safety."""
+
 import numpy as np
 import pytest
 
@@ -53,7 +54,9 @@ def test_txt_malformed_names_file_and_line(tmp_path, text, line, msg):
     assert f"{p}:{line}:" in str(e.value)
 
 
-@pytest.mark.parametrize("bad", ["../etc/passwd.jpg", "/abs/x.jpg", "0--Parade/../../x.jpg", "a\\b.jpg", "C:x/y.jpg"])
+@pytest.mark.parametrize(
+    "bad", ["../etc/passwd.jpg", "/abs/x.jpg", "0--Parade/../../x.jpg", "a\\b.jpg", "C:x/y.jpg"]
+)
 def test_paths_cannot_escape_root(tmp_path, bad):
     p = tmp_path / "gt.txt"
     p.write_text(f"{bad}\n1\n1 2 3 4 0 0 0 0 0 0\n")
@@ -68,7 +71,10 @@ def test_resolve_in_root_rejects_symlink_escape(tmp_path):
     (tmp_path / "root" / "link").symlink_to(tmp_path)
     with pytest.raises(W.UnsafePathError, match="outside"):
         W.resolve_in_root(tmp_path / "root", "link/secret.txt")
-    assert W.resolve_in_root(tmp_path / "root", "a/b.jpg") == (tmp_path / "root" / "a" / "b.jpg").resolve()
+    assert (
+        W.resolve_in_root(tmp_path / "root", "a/b.jpg")
+        == (tmp_path / "root" / "a" / "b.jpg").resolve()
+    )
 
 
 def test_mat_round_trip_and_errors(tmp_path):
@@ -83,16 +89,31 @@ def test_mat_round_trip_and_errors(tmp_path):
     mat = {
         "event_list": cell([np.array(["0--Parade"])]),
         "file_list": cell([cell([np.array(["img_a"]), np.array(["img_b"])])]),
-        "face_bbx_list": cell([cell([np.array([[1, 2, 3, 4], [5, 6, 7, 8]], np.int32), np.array([[9, 9, 2, 2]], np.int32)])]),
+        "face_bbx_list": cell(
+            [
+                cell(
+                    [
+                        np.array([[1, 2, 3, 4], [5, 6, 7, 8]], np.int32),
+                        np.array([[9, 9, 2, 2]], np.int32),
+                    ]
+                )
+            ]
+        ),
         "gt_list": cell([cell([np.array([[2]], np.uint8), np.zeros((0, 1), np.uint8)])]),
-        "blur_label_list": cell([cell([np.array([[1], [2]], np.uint8), np.array([[0]], np.uint8)])]),
+        "blur_label_list": cell(
+            [cell([np.array([[1], [2]], np.uint8), np.array([[0]], np.uint8)])]
+        ),
     }
     p = tmp_path / "wider_easy_val.mat"
     scipy.io.savemat(p, mat)
     a = W.read_mat(p)
     assert a.image_names == ("img_a", "img_b")
     assert a.image_paths == ("0--Parade/img_a.jpg", "0--Parade/img_b.jpg")
-    assert a.boxes.dtype == np.int32 and a.boxes.tolist() == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 9, 2, 2]]
+    assert a.boxes.dtype == np.int32 and a.boxes.tolist() == [
+        [1, 2, 3, 4],
+        [5, 6, 7, 8],
+        [9, 9, 2, 2],
+    ]
     assert a.keep.tolist() == [False, True, False]
     assert a.keep_list_lengths.tolist() == [1, 0]
     assert a.labels["blur"].tolist() == [1, 2, 0] and "pose" not in a.labels

@@ -1,5 +1,6 @@
 """WIDER FACE evaluation: hand-computed cases, file I/O, and the real ground truth
 against a slow straight-line transcription of the official MATLAB code."""
+
 import json
 import math
 from fractions import Fraction
@@ -117,7 +118,9 @@ def test_score_normalisation_rules():
     base = E.evaluate(gt, E.Predictions.from_lists([(boxes, [0.9, 0.3, 0.1])]))["easy"]
     # Only the order and the normalised spacing matter: an affine map of the scores
     # that keeps them exact in float32 gives the same curves.
-    aff = E.evaluate(gt, E.Predictions.from_lists([(boxes, [0.9 * 4 - 2, 0.3 * 4 - 2, 0.1 * 4 - 2])]))["easy"]
+    aff = E.evaluate(
+        gt, E.Predictions.from_lists([(boxes, [0.9 * 4 - 2, 0.3 * 4 - 2, 0.1 * 4 - 2])])
+    )["easy"]
     np.testing.assert_array_equal(base.tp, aff.tp)
     np.testing.assert_array_equal(base.proposals, aff.proposals)
     # Equal scores: (s - min) / 0 = NaN in MATLAB: nothing passes any threshold.
@@ -147,7 +150,10 @@ def test_prediction_files_round_trip_and_missing(tmp_path):
     b0 = np.array([[0.1, 0.2, 10.3, 9.7], [3.0, 4.0, -1.0, 2.0]])  # negative width kept
     s0 = np.array([0.123456789012345, 0.9])
     E.write_predictions(
-        tmp_path, ["0--Test/img_0.jpg", "0--Test/img_1.jpg"], [b0, np.zeros((0, 4))], [s0, np.zeros(0)]
+        tmp_path,
+        ["0--Test/img_0.jpg", "0--Test/img_1.jpg"],
+        [b0, np.zeros((0, 4))],
+        [s0, np.zeros(0)],
     )
     text = (tmp_path / "0--Test" / "img_0.txt").read_text().splitlines()
     assert text[0] == "img_0" and text[1] == "2"
@@ -366,7 +372,10 @@ def test_real_gt_perfect_predictions(real_data, tmp_path, capsys):
     rng = np.random.default_rng(0)
     scores = rng.random(face.num_faces)
     per = [
-        (face.boxes[face.face_offsets[i] : face.face_offsets[i + 1]], scores[face.face_offsets[i] : face.face_offsets[i + 1]])
+        (
+            face.boxes[face.face_offsets[i] : face.face_offsets[i + 1]],
+            scores[face.face_offsets[i] : face.face_offsets[i + 1]],
+        )
         for i in range(face.num_images)
     ]
     preds = E.Predictions.from_lists(per)
@@ -380,7 +389,19 @@ def test_real_gt_perfect_predictions(real_data, tmp_path, capsys):
     # Through the folder format and the CLI: same numbers.
     pred_dir, out_dir = tmp_path / "pred", tmp_path / "out"
     E.write_predictions(pred_dir, list(face.image_paths), [p[0] for p in per], [p[1] for p in per])
-    assert E.main(["--pred", str(pred_dir), "--gt", str(real_data("widerface", "ground_truth")), "--out", str(out_dir)]) == 0
+    assert (
+        E.main(
+            [
+                "--pred",
+                str(pred_dir),
+                "--gt",
+                str(real_data("widerface", "ground_truth")),
+                "--out",
+                str(out_dir),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     for s in ("Easy", "Medium", "Hard"):
         assert f"{s} Val AP: {res[s.lower()].ap:.4f}" in printed
@@ -414,7 +435,9 @@ def test_real_gt_jittered_matches_official_transcription(real_data):
     for i in range(preds.num_images):
         a, b = preds.offsets[i], preds.offsets[i + 1]
         raw.append(
-            None if a == b else np.concatenate([preds.boxes[a:b], preds.scores[a:b, None]], 1).tolist()
+            None
+            if a == b
+            else np.concatenate([preds.boxes[a:b], preds.scores[a:b, None]], 1).tolist()
         )
     for s in ("easy", "hard"):
         a = sub.settings[s]

@@ -47,18 +47,59 @@ __all__ = [
 
 # The 40 attribute names in the order of `list_attr_celeba.txt`, line 2.
 CELEBA_ATTRIBUTES = (
-    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs",
-    "Big_Lips", "Big_Nose", "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair",
-    "Bushy_Eyebrows", "Chubby", "Double_Chin", "Eyeglasses", "Goatee", "Gray_Hair",
-    "Heavy_Makeup", "High_Cheekbones", "Male", "Mouth_Slightly_Open", "Mustache",
-    "Narrow_Eyes", "No_Beard", "Oval_Face", "Pale_Skin", "Pointy_Nose", "Receding_Hairline",
-    "Rosy_Cheeks", "Sideburns", "Smiling", "Straight_Hair", "Wavy_Hair", "Wearing_Earrings",
-    "Wearing_Hat", "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young",
+    "5_o_Clock_Shadow",
+    "Arched_Eyebrows",
+    "Attractive",
+    "Bags_Under_Eyes",
+    "Bald",
+    "Bangs",
+    "Big_Lips",
+    "Big_Nose",
+    "Black_Hair",
+    "Blond_Hair",
+    "Blurry",
+    "Brown_Hair",
+    "Bushy_Eyebrows",
+    "Chubby",
+    "Double_Chin",
+    "Eyeglasses",
+    "Goatee",
+    "Gray_Hair",
+    "Heavy_Makeup",
+    "High_Cheekbones",
+    "Male",
+    "Mouth_Slightly_Open",
+    "Mustache",
+    "Narrow_Eyes",
+    "No_Beard",
+    "Oval_Face",
+    "Pale_Skin",
+    "Pointy_Nose",
+    "Receding_Hairline",
+    "Rosy_Cheeks",
+    "Sideburns",
+    "Smiling",
+    "Straight_Hair",
+    "Wavy_Hair",
+    "Wearing_Earrings",
+    "Wearing_Hat",
+    "Wearing_Lipstick",
+    "Wearing_Necklace",
+    "Wearing_Necktie",
+    "Young",
 )
 # The 10 coordinate names of `list_landmarks_align_celeba.txt`, line 2.
 CELEBA_LANDMARKS = (
-    "lefteye_x", "lefteye_y", "righteye_x", "righteye_y", "nose_x", "nose_y",
-    "leftmouth_x", "leftmouth_y", "rightmouth_x", "rightmouth_y",
+    "lefteye_x",
+    "lefteye_y",
+    "righteye_x",
+    "righteye_y",
+    "nose_x",
+    "nose_y",
+    "leftmouth_x",
+    "leftmouth_y",
+    "rightmouth_x",
+    "rightmouth_y",
 )
 # Partition ids of `list_eval_partition.txt` and the tfds split names they become.
 SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
@@ -112,8 +153,10 @@ def check_image_name(name: str, path=None, line: Optional[int] = None) -> str:
     """
     if not name or name in (".", "..") or _BAD_NAME.search(name) or ":" in name:
         raise CelebAFormatError(
-            path or "<image name>", line,
-            f"image name {name!r} is not a plain file name inside {IMAGE_DIR}/")
+            path or "<image name>",
+            line,
+            f"image name {name!r} is not a plain file name inside {IMAGE_DIR}/",
+        )
     return name
 
 
@@ -147,13 +190,16 @@ def parse_eval_partition(path) -> dict:
         fields = line.split()
         if len(fields) != 2:
             raise CelebAFormatError(
-                path, lineno, f"expected 'image partition' (2 fields), got {len(fields)}: "
-                f"{line.strip()!r}")
+                path,
+                lineno,
+                f"expected 'image partition' (2 fields), got {len(fields)}: {line.strip()!r}",
+            )
         name, part = fields
         check_image_name(name, path, lineno)
         if part not in ("0", "1", "2"):
             raise CelebAFormatError(
-                path, lineno, f"partition of {name} must be 0, 1 or 2, got {part!r}")
+                path, lineno, f"partition of {name} must be 0, 1 or 2, got {part!r}"
+            )
         if name in out:
             raise CelebAFormatError(path, lineno, f"image {name} listed twice")
         out[name] = int(part)
@@ -166,17 +212,22 @@ def _parse_table(path, *, expected_names, allowed, dtype, check_count: bool) -> 
     lines = _read_lines(path)
     if len(lines) < 2:
         raise CelebAFormatError(
-            path, len(lines) + 1, "expected an image count on line 1 and names on line 2")
+            path, len(lines) + 1, "expected an image count on line 1 and names on line 2"
+        )
     try:
         declared = int(lines[0].strip())
     except ValueError:
         raise CelebAFormatError(
-            path, 1, f"expected the image count, got {lines[0].strip()!r}") from None
+            path, 1, f"expected the image count, got {lines[0].strip()!r}"
+        ) from None
     names = tuple(lines[1].split())
     if names != tuple(expected_names):
         raise CelebAFormatError(
-            path, 2, f"expected the {len(expected_names)} names "
-            f"{' '.join(expected_names)!r}, got {len(names)}: {lines[1].strip()!r}")
+            path,
+            2,
+            f"expected the {len(expected_names)} names "
+            f"{' '.join(expected_names)!r}, got {len(names)}: {lines[1].strip()!r}",
+        )
     ncol = len(names) + 1
     images, tokens = [], []
     seen = set()
@@ -184,8 +235,10 @@ def _parse_table(path, *, expected_names, allowed, dtype, check_count: bool) -> 
         fields = line.split()
         if len(fields) != ncol:
             raise CelebAFormatError(
-                path, lineno, f"expected an image name and {ncol - 1} values, got "
-                f"{len(fields)} fields")
+                path,
+                lineno,
+                f"expected an image name and {ncol - 1} values, got {len(fields)} fields",
+            )
         name = check_image_name(fields[0], path, lineno)
         if name in seen:
             raise CelebAFormatError(path, lineno, f"image {name} listed twice")
@@ -194,8 +247,11 @@ def _parse_table(path, *, expected_names, allowed, dtype, check_count: bool) -> 
         tokens.append(fields[1:])
     if check_count and declared != len(images):
         raise CelebAFormatError(
-            path, 1, f"declares {declared} images but lists {len(images)} "
-            "(pass check_count=False for a deliberately truncated file)")
+            path,
+            1,
+            f"declares {declared} images but lists {len(images)} "
+            "(pass check_count=False for a deliberately truncated file)",
+        )
     values = np.zeros((len(images), ncol - 1), np.int64)
     if images:
         try:
@@ -207,16 +263,20 @@ def _parse_table(path, *, expected_names, allowed, dtype, check_count: bool) -> 
                         int(tok)
                     except ValueError:
                         raise CelebAFormatError(
-                            path, r + 3, f"{names[c]} of {images[r]} must be an integer, "
-                            f"got {tok!r}") from None
+                            path,
+                            r + 3,
+                            f"{names[c]} of {images[r]} must be an integer, got {tok!r}",
+                        ) from None
             raise
     if allowed is not None:
         bad = ~np.isin(values, allowed)
         if bad.any():
             r, c = np.argwhere(bad)[0]
             raise CelebAFormatError(
-                path, int(r) + 3, f"{names[c]} of {images[r]} must be one of "
-                f"{sorted(allowed)}, got {tokens[r][c]!r}")
+                path,
+                int(r) + 3,
+                f"{names[c]} of {images[r]} must be one of {sorted(allowed)}, got {tokens[r][c]!r}",
+            )
     return LabelTable(names, tuple(images), values.astype(dtype), declared)
 
 
@@ -234,14 +294,20 @@ def parse_attributes(path, *, check_count: bool = True) -> LabelTable:
     Raises:
       CelebAFormatError: naming the file and line of the first malformed line.
     """
-    return _parse_table(path, expected_names=CELEBA_ATTRIBUTES, allowed=(-1, 1),
-                        dtype=np.int8, check_count=check_count)
+    return _parse_table(
+        path,
+        expected_names=CELEBA_ATTRIBUTES,
+        allowed=(-1, 1),
+        dtype=np.int8,
+        check_count=check_count,
+    )
 
 
 def parse_landmarks(path, *, check_count: bool = True) -> LabelTable:
     """Parse ``list_landmarks_align_celeba.txt`` (int32 pixel coordinates)."""
-    return _parse_table(path, expected_names=CELEBA_LANDMARKS, allowed=None,
-                        dtype=np.int32, check_count=check_count)
+    return _parse_table(
+        path, expected_names=CELEBA_LANDMARKS, allowed=None, dtype=np.int32, check_count=check_count
+    )
 
 
 class _ImageSource:
@@ -258,7 +324,8 @@ class _ImageSource:
             self.kind = "zip"
         else:
             raise FileNotFoundError(
-                f"{manual_dir}: neither {IMAGE_DIR}/ nor {IMAGE_ZIP} is present")
+                f"{manual_dir}: neither {IMAGE_DIR}/ nor {IMAGE_ZIP} is present"
+            )
 
     def open(self):
         if self.kind == "zip" and self._zip is None:
@@ -322,7 +389,8 @@ def load_manual_annotations(manual_dir) -> dict:
         for lineno, name in enumerate(partition, start=1):
             if name not in listed:
                 raise CelebAFormatError(
-                    partition_path, lineno, f"image {name} has no entry in {fname}")
+                    partition_path, lineno, f"image {name} has no entry in {fname}"
+                )
     return {"partition": partition, "attributes": attributes, "landmarks": landmarks}
 
 
@@ -354,23 +422,28 @@ if tfds is not None:
         MANUAL_DOWNLOAD_INSTRUCTIONS = (
             "Download CelebA from https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html and "
             f"place in the manual directory: {IMAGE_DIR}/ (or {IMAGE_ZIP}), {ATTR_FILE}, "
-            f"{PARTITION_FILE} and optionally {LANDMARKS_FILE}.")
+            f"{PARTITION_FILE} and optionally {LANDMARKS_FILE}."
+        )
 
         def _info(self):
             return self.dataset_info_from_configs(
                 description=(
                     "CelebA aligned faces with 40 binary attributes in the order of "
-                    f"list_attr_celeba.txt: {', '.join(CELEBA_ATTRIBUTES)}."),
-                features=tfds.features.FeaturesDict({
-                    "image": tfds.features.Image(shape=(None, None, 3),
-                                                 encoding_format="jpeg"),
-                    "image/filename": tfds.features.Text(),
-                    "attributes": tfds.features.Tensor(
-                        shape=(len(CELEBA_ATTRIBUTES),), dtype=np.bool_),
-                    "landmarks": tfds.features.Tensor(
-                        shape=(len(CELEBA_LANDMARKS),), dtype=np.int64),
-                    "has_landmarks": tfds.features.Scalar(dtype=np.bool_),
-                }),
+                    f"list_attr_celeba.txt: {', '.join(CELEBA_ATTRIBUTES)}."
+                ),
+                features=tfds.features.FeaturesDict(
+                    {
+                        "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+                        "image/filename": tfds.features.Text(),
+                        "attributes": tfds.features.Tensor(
+                            shape=(len(CELEBA_ATTRIBUTES),), dtype=np.bool_
+                        ),
+                        "landmarks": tfds.features.Tensor(
+                            shape=(len(CELEBA_LANDMARKS),), dtype=np.int64
+                        ),
+                        "has_landmarks": tfds.features.Scalar(dtype=np.bool_),
+                    }
+                ),
                 homepage="https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html",
             )
 
@@ -382,8 +455,10 @@ if tfds is not None:
                 for lineno, name in enumerate(ann["partition"], start=1):
                     if not source.exists(name):
                         raise CelebAFormatError(
-                            os.path.join(manual_dir, PARTITION_FILE), lineno,
-                            f"image {name} not found in {source.describe()}")
+                            os.path.join(manual_dir, PARTITION_FILE),
+                            lineno,
+                            f"image {name} not found in {source.describe()}",
+                        )
             finally:
                 source.close()
             return {
@@ -403,13 +478,16 @@ if tfds is not None:
                         landmarks = lms.values[lm_row[name]].astype(np.int64)
                     else:
                         landmarks = np.full((len(CELEBA_LANDMARKS),), -1, np.int64)
-                    yield name, {
-                        "image": source.read(name),
-                        "image/filename": name,
-                        "attributes": attrs.values[attr_row[name]] > 0,
-                        "landmarks": landmarks,
-                        "has_landmarks": lms is not None,
-                    }
+                    yield (
+                        name,
+                        {
+                            "image": source.read(name),
+                            "image/filename": name,
+                            "attributes": attrs.values[attr_row[name]] > 0,
+                            "landmarks": landmarks,
+                            "has_landmarks": lms is not None,
+                        },
+                    )
             finally:
                 source.close()
 

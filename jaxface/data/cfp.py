@@ -34,6 +34,7 @@ Features per example:
     function; the folder flag is the better pose signal on CFP);
   protocol_split: int64, the 1-based protocol split that holds the identity.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,153 +52,194 @@ DEFAULT_TRAIN_SPLITS = (1, 2, 3, 4, 5, 6, 7, 8)
 
 
 def identity_splits(protocol: verification.CFPProtocol) -> np.ndarray:
-  """int64 [500]: the 1-based protocol split of each CFP identity (0 = in no split).
+    """int64 [500]: the 1-based protocol split of each CFP identity (0 = in no split).
 
-  Read off the FF and FP pair files; an identity claimed by two splits is an error.
-  """
-  n_ids = int(max(protocol.frontal_identity.max(), protocol.profile_identity.max())) + 1
-  out = np.zeros(n_ids, np.int64)
-  for name, second_id in (("FF", protocol.frontal_identity), ("FP", protocol.profile_identity)):
-    for k, (i, j, _) in enumerate(protocol.splits[name], start=1):
-      ids = np.unique(np.concatenate([protocol.frontal_identity[i], second_id[j]]))
-      clash = ids[(out[ids] != 0) & (out[ids] != k)]
-      if len(clash):
-        raise ValueError(f"{protocol.root}/Protocol/Split/{name}/{k:02d}: identity {int(clash[0]) + 1} "
-                         f"also appears in split {int(out[clash[0]]):02d}; splits must be disjoint")
-      out[ids] = k
-  return out
+    Read off the FF and FP pair files; an identity claimed by two splits is an error.
+    """
+    n_ids = int(max(protocol.frontal_identity.max(), protocol.profile_identity.max())) + 1
+    out = np.zeros(n_ids, np.int64)
+    for name, second_id in (("FF", protocol.frontal_identity), ("FP", protocol.profile_identity)):
+        for k, (i, j, _) in enumerate(protocol.splits[name], start=1):
+            ids = np.unique(np.concatenate([protocol.frontal_identity[i], second_id[j]]))
+            clash = ids[(out[ids] != 0) & (out[ids] != k)]
+            if len(clash):
+                raise ValueError(
+                    f"{protocol.root}/Protocol/Split/{name}/{k:02d}: identity {int(clash[0]) + 1} "
+                    f"also appears in split {int(out[clash[0]]):02d}; splits must be disjoint"
+                )
+            out[ids] = k
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
 class CFPIndex:
-  """Every CFP image with its identity, flag, protocol number and protocol split."""
-  protocol: verification.CFPProtocol
-  paths: list            # [7000] image paths: the 5,000 frontal, then the 2,000 profile
-  identity: np.ndarray   # [7000] 0-based CFP identity
-  is_profile: np.ndarray  # [7000] bool
-  index: np.ndarray      # [7000] 0-based number in Pair_list_F / Pair_list_P
-  split: np.ndarray      # [7000] 1-based protocol split of the identity
+    """Every CFP image with its identity, flag, protocol number and protocol split."""
 
-  def select(self, splits) -> np.ndarray:
-    """Positions (into this index) of the images whose identity is in ``splits``."""
-    return np.flatnonzero(np.isin(self.split, np.asarray(list(splits), np.int64)))
+    protocol: verification.CFPProtocol
+    paths: list  # [7000] image paths: the 5,000 frontal, then the 2,000 profile
+    identity: np.ndarray  # [7000] 0-based CFP identity
+    is_profile: np.ndarray  # [7000] bool
+    index: np.ndarray  # [7000] 0-based number in Pair_list_F / Pair_list_P
+    split: np.ndarray  # [7000] 1-based protocol split of the identity
+
+    def select(self, splits) -> np.ndarray:
+        """Positions (into this index) of the images whose identity is in ``splits``."""
+        return np.flatnonzero(np.isin(self.split, np.asarray(list(splits), np.int64)))
 
 
 def index_cfp(root: str | os.PathLike, *, check_exists: bool = True) -> CFPIndex:
-  """Parses CFP's protocol under ``root`` and lists every image (`CFPIndex`)."""
-  proto = verification.parse_cfp_protocol(root, check_exists=check_exists)
-  per_id = identity_splits(proto)
-  nf, npf = len(proto.frontal_paths), len(proto.profile_paths)
-  identity = np.concatenate([proto.frontal_identity, proto.profile_identity]).astype(np.int64)
-  return CFPIndex(protocol=proto, paths=list(proto.frontal_paths) + list(proto.profile_paths),
-                  identity=identity,
-                  is_profile=np.concatenate([np.zeros(nf, bool), np.ones(npf, bool)]),
-                  index=np.concatenate([np.arange(nf), np.arange(npf)]).astype(np.int64),
-                  split=per_id[identity])
+    """Parses CFP's protocol under ``root`` and lists every image (`CFPIndex`)."""
+    proto = verification.parse_cfp_protocol(root, check_exists=check_exists)
+    per_id = identity_splits(proto)
+    nf, npf = len(proto.frontal_paths), len(proto.profile_paths)
+    identity = np.concatenate([proto.frontal_identity, proto.profile_identity]).astype(np.int64)
+    return CFPIndex(
+        protocol=proto,
+        paths=list(proto.frontal_paths) + list(proto.profile_paths),
+        identity=identity,
+        is_profile=np.concatenate([np.zeros(nf, bool), np.ones(npf, bool)]),
+        index=np.concatenate([np.arange(nf), np.arange(npf)]).astype(np.int64),
+        split=per_id[identity],
+    )
 
 
 def crop_image(path, fiducials: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-  """Centred square crop (side = shorter side) resized to ``size``; fiducials mapped along.
+    """Centred square crop (side = shorter side) resized to ``size``; fiducials mapped along.
 
-  Returns ``(image uint8 [size, size, 3], points float32 [30, 2])``.
-  """
-  from PIL import Image  # pylint: disable=import-outside-toplevel
-  with Image.open(path) as im:
-    im = im.convert("RGB")
-    w, h = im.size
-    side = min(w, h)
-    x0, y0 = (w - side) // 2, (h - side) // 2
-    im = im.crop((x0, y0, x0 + side, y0 + side)).resize((size, size), Image.BILINEAR)
-    image = np.asarray(im, np.uint8)
-  scale = size / side
-  pts = (np.asarray(fiducials, np.float64) - [x0, y0]) * scale
-  return image, pts.astype(np.float32)
+    Returns ``(image uint8 [size, size, 3], points float32 [30, 2])``.
+    """
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        w, h = im.size
+        side = min(w, h)
+        x0, y0 = (w - side) // 2, (h - side) // 2
+        im = im.crop((x0, y0, x0 + side, y0 + side)).resize((size, size), Image.BILINEAR)
+        image = np.asarray(im, np.uint8)
+    scale = size / side
+    pts = (np.asarray(fiducials, np.float64) - [x0, y0]) * scale
+    return image, pts.astype(np.float32)
 
 
 try:  # The builder needs tensorflow_datasets; the index above does not.
-  import tensorflow_datasets as tfds
-  from jaxface.data import tfds_base
+    import tensorflow_datasets as tfds
+    from jaxface.data import tfds_base
 except ImportError:  # pragma: no cover
-  tfds = None
+    tfds = None
 
 if tfds is not None:
 
-  @dataclasses.dataclass(eq=False)
-  class CfpManualConfig(tfds.core.BuilderConfig):
-    """A ``cfp_manual`` variant.
+    @dataclasses.dataclass(eq=False)
+    class CfpManualConfig(tfds.core.BuilderConfig):
+        """A ``cfp_manual`` variant.
 
-    Attributes:
-      image_size: side of the stored square crops.
-      train_splits: protocol splits (1..10) whose identities form ``train``; the
-        identities of every other split form ``test``.
-    """
-    image_size: int = 112
-    train_splits: tuple = DEFAULT_TRAIN_SPLITS
+        Attributes:
+          image_size: side of the stored square crops.
+          train_splits: protocol splits (1..10) whose identities form ``train``; the
+            identities of every other split form ``test``.
+        """
 
-    def __post_init__(self):
-      bad = [s for s in self.train_splits if not 1 <= int(s) <= 10]
-      if bad or not self.train_splits or len(set(self.train_splits)) == 10:
-        raise ValueError(f"CfpManualConfig(name={self.name!r}): train_splits={tuple(self.train_splits)} "
-                         "must be 1..9 distinct protocol splits in 1..10 (some must be left for test)")
-      if not 16 <= int(self.image_size) <= 512:
-        raise ValueError(f"CfpManualConfig(name={self.name!r}): image_size={self.image_size}, expected 16..512")
+        image_size: int = 112
+        train_splits: tuple = DEFAULT_TRAIN_SPLITS
 
-    def fingerprint(self) -> dict:
-      return {"image_size": int(self.image_size), "train_splits": [int(s) for s in self.train_splits]}
+        def __post_init__(self):
+            bad = [s for s in self.train_splits if not 1 <= int(s) <= 10]
+            if bad or not self.train_splits or len(set(self.train_splits)) == 10:
+                raise ValueError(
+                    f"CfpManualConfig(name={self.name!r}): train_splits={tuple(self.train_splits)} "
+                    "must be 1..9 distinct protocol splits in 1..10 (some must be left for test)"
+                )
+            if not 16 <= int(self.image_size) <= 512:
+                raise ValueError(
+                    f"CfpManualConfig(name={self.name!r}): image_size={self.image_size}, expected 16..512"
+                )
 
-  class CfpManual(tfds_base.Builder):
-    """CFP read from its original layout in the manual directory; see the module docstring."""
+        def fingerprint(self) -> dict:
+            return {
+                "image_size": int(self.image_size),
+                "train_splits": [int(s) for s in self.train_splits],
+            }
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "CFP from the original layout; identity-disjoint train/test by protocol split."}
-    BUILDER_CONFIGS = [CfpManualConfig(name="default", description="112 px crops; train = splits 01-08.")]
-    DEFAULT_CONFIG_NAME = "default"
-    MANUAL_DOWNLOAD_INSTRUCTIONS = (
-        "Place the CFP release (http://www.cfpw.io/) in the manual directory: Data/Images, "
-        "Data/Fiducials and Protocol/ as distributed.")
+    class CfpManual(tfds_base.Builder):
+        """CFP read from its original layout in the manual directory; see the module docstring."""
 
-    def _info(self):
-      s = int(self.builder_config.image_size)
-      return tfds.core.DatasetInfo(
-          builder=self, description=__doc__,
-          features=tfds.features.FeaturesDict({
-              "image": tfds.features.Image(shape=(s, s, 3), dtype=np.uint8, encoding_format="png"),
-              "label": tfds.features.Scalar(dtype=np.int64),
-              "identity": tfds.features.Scalar(dtype=np.int64),
-              "is_profile": tfds.features.Scalar(dtype=np.bool_),
-              "index": tfds.features.Scalar(dtype=np.int64),
-              "landmarks": tfds.features.Tensor(shape=(30, 2), dtype=np.float32),
-              "yaw": tfds.features.Scalar(dtype=np.float32),
-              "protocol_split": tfds.features.Scalar(dtype=np.int64),
-          }),
-          supervised_keys=("image", "label"),
-          homepage="http://www.cfpw.io/",
-          metadata=tfds.core.MetadataDict(config=self.builder_config.fingerprint()))
+        VERSION = tfds.core.Version("1.0.0")
+        RELEASE_NOTES = {
+            "1.0.0": "CFP from the original layout; identity-disjoint train/test by protocol split."
+        }
+        BUILDER_CONFIGS = [
+            CfpManualConfig(name="default", description="112 px crops; train = splits 01-08.")
+        ]
+        DEFAULT_CONFIG_NAME = "default"
+        MANUAL_DOWNLOAD_INSTRUCTIONS = (
+            "Place the CFP release (http://www.cfpw.io/) in the manual directory: Data/Images, "
+            "Data/Fiducials and Protocol/ as distributed."
+        )
 
-    def _split_generators(self, dl_manager):
-      root = pathlib.Path(os.fspath(dl_manager.manual_dir))
-      idx = index_cfp(root)
-      train_splits = sorted({int(s) for s in self.builder_config.train_splits})
-      test_splits = sorted(set(range(1, 11)) - set(train_splits))
-      fiducials = np.stack([verification.read_cfp_fiducials(idx.protocol.fiducial_path(p)) for p in idx.paths])
-      from jaxface.models import pose  # pylint: disable=import-outside-toplevel
-      yaw = np.asarray(pose.yaw_from_cfp_fiducials(fiducials.astype(np.float32)), np.float32)
-      return {"train": self._generate_examples(idx, idx.select(train_splits), fiducials, yaw),
-              "test": self._generate_examples(idx, idx.select(test_splits), fiducials, yaw)}
+        def _info(self):
+            s = int(self.builder_config.image_size)
+            return tfds.core.DatasetInfo(
+                builder=self,
+                description=__doc__,
+                features=tfds.features.FeaturesDict(
+                    {
+                        "image": tfds.features.Image(
+                            shape=(s, s, 3), dtype=np.uint8, encoding_format="png"
+                        ),
+                        "label": tfds.features.Scalar(dtype=np.int64),
+                        "identity": tfds.features.Scalar(dtype=np.int64),
+                        "is_profile": tfds.features.Scalar(dtype=np.bool_),
+                        "index": tfds.features.Scalar(dtype=np.int64),
+                        "landmarks": tfds.features.Tensor(shape=(30, 2), dtype=np.float32),
+                        "yaw": tfds.features.Scalar(dtype=np.float32),
+                        "protocol_split": tfds.features.Scalar(dtype=np.int64),
+                    }
+                ),
+                supervised_keys=("image", "label"),
+                homepage="http://www.cfpw.io/",
+                metadata=tfds.core.MetadataDict(config=self.builder_config.fingerprint()),
+            )
 
-    def _generate_examples(self, idx: CFPIndex, rows: np.ndarray, fiducials, yaw):
-      from PIL import Image  # pylint: disable=import-outside-toplevel
-      size = int(self.builder_config.image_size)
-      ids = np.unique(idx.identity[rows])
-      label_of = {int(i): n for n, i in enumerate(ids)}
-      for r in rows:
-        image, pts = crop_image(idx.paths[r], fiducials[r], size)
-        buf = io.BytesIO()
-        Image.fromarray(image).save(buf, format="png", compress_level=1)
-        key = f"{'P' if idx.is_profile[r] else 'F'}{int(idx.index[r]):04d}"
-        yield key, {"image": buf.getvalue(), "label": label_of[int(idx.identity[r])],
-                    "identity": int(idx.identity[r]), "is_profile": bool(idx.is_profile[r]),
-                    "index": int(idx.index[r]), "landmarks": pts, "yaw": float(yaw[r]),
-                    "protocol_split": int(idx.split[r])}
+        def _split_generators(self, dl_manager):
+            root = pathlib.Path(os.fspath(dl_manager.manual_dir))
+            idx = index_cfp(root)
+            train_splits = sorted({int(s) for s in self.builder_config.train_splits})
+            test_splits = sorted(set(range(1, 11)) - set(train_splits))
+            fiducials = np.stack(
+                [verification.read_cfp_fiducials(idx.protocol.fiducial_path(p)) for p in idx.paths]
+            )
+            from jaxface.models import pose  # pylint: disable=import-outside-toplevel
 
-  __all__ += ["CfpManual", "CfpManualConfig"]
+            yaw = np.asarray(pose.yaw_from_cfp_fiducials(fiducials.astype(np.float32)), np.float32)
+            return {
+                "train": self._generate_examples(idx, idx.select(train_splits), fiducials, yaw),
+                "test": self._generate_examples(idx, idx.select(test_splits), fiducials, yaw),
+            }
+
+        def _generate_examples(self, idx: CFPIndex, rows: np.ndarray, fiducials, yaw):
+            from PIL import Image  # pylint: disable=import-outside-toplevel
+
+            size = int(self.builder_config.image_size)
+            ids = np.unique(idx.identity[rows])
+            label_of = {int(i): n for n, i in enumerate(ids)}
+            for r in rows:
+                image, pts = crop_image(idx.paths[r], fiducials[r], size)
+                buf = io.BytesIO()
+                Image.fromarray(image).save(buf, format="png", compress_level=1)
+                key = f"{'P' if idx.is_profile[r] else 'F'}{int(idx.index[r]):04d}"
+                yield (
+                    key,
+                    {
+                        "image": buf.getvalue(),
+                        "label": label_of[int(idx.identity[r])],
+                        "identity": int(idx.identity[r]),
+                        "is_profile": bool(idx.is_profile[r]),
+                        "index": int(idx.index[r]),
+                        "landmarks": pts,
+                        "yaw": float(yaw[r]),
+                        "protocol_split": int(idx.split[r]),
+                    },
+                )
+
+    __all__ += ["CfpManual", "CfpManualConfig"]

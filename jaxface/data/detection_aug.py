@@ -16,6 +16,7 @@ corner, right mouth corner).
 
 Photometric jitter: brightness, contrast and saturation, applied before placement.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,100 +28,136 @@ from PIL import Image
 
 from jaxface.ops.boxes import box_area, clip_boxes
 
-__all__ = ["FLIP_LANDMARKS", "Placement", "random_placement", "fit_placement", "place",
-           "flip_horizontal", "photometric_jitter"]
+__all__ = [
+    "FLIP_LANDMARKS",
+    "Placement",
+    "random_placement",
+    "fit_placement",
+    "place",
+    "flip_horizontal",
+    "photometric_jitter",
+]
 
 FLIP_LANDMARKS = np.array([1, 0, 2, 4, 3])
 
 
 @dataclasses.dataclass(frozen=True)
 class Placement:
-  """``out = in * scale - offset``; ``offset = (ox, oy)`` in output pixels."""
-  scale: float
-  offset: tuple
-  out_size: int
+    """``out = in * scale - offset``; ``offset = (ox, oy)`` in output pixels."""
+
+    scale: float
+    offset: tuple
+    out_size: int
 
 
 def fit_placement(height: int, width: int, out_size: int) -> Placement:
-  """Evaluation placement: the whole image scaled so its longer side is ``out_size``,
-  at the top-left corner (padding right / bottom)."""
-  return Placement(scale=out_size / max(height, width), offset=(0.0, 0.0), out_size=out_size)
+    """Evaluation placement: the whole image scaled so its longer side is ``out_size``,
+    at the top-left corner (padding right / bottom)."""
+    return Placement(scale=out_size / max(height, width), offset=(0.0, 0.0), out_size=out_size)
 
 
-def random_placement(rng: np.random.Generator, height: int, width: int, out_size: int, *,
-                     scale_range=(0.5, 2.0)) -> Placement:
-  """A random scale (log-uniform factor in ``scale_range`` of the fit scale) and a
-  uniformly random crop/position of the scaled image on the canvas."""
-  lo, hi = (float(v) for v in scale_range)
-  base = out_size / max(height, width)
-  s = base * math.exp(rng.uniform(math.log(lo), math.log(hi)))
-  offs = []
-  for n in (width, height):
-    extra = n * s - out_size  # > 0: crop; < 0: pad around
-    offs.append(float(rng.uniform(min(0.0, extra), max(0.0, extra))))
-  return Placement(scale=s, offset=(offs[0], offs[1]), out_size=out_size)
+def random_placement(
+    rng: np.random.Generator, height: int, width: int, out_size: int, *, scale_range=(0.5, 2.0)
+) -> Placement:
+    """A random scale (log-uniform factor in ``scale_range`` of the fit scale) and a
+    uniformly random crop/position of the scaled image on the canvas."""
+    lo, hi = (float(v) for v in scale_range)
+    base = out_size / max(height, width)
+    s = base * math.exp(rng.uniform(math.log(lo), math.log(hi)))
+    offs = []
+    for n in (width, height):
+        extra = n * s - out_size  # > 0: crop; < 0: pad around
+        offs.append(float(rng.uniform(min(0.0, extra), max(0.0, extra))))
+    return Placement(scale=s, offset=(offs[0], offs[1]), out_size=out_size)
 
 
 def flip_horizontal(image: np.ndarray, boxes: np.ndarray, landmarks: Optional[np.ndarray] = None):
-  """Mirrors an ``[H, W, 3]`` image, its ``[n, 4]`` corner boxes and ``[n, 5, 2]`` landmarks."""
-  w = image.shape[1]
-  image = image[:, ::-1]
-  boxes = np.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], axis=-1)
-  if landmarks is not None:
-    landmarks = landmarks[:, FLIP_LANDMARKS].copy()
-    landmarks[..., 0] = w - landmarks[..., 0]
-  return image, boxes, landmarks
+    """Mirrors an ``[H, W, 3]`` image, its ``[n, 4]`` corner boxes and ``[n, 5, 2]`` landmarks."""
+    w = image.shape[1]
+    image = image[:, ::-1]
+    boxes = np.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], axis=-1)
+    if landmarks is not None:
+        landmarks = landmarks[:, FLIP_LANDMARKS].copy()
+        landmarks[..., 0] = w - landmarks[..., 0]
+    return image, boxes, landmarks
 
 
-def photometric_jitter(rng: np.random.Generator, image: np.ndarray, *, brightness: float = 0.2,
-                       contrast: float = 0.3, saturation: float = 0.3) -> np.ndarray:
-  """uint8 ``[H, W, 3]`` -> uint8 with random brightness (+- ``brightness`` * 255),
-  contrast and saturation (factors in ``1 +- value``), in random order of the last two."""
-  x = image.astype(np.float32)
-  x = x + rng.uniform(-brightness, brightness) * 255.0
-  ops = [("c", rng.uniform(1 - contrast, 1 + contrast)), ("s", rng.uniform(1 - saturation, 1 + saturation))]
-  if rng.random() < 0.5:
-    ops.reverse()
-  for kind, f in ops:
-    if kind == "c":
-      m = x.mean()
-      x = (x - m) * f + m
-    else:
-      g = x @ np.array([0.299, 0.587, 0.114], np.float32)
-      x = (x - g[..., None]) * f + g[..., None]
-  return np.clip(x, 0, 255).astype(np.uint8)
+def photometric_jitter(
+    rng: np.random.Generator,
+    image: np.ndarray,
+    *,
+    brightness: float = 0.2,
+    contrast: float = 0.3,
+    saturation: float = 0.3,
+) -> np.ndarray:
+    """uint8 ``[H, W, 3]`` -> uint8 with random brightness (+- ``brightness`` * 255),
+    contrast and saturation (factors in ``1 +- value``), in random order of the last two."""
+    x = image.astype(np.float32)
+    x = x + rng.uniform(-brightness, brightness) * 255.0
+    ops = [
+        ("c", rng.uniform(1 - contrast, 1 + contrast)),
+        ("s", rng.uniform(1 - saturation, 1 + saturation)),
+    ]
+    if rng.random() < 0.5:
+        ops.reverse()
+    for kind, f in ops:
+        if kind == "c":
+            m = x.mean()
+            x = (x - m) * f + m
+        else:
+            g = x @ np.array([0.299, 0.587, 0.114], np.float32)
+            x = (x - g[..., None]) * f + g[..., None]
+    return np.clip(x, 0, 255).astype(np.uint8)
 
 
-def place(image: np.ndarray, boxes: np.ndarray, placement: Placement, *,
-          landmarks: Optional[np.ndarray] = None, min_visible: float = 0.5, fill: int = 0):
-  """Applies a `Placement` to an image and its annotations.
+def place(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    placement: Placement,
+    *,
+    landmarks: Optional[np.ndarray] = None,
+    min_visible: float = 0.5,
+    fill: int = 0,
+):
+    """Applies a `Placement` to an image and its annotations.
 
-  Args:
-    image: uint8 ``[H, W, 3]``.
-    boxes: ``[n, 4]`` corner boxes, input pixels.
-    placement: from `random_placement` / `fit_placement`.
-    landmarks: optional ``[n, L, 2]`` pixels.
-    min_visible: faces keeping less of their area become ignore regions.
-  Returns:
-    dict ``image`` uint8 ``[S, S, 3]``, ``boxes`` ``[n, 4]`` (clipped to the canvas),
-    ``landmarks`` (if given), ``keep`` ``[n]`` bool (some part of the face is on the
-    canvas), ``ignore`` ``[n]`` bool (cut to less than ``min_visible``), ``image_hw``
-    ``[2]`` the canvas region covered by the image.
-  """
-  s, (ox, oy), size = placement.scale, placement.offset, placement.out_size
-  pil = Image.fromarray(np.asarray(image, np.uint8))
-  out = pil.transform((size, size), Image.AFFINE, (1.0 / s, 0.0, ox / s, 0.0, 1.0 / s, oy / s),
-                      resample=Image.BILINEAR, fillcolor=(fill,) * 3)
-  shift = np.array([ox, oy, ox, oy], np.float32)
-  b = np.asarray(boxes, np.float32).reshape(-1, 4) * s - shift
-  clipped = clip_boxes(b, (size, size))
-  full = box_area(b)
-  vis = np.where(full > 0, box_area(clipped) / np.maximum(full, 1e-6), 0.0)
-  keep = ((clipped[:, 2] - clipped[:, 0]) >= 1) & ((clipped[:, 3] - clipped[:, 1]) >= 1)
-  res = {"image": np.asarray(out, np.uint8), "boxes": clipped.astype(np.float32), "keep": keep,
-         "ignore": keep & (vis < min_visible)}
-  if landmarks is not None:
-    res["landmarks"] = (np.asarray(landmarks, np.float32) * s - shift[:2]).astype(np.float32)
-  h, w = image.shape[:2]
-  res["image_hw"] = np.array([np.clip(h * s - oy, 0, size), np.clip(w * s - ox, 0, size)], np.float32)
-  return res
+    Args:
+      image: uint8 ``[H, W, 3]``.
+      boxes: ``[n, 4]`` corner boxes, input pixels.
+      placement: from `random_placement` / `fit_placement`.
+      landmarks: optional ``[n, L, 2]`` pixels.
+      min_visible: faces keeping less of their area become ignore regions.
+    Returns:
+      dict ``image`` uint8 ``[S, S, 3]``, ``boxes`` ``[n, 4]`` (clipped to the canvas),
+      ``landmarks`` (if given), ``keep`` ``[n]`` bool (some part of the face is on the
+      canvas), ``ignore`` ``[n]`` bool (cut to less than ``min_visible``), ``image_hw``
+      ``[2]`` the canvas region covered by the image.
+    """
+    s, (ox, oy), size = placement.scale, placement.offset, placement.out_size
+    pil = Image.fromarray(np.asarray(image, np.uint8))
+    out = pil.transform(
+        (size, size),
+        Image.AFFINE,
+        (1.0 / s, 0.0, ox / s, 0.0, 1.0 / s, oy / s),
+        resample=Image.BILINEAR,
+        fillcolor=(fill,) * 3,
+    )
+    shift = np.array([ox, oy, ox, oy], np.float32)
+    b = np.asarray(boxes, np.float32).reshape(-1, 4) * s - shift
+    clipped = clip_boxes(b, (size, size))
+    full = box_area(b)
+    vis = np.where(full > 0, box_area(clipped) / np.maximum(full, 1e-6), 0.0)
+    keep = ((clipped[:, 2] - clipped[:, 0]) >= 1) & ((clipped[:, 3] - clipped[:, 1]) >= 1)
+    res = {
+        "image": np.asarray(out, np.uint8),
+        "boxes": clipped.astype(np.float32),
+        "keep": keep,
+        "ignore": keep & (vis < min_visible),
+    }
+    if landmarks is not None:
+        res["landmarks"] = (np.asarray(landmarks, np.float32) * s - shift[:2]).astype(np.float32)
+    h, w = image.shape[:2]
+    res["image_hw"] = np.array(
+        [np.clip(h * s - oy, 0, size), np.clip(w * s - ox, 0, size)], np.float32
+    )
+    return res

@@ -24,11 +24,13 @@ named in :attr:`BatchLoader.bad_records`; the epoch never dies for one bad file,
 and nothing is dropped silently. ``max_bad_fraction`` bounds how much may be
 replaced before the loader gives up with an error naming the records.
 """
+
 from __future__ import annotations
 
 import collections
 import concurrent.futures
 import dataclasses
+import functools
 import logging
 import threading
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -39,203 +41,251 @@ Example = Mapping[str, Any]
 Transform = Callable[[Example, np.random.Generator], Mapping[str, np.ndarray]]
 
 
+@functools.lru_cache(maxsize=4)
+def _permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    """Epoch order, computed once per epoch rather than once per step (read-only)."""
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    order.setflags(write=False)
+    return order
+
+
 @dataclasses.dataclass(frozen=True)
 class IndexSampler:
-  """Global batch indices for any step; a pure function of ``(seed, step)``.
+    """Global batch indices for any step; a pure function of ``(seed, step)``.
 
-  Attributes:
-    num_records: size of the split.
-    global_batch_size: examples per step summed over all hosts.
-    seed: data-order seed.
-    shuffle: permute each epoch (else sequential order, for evaluation).
-  """
-  num_records: int
-  global_batch_size: int
-  seed: int = 0
-  shuffle: bool = True
+    Attributes:
+      num_records: size of the split.
+      global_batch_size: examples per step summed over all hosts.
+      seed: data-order seed.
+      shuffle: permute each epoch (else sequential order, for evaluation).
+    """
 
-  def __post_init__(self):
-    if self.num_records <= 0:
-      raise ValueError(f"IndexSampler: the split is empty (num_records={self.num_records})")
-    if self.global_batch_size <= 0:
-      raise ValueError(f"IndexSampler: global_batch_size must be positive, got {self.global_batch_size}")
+    num_records: int
+    global_batch_size: int
+    seed: int = 0
+    shuffle: bool = True
 
-  def _epoch_order(self, epoch: int) -> np.ndarray:
-    if not self.shuffle:
-      return np.arange(self.num_records)
-    return np.random.default_rng([self.seed, epoch]).permutation(self.num_records)
+    def __post_init__(self):
+        if self.num_records <= 0:
+            raise ValueError(f"IndexSampler: the split is empty (num_records={self.num_records})")
+        if self.global_batch_size <= 0:
+            raise ValueError(
+                f"IndexSampler: global_batch_size must be positive, got {self.global_batch_size}"
+            )
 
-  def indices(self, step: int) -> np.ndarray:
-    """int64 [global_batch_size]: record indices of step ``step`` (0-based)."""
-    start = step * self.global_batch_size
-    stop = start + self.global_batch_size
-    first_epoch, last_epoch = start // self.num_records, (stop - 1) // self.num_records
-    order = np.concatenate([self._epoch_order(e) for e in range(first_epoch, last_epoch + 1)])
-    offset = first_epoch * self.num_records
-    return order[start - offset:stop - offset].astype(np.int64)
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.num_records)
+        return _permutation(self.num_records, self.seed, epoch)
+
+    def indices(self, step: int) -> np.ndarray:
+        """int64 [global_batch_size]: record indices of step ``step`` (0-based)."""
+        start = step * self.global_batch_size
+        stop = start + self.global_batch_size
+        first_epoch, last_epoch = start // self.num_records, (stop - 1) // self.num_records
+        order = np.concatenate([self._epoch_order(e) for e in range(first_epoch, last_epoch + 1)])
+        offset = first_epoch * self.num_records
+        return order[start - offset : stop - offset].astype(np.int64)
 
 
 def host_slice(global_indices: np.ndarray, process_index: int, process_count: int) -> np.ndarray:
-  """The contiguous part of a global batch that host ``process_index`` reads."""
-  n = len(global_indices)
-  if n % process_count:
-    raise ValueError(f"global batch {n} is not divisible by process_count={process_count}")
-  per = n // process_count
-  return global_indices[process_index * per:(process_index + 1) * per]
+    """The contiguous part of a global batch that host ``process_index`` reads."""
+    n = len(global_indices)
+    if n % process_count:
+        raise ValueError(f"global batch {n} is not divisible by process_count={process_count}")
+    per = n // process_count
+    return global_indices[process_index * per : (process_index + 1) * per]
 
 
 class ArraySource:
-  """A random-access source over a dict of equally long NumPy arrays."""
+    """A random-access source over a dict of equally long NumPy arrays."""
 
-  def __init__(self, arrays: Mapping[str, np.ndarray]):
-    lengths = {k: len(v) for k, v in arrays.items()}
-    if len(set(lengths.values())) != 1:
-      raise ValueError(f"ArraySource: arrays differ in length: {lengths}")
-    self._arrays = dict(arrays)
-    self._len = next(iter(lengths.values()))
+    def __init__(self, arrays: Mapping[str, np.ndarray]):
+        lengths = {k: len(v) for k, v in arrays.items()}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"ArraySource: arrays differ in length: {lengths}")
+        self._arrays = dict(arrays)
+        self._len = next(iter(lengths.values()))
 
-  def __len__(self) -> int:
-    return self._len
+    def __len__(self) -> int:
+        return self._len
 
-  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-    return {k: v[index] for k, v in self._arrays.items()}
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        return {k: v[index] for k, v in self._arrays.items()}
 
 
 def collate(examples: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
-  """Stacks per-example dicts (identical keys and shapes) into a batch dict."""
-  keys = examples[0].keys()
-  out = {}
-  for k in keys:
-    try:
-      out[k] = np.stack([np.asarray(e[k]) for e in examples])
-    except ValueError as err:
-      shapes = sorted({np.shape(e[k]) for e in examples})
-      raise ValueError(f"collate: field {k!r} has differing shapes {shapes}; "
-                       "the task transform must produce fixed shapes") from err
-  return out
+    """Stacks per-example dicts (identical keys and shapes) into a batch dict."""
+    keys = examples[0].keys()
+    out = {}
+    for k in keys:
+        try:
+            out[k] = np.stack([np.asarray(e[k]) for e in examples])
+        except ValueError as err:
+            shapes = sorted({np.shape(e[k]) for e in examples})
+            raise ValueError(
+                f"collate: field {k!r} has differing shapes {shapes}; "
+                "the task transform must produce fixed shapes"
+            ) from err
+    return out
 
 
 class BadRecordError(RuntimeError):
-  pass
+    pass
 
 
 class BatchLoader:
-  """Host-local batches for consecutive steps, read and transformed in threads.
+    """Host-local batches for consecutive steps, read and transformed in threads.
 
-  Args:
-    source: random-access source (``len`` + ``__getitem__``).
-    sampler: :class:`IndexSampler` over ``len(source)``.
-    transform: ``(example, rng) -> dict of fixed-shape arrays``.
-    process_index, process_count: this host's slice of every global batch.
-    num_workers: reader threads (decoding in PIL/NumPy releases the GIL).
-    prefetch: batches read ahead.
-    max_bad_fraction: give up when more than this fraction of the records read
-      so far had to be replaced.
-    name: used in reports.
-  """
+    Args:
+      source: random-access source (``len`` + ``__getitem__``).
+      sampler: :class:`IndexSampler` over ``len(source)``.
+      transform: ``(example, rng) -> dict of fixed-shape arrays``.
+      process_index, process_count: this host's slice of every global batch.
+      num_workers: reader threads (decoding in PIL/NumPy releases the GIL).
+      prefetch: batches read ahead.
+      max_bad_fraction: give up when more than this fraction of the records read
+        so far had to be replaced.
+      name: used in reports.
+    """
 
-  def __init__(self, source, sampler: IndexSampler, transform: Transform, *,
-               process_index: int = 0, process_count: int = 1, num_workers: int = 2,
-               prefetch: int = 2, max_bad_fraction: float = 0.01, name: str = "train"):
-    if len(source) != sampler.num_records:
-      raise ValueError(f"{name}: sampler has {sampler.num_records} records, source {len(source)}")
-    self.source, self.sampler, self.transform = source, sampler, transform
-    self.process_index, self.process_count = process_index, process_count
-    self.prefetch = max(1, prefetch)
-    self.max_bad_fraction = max_bad_fraction
-    self.name = name
-    self.bad_records: collections.Counter = collections.Counter()
-    self.bad_reasons: dict[int, str] = {}
-    self.records_read = 0
-    self._lock = threading.Lock()
-    # Two pools: batches are assembled in one thread (read-ahead) from records read in
-    # the other; one pool for both would deadlock once every worker waits on a batch.
-    self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, num_workers))
-    self._batch_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    def __init__(
+        self,
+        source,
+        sampler: IndexSampler,
+        transform: Transform,
+        *,
+        process_index: int = 0,
+        process_count: int = 1,
+        num_workers: int = 2,
+        prefetch: int = 2,
+        max_bad_fraction: float = 0.01,
+        name: str = "train",
+    ):
+        if len(source) != sampler.num_records:
+            raise ValueError(
+                f"{name}: sampler has {sampler.num_records} records, source {len(source)}"
+            )
+        self.source, self.sampler, self.transform = source, sampler, transform
+        self.process_index, self.process_count = process_index, process_count
+        self.prefetch = max(1, prefetch)
+        self.max_bad_fraction = max_bad_fraction
+        self.name = name
+        self.bad_records: collections.Counter = collections.Counter()
+        self.bad_reasons: dict[int, str] = {}
+        self.records_read = 0
+        self._lock = threading.Lock()
+        # Two pools: batches are assembled in one thread (read-ahead) from records read in
+        # the other; one pool for both would deadlock once every worker waits on a batch.
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, num_workers))
+        self._batch_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
 
-  def _read_one(self, index: int, rng_key: Sequence[int]) -> Mapping[str, np.ndarray]:
-    n = len(self.source)
-    for attempt in range(n):
-      i = (int(index) + attempt) % n
-      try:
-        example = self.source[i]
-        out = self.transform(example, np.random.default_rng(list(rng_key)))
-      except Exception as err:  # pylint: disable=broad-except
-        with self._lock:
-          self.bad_records[i] += 1
-          self.bad_reasons.setdefault(i, f"{type(err).__name__}: {err}")
-          self.records_read += 1
-          too_many = len(self.bad_records) > max(1, self.max_bad_fraction * max(self.records_read, 1))
-        logging.warning("%s: record %d unreadable (%s); using record %d instead",
-                        self.name, i, err, (i + 1) % n)
-        if too_many:
-          raise BadRecordError(self.report()) from err
-        continue
-      with self._lock:
-        self.records_read += 1
-      return out
-    raise BadRecordError(f"{self.name}: no record of the split is readable. {self.report()}")
+    def _read_one(self, index: int, rng_key: Sequence[int]) -> Mapping[str, np.ndarray]:
+        n = len(self.source)
+        for attempt in range(n):
+            i = (int(index) + attempt) % n
+            try:
+                example = self.source[i]
+                out = self.transform(example, np.random.default_rng(list(rng_key)))
+            except Exception as err:  # pylint: disable=broad-except
+                with self._lock:
+                    self.bad_records[i] += 1
+                    self.bad_reasons.setdefault(i, f"{type(err).__name__}: {err}")
+                    self.records_read += 1
+                    too_many = len(self.bad_records) > max(
+                        1, self.max_bad_fraction * max(self.records_read, 1)
+                    )
+                logging.warning(
+                    "%s: record %d unreadable (%s); using record %d instead",
+                    self.name,
+                    i,
+                    err,
+                    (i + 1) % n,
+                )
+                if too_many:
+                    raise BadRecordError(self.report()) from err
+                continue
+            with self._lock:
+                self.records_read += 1
+            return out
+        raise BadRecordError(f"{self.name}: no record of the split is readable. {self.report()}")
 
-  def batch(self, step: int) -> dict[str, np.ndarray]:
-    """The host-local batch of ``step``."""
-    idx = host_slice(self.sampler.indices(step), self.process_index, self.process_count)
-    base = self.process_index * len(idx)
-    futures = [self._pool.submit(self._read_one, i, (self.sampler.seed, step, base + j))
-               for j, i in enumerate(idx)]
-    return collate([f.result() for f in futures])
+    def batch(self, step: int) -> dict[str, np.ndarray]:
+        """The host-local batch of ``step``."""
+        idx = host_slice(self.sampler.indices(step), self.process_index, self.process_count)
+        base = self.process_index * len(idx)
+        futures = [
+            self._pool.submit(self._read_one, i, (self.sampler.seed, step, base + j))
+            for j, i in enumerate(idx)
+        ]
+        return collate([f.result() for f in futures])
 
-  def iterate(self, start_step: int) -> Iterator[dict[str, np.ndarray]]:
-    """Batches of steps ``start_step, start_step + 1, ...`` with read-ahead."""
-    pending = collections.deque()
-    step = start_step
-    while True:
-      while len(pending) < self.prefetch:
-        s = step + len(pending)
-        pending.append(self._batch_pool.submit(self.batch, s))
-      yield pending.popleft().result()
-      step += 1
+    def iterate(self, start_step: int) -> Iterator[dict[str, np.ndarray]]:
+        """Batches of steps ``start_step, start_step + 1, ...`` with read-ahead."""
+        pending = collections.deque()
+        step = start_step
+        while True:
+            while len(pending) < self.prefetch:
+                s = step + len(pending)
+                pending.append(self._batch_pool.submit(self.batch, s))
+            yield pending.popleft().result()
+            step += 1
 
-  def report(self) -> str:
-    """A human-readable account of replaced records (empty when none)."""
-    if not self.bad_records:
-      return ""
-    lines = [f"{self.name}: {len(self.bad_records)} unreadable record(s) replaced "
-             f"out of {self.records_read} read:"]
-    for i in sorted(self.bad_reasons)[:50]:
-      lines.append(f"  record {i}: {self.bad_reasons[i]}")
-    if len(self.bad_reasons) > 50:
-      lines.append(f"  ... and {len(self.bad_reasons) - 50} more")
-    return "\n".join(lines)
+    def report(self) -> str:
+        """A human-readable account of replaced records (empty when none)."""
+        if not self.bad_records:
+            return ""
+        lines = [
+            f"{self.name}: {len(self.bad_records)} unreadable record(s) replaced "
+            f"out of {self.records_read} read:"
+        ]
+        for i in sorted(self.bad_reasons)[:50]:
+            lines.append(f"  record {i}: {self.bad_reasons[i]}")
+        if len(self.bad_reasons) > 50:
+            lines.append(f"  ... and {len(self.bad_reasons) - 50} more")
+        return "\n".join(lines)
 
-  def close(self):
-    self._batch_pool.shutdown(wait=False, cancel_futures=True)
-    self._pool.shutdown(wait=False, cancel_futures=True)
+    def close(self):
+        self._batch_pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def eval_batches(source, batch_size: int, transform: Transform, *, process_index: int = 0,
-                 process_count: int = 1, limit: int | None = None, seed: int = 0,
-                 num_workers: int = 2) -> Iterator[dict[str, np.ndarray]]:
-  """One pass over a split in fixed-size batches, padded, with a ``_valid`` mask.
+def eval_batches(
+    source,
+    batch_size: int,
+    transform: Transform,
+    *,
+    process_index: int = 0,
+    process_count: int = 1,
+    limit: int | None = None,
+    seed: int = 0,
+    num_workers: int = 2,
+) -> Iterator[dict[str, np.ndarray]]:
+    """One pass over a split in fixed-size batches, padded, with a ``_valid`` mask.
 
-  The last batch is padded by repeating its first example and marking the padding
-  ``_valid = False``, so one compiled evaluation step serves every batch. Each host
-  reads its contiguous slice of each global batch.
-  """
-  n = len(source) if limit is None else min(limit, len(source))
-  if n == 0:
-    raise ValueError("eval_batches: empty split")
-  per_host = batch_size // process_count
-  pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, num_workers))
-  try:
-    for start in range(0, n, batch_size):
-      gidx = np.arange(start, start + batch_size)
-      valid = gidx < n
-      gidx = np.where(valid, gidx, start)
-      lo = process_index * per_host
-      idx, val = gidx[lo:lo + per_host], valid[lo:lo + per_host]
-      exs = list(pool.map(lambda i: transform(source[int(i)], np.random.default_rng([seed, int(i)])), idx))
-      batch = collate(exs)
-      batch["_valid"] = val
-      yield batch
-  finally:
-    pool.shutdown(wait=False, cancel_futures=True)
+    The last batch is padded by repeating its first example and marking the padding
+    ``_valid = False``, so one compiled evaluation step serves every batch. Each host
+    reads its contiguous slice of each global batch.
+    """
+    n = len(source) if limit is None else min(limit, len(source))
+    if n == 0:
+        raise ValueError("eval_batches: empty split")
+    per_host = batch_size // process_count
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, num_workers))
+    try:
+        for start in range(0, n, batch_size):
+            gidx = np.arange(start, start + batch_size)
+            valid = gidx < n
+            gidx = np.where(valid, gidx, start)
+            lo = process_index * per_host
+            idx, val = gidx[lo : lo + per_host], valid[lo : lo + per_host]
+            exs = list(
+                pool.map(
+                    lambda i: transform(source[int(i)], np.random.default_rng([seed, int(i)])), idx
+                )
+            )
+            batch = collate(exs)
+            batch["_valid"] = val
+            yield batch
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)

@@ -22,6 +22,7 @@ Formats
     (images are keys ``1 .. label[0] - 1``) and ``label[1]`` the first identity-record key;
     ``property`` holds ``num_classes,height,width``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -78,12 +79,16 @@ def list_identity_folder(
     """
     root = pathlib.Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: identity-folder root not found (expected root/<identity>/<image>)")
+        raise FileNotFoundError(
+            f"{root}: identity-folder root not found (expected root/<identity>/<image>)"
+        )
     exts = tuple(e.lower() for e in extensions)
     names, paths, labels = [], [], []
     for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         imgs = sorted(
-            f for f in d.iterdir() if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in exts
+            f
+            for f in d.iterdir()
+            if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in exts
         )
         if len(imgs) < max(min_images, 1):
             continue
@@ -111,13 +116,19 @@ class IRHeader(NamedTuple):
     id2: int
 
 
-def pack_irheader(label: float | Sequence[float] | np.ndarray, payload: bytes, *, id: int = 0, id2: int = 0) -> bytes:
+def pack_irheader(
+    label: float | Sequence[float] | np.ndarray, payload: bytes, *, id: int = 0, id2: int = 0
+) -> bytes:
     """MXNet ``recordio.pack``: a scalar label -> ``flag = 0``; an array label -> ``flag = len``
     and the float32 labels after the header."""
     if np.ndim(label) == 0:
         return struct.pack(_IR_FORMAT, 0, float(label), id, id2) + bytes(payload)
     lab = np.asarray(label, np.float32).ravel()
-    return struct.pack(_IR_FORMAT, lab.size, 0.0, id, id2) + lab.astype("<f4").tobytes() + bytes(payload)
+    return (
+        struct.pack(_IR_FORMAT, lab.size, 0.0, id, id2)
+        + lab.astype("<f4").tobytes()
+        + bytes(payload)
+    )
 
 
 def unpack_irheader(record: bytes, *, where: str = "record") -> tuple[IRHeader, bytes]:
@@ -129,7 +140,9 @@ def unpack_irheader(record: bytes, *, where: str = "record") -> tuple[IRHeader, 
     rest = record[_IR_SIZE:]
     if flag > 0:
         if len(rest) < 4 * flag:
-            raise ValueError(f"{where}: IRHeader flag={flag} announces {flag} labels, only {len(rest)} bytes follow")
+            raise ValueError(
+                f"{where}: IRHeader flag={flag} announces {flag} labels, only {len(rest)} bytes follow"
+            )
         label = np.frombuffer(rest, "<f4", flag).astype(np.float32)
         rest = rest[4 * flag :]
     return IRHeader(flag, label, id_, id2), rest
@@ -156,13 +169,19 @@ class RecordIOReader:
                         continue
                     tok = ln.split()
                     if len(tok) != 2:
-                        raise ValueError(f"{idx_path}:{lineno}: expected '<key>\\t<offset>', got {ln.rstrip()!r}")
+                        raise ValueError(
+                            f"{idx_path}:{lineno}: expected '<key>\\t<offset>', got {ln.rstrip()!r}"
+                        )
                     try:
                         key, off = int(tok[0]), int(tok[1])
                     except ValueError:
-                        raise ValueError(f"{idx_path}:{lineno}: key and offset must be integers, got {ln.rstrip()!r}") from None
+                        raise ValueError(
+                            f"{idx_path}:{lineno}: key and offset must be integers, got {ln.rstrip()!r}"
+                        ) from None
                     if not 0 <= off < self._size:
-                        raise ValueError(f"{idx_path}:{lineno}: offset {off} outside {self.path} ({self._size} bytes)")
+                        raise ValueError(
+                            f"{idx_path}:{lineno}: offset {off} outside {self.path} ({self._size} bytes)"
+                        )
                     self.index[key] = off
 
     @property
@@ -190,15 +209,23 @@ class RecordIOReader:
                 raise ValueError(f"{self.path}: offset {pos}: truncated record header")
             magic, lrec = struct.unpack("<II", head)
             if magic != RECORDIO_MAGIC:
-                raise ValueError(f"{self.path}: offset {pos}: bad magic 0x{magic:08x}, expected 0x{RECORDIO_MAGIC:08x}")
+                raise ValueError(
+                    f"{self.path}: offset {pos}: bad magic 0x{magic:08x}, expected 0x{RECORDIO_MAGIC:08x}"
+                )
             cflag, length = lrec >> 29, lrec & ((1 << 29) - 1)
             if parts and cflag not in (2, 3):
-                raise ValueError(f"{self.path}: offset {pos}: continuation part expected (cflag 2/3), got {cflag}")
+                raise ValueError(
+                    f"{self.path}: offset {pos}: continuation part expected (cflag 2/3), got {cflag}"
+                )
             if not parts and cflag not in (0, 1):
-                raise ValueError(f"{self.path}: offset {pos}: record start expected (cflag 0/1), got {cflag}")
+                raise ValueError(
+                    f"{self.path}: offset {pos}: record start expected (cflag 0/1), got {cflag}"
+                )
             data = f.read(length)
             if len(data) < length:
-                raise ValueError(f"{self.path}: offset {pos}: record of {length} bytes truncated at end of file")
+                raise ValueError(
+                    f"{self.path}: offset {pos}: record of {length} bytes truncated at end of file"
+                )
             f.seek((-length) % 4, os.SEEK_CUR)
             parts.append(data)
             pos = pos + 8 + length + ((-length) % 4)
@@ -225,7 +252,9 @@ def _frame(payload: bytes) -> bytes:
     for i in range(0, n - n % 4, 4):
         if payload[i : i + 4] == _MAGIC_BYTES:
             part = payload[dptr:i]
-            out.write(struct.pack("<II", RECORDIO_MAGIC, ((1 if dptr == 0 else 2) << 29) | len(part)))
+            out.write(
+                struct.pack("<II", RECORDIO_MAGIC, ((1 if dptr == 0 else 2) << 29) | len(part))
+            )
             out.write(part + b"\0" * ((-len(part)) % 4))
             dptr = i + 4
     part = payload[dptr:]
@@ -235,7 +264,9 @@ def _frame(payload: bytes) -> bytes:
 
 
 def write_recordio(
-    rec_path: str | os.PathLike, idx_path: str | os.PathLike | None, records: Iterable[tuple[int, bytes]]
+    rec_path: str | os.PathLike,
+    idx_path: str | os.PathLike | None,
+    records: Iterable[tuple[int, bytes]],
 ) -> None:
     """Write ``(key, payload)`` records as MXNet's ``MXIndexedRecordIO`` does (for tests and
     small exports). Payloads are framed by dmlc's rules, including magic-word splitting."""
@@ -243,7 +274,9 @@ def write_recordio(
     with open(rec_path, "wb") as f:
         for key, payload in records:
             if len(payload) >= 1 << 29:
-                raise ValueError(f"record {key}: {len(payload)} bytes exceeds RecordIO's 2^29 limit")
+                raise ValueError(
+                    f"record {key}: {len(payload)} bytes exceeds RecordIO's 2^29 limit"
+                )
             index_lines.append(f"{int(key)}\t{f.tell()}\n")
             f.write(_frame(bytes(payload)))
     if idx_path is not None:
@@ -287,16 +320,24 @@ class InsightFaceRecordDataset:
         else:  # a plain indexed RecordIO: every key is an image
             self.header0 = None
             self.image_keys = np.array(sorted(self.reader.index))
-        missing = [int(k) for k in self.image_keys[:1].tolist() + self.image_keys[-1:].tolist() if k not in self.reader.index]
+        missing = [
+            int(k)
+            for k in self.image_keys[:1].tolist() + self.image_keys[-1:].tolist()
+            if k not in self.reader.index
+        ]
         if missing:
-            raise ValueError(f"{idx}: image keys {missing} announced by the header record are not indexed")
+            raise ValueError(
+                f"{idx}: image keys {missing} announced by the header record are not indexed"
+            )
 
     def __len__(self) -> int:
         return len(self.image_keys)
 
     def __getitem__(self, i: int) -> tuple[bytes, int]:
         key = int(self.image_keys[i])
-        header, img = unpack_irheader(self.reader.read_idx(key), where=f"{self.reader.path} key {key}")
+        header, img = unpack_irheader(
+            self.reader.read_idx(key), where=f"{self.reader.path} key {key}"
+        )
         label = header.label if np.ndim(header.label) == 0 else header.label[0]
         return img, int(label)
 
@@ -314,7 +355,9 @@ def _safe_dtype_factory(path):
     def make_dtype(*args, **kwargs):
         dt = np.dtype(*args, **kwargs)
         if dt.hasobject:
-            raise pickle.UnpicklingError(f"{path}: refused: NumPy object dtype (could run arbitrary code)")
+            raise pickle.UnpicklingError(
+                f"{path}: refused: NumPy object dtype (could run arbitrary code)"
+            )
         return dt
 
     return make_dtype
@@ -349,8 +392,14 @@ def _safe_codecs_encode_factory(path):
     import codecs
 
     def encode(obj, encoding="utf-8", errors="strict"):
-        if not isinstance(obj, str) or codecs.lookup(encoding).name != "iso8859-1" or errors != "strict":
-            raise pickle.UnpicklingError(f"{path}: refused: _codecs.encode other than a latin-1 text -> bytes")
+        if (
+            not isinstance(obj, str)
+            or codecs.lookup(encoding).name != "iso8859-1"
+            or errors != "strict"
+        ):
+            raise pickle.UnpicklingError(
+                f"{path}: refused: _codecs.encode other than a latin-1 text -> bytes"
+            )
         return obj.encode("latin-1")
 
     return encode
@@ -409,14 +458,18 @@ def load_verification_bin(path: str | os.PathLike) -> tuple[list[bytes], np.ndar
             raise
         raise pickle.UnpicklingError(f"{path}: {e}") from None
     except Exception as e:  # truncated / corrupt pickles
-        raise ValueError(f"{path}: not a readable verification pickle ({type(e).__name__}: {e})") from None
+        raise ValueError(
+            f"{path}: not a readable verification pickle ({type(e).__name__}: {e})"
+        ) from None
     if not isinstance(obj, (tuple, list)) or len(obj) != 2:
         raise ValueError(f"{path}: expected a pair (images, issame), got {type(obj).__name__}")
     bins, issame = obj
     if isinstance(bins, np.ndarray) and bins.dtype == np.uint8 and bins.ndim == 2:
         bins = list(bins)
     if not isinstance(bins, (list, tuple)):
-        raise ValueError(f"{path}: images: expected a list of encoded images, got {type(bins).__name__}")
+        raise ValueError(
+            f"{path}: images: expected a list of encoded images, got {type(bins).__name__}"
+        )
     images = []
     for k, b in enumerate(bins):
         if isinstance(b, (bytes, bytearray)):
@@ -424,18 +477,28 @@ def load_verification_bin(path: str | os.PathLike) -> tuple[list[bytes], np.ndar
         elif isinstance(b, np.ndarray) and b.dtype == np.uint8 and b.ndim == 1:
             images.append(b.tobytes())
         else:
-            raise ValueError(f"{path}: images[{k}]: expected bytes or a uint8 array, got {type(b).__name__}")
+            raise ValueError(
+                f"{path}: images[{k}]: expected bytes or a uint8 array, got {type(b).__name__}"
+            )
     if isinstance(issame, np.ndarray):
-        if issame.dtype != bool and not (np.issubdtype(issame.dtype, np.integer) and np.isin(issame, (0, 1)).all()):
+        if issame.dtype != bool and not (
+            np.issubdtype(issame.dtype, np.integer) and np.isin(issame, (0, 1)).all()
+        ):
             raise ValueError(f"{path}: issame: expected booleans, got dtype {issame.dtype}")
         same = issame.astype(bool).ravel()
     elif isinstance(issame, (list, tuple)):
         if not all(isinstance(v, (bool, np.bool_)) for v in issame):
             bad = next(k for k, v in enumerate(issame) if not isinstance(v, (bool, np.bool_)))
-            raise ValueError(f"{path}: issame[{bad}]: expected a boolean, got {type(issame[bad]).__name__}")
+            raise ValueError(
+                f"{path}: issame[{bad}]: expected a boolean, got {type(issame[bad]).__name__}"
+            )
         same = np.array(issame, bool)
     else:
-        raise ValueError(f"{path}: issame: expected a list or array of booleans, got {type(issame).__name__}")
+        raise ValueError(
+            f"{path}: issame: expected a list or array of booleans, got {type(issame).__name__}"
+        )
     if len(images) != 2 * len(same):
-        raise ValueError(f"{path}: {len(images)} images for {len(same)} pairs (expected {2 * len(same)})")
+        raise ValueError(
+            f"{path}: {len(images)} images for {len(same)} pairs (expected {2 * len(same)})"
+        )
     return images, same

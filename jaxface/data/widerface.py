@@ -20,6 +20,7 @@ Every path read from an annotation is relative to the dataset root; absolute
 paths and ``..`` components are rejected (`UnsafePathError`) so a crafted file
 cannot make a reader open anything outside the dataset.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,7 +47,14 @@ __all__ = [
 PathLike = Union[str, os.PathLike]
 
 # Column order of the text format after "x1 y1 w h", and the .mat field stems.
-LABEL_NAMES: Tuple[str, ...] = ("blur", "expression", "illumination", "invalid", "occlusion", "pose")
+LABEL_NAMES: Tuple[str, ...] = (
+    "blur",
+    "expression",
+    "illumination",
+    "invalid",
+    "occlusion",
+    "pose",
+)
 
 
 class WiderFaceFormatError(ValueError):
@@ -309,13 +317,16 @@ def read_mat(path: PathLike) -> WiderFaceAnnotations:
         name = _mat_str(c, where=f"{path}: event_list{{{e + 1}}}")
         check_relative_path(name, where=f"{path}: event_list{{{e + 1}}}")
         if "/" in name:
-            raise UnsafePathError(f"{path}: event_list{{{e + 1}}}: event name {name!r} contains '/'")
+            raise UnsafePathError(
+                f"{path}: event_list{{{e + 1}}}: event name {name!r} contains '/'"
+            )
         events.append(name)
     file_cells = _cells(mat["file_list"], n_ev, where=f"{path}: file_list")
     box_cells = _cells(mat["face_bbx_list"], n_ev, where=f"{path}: face_bbx_list")
     label_fields = [k for k in LABEL_NAMES if f"{k}_label_list" in mat]
     label_cells = {
-        k: _cells(mat[f"{k}_label_list"], n_ev, where=f"{path}: {k}_label_list") for k in label_fields
+        k: _cells(mat[f"{k}_label_list"], n_ev, where=f"{path}: {k}_label_list")
+        for k in label_fields
     }
     gt_cells = _cells(mat["gt_list"], n_ev, where=f"{path}: gt_list") if "gt_list" in mat else None
 
@@ -413,9 +424,13 @@ def read_split(root: PathLike, split: str, *, fmt: str = "txt") -> WiderFaceAnno
       fmt: ``"txt"`` or ``"mat"``.
     """
     if split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val' (test has no public boxes), got {split!r}")
+        raise ValueError(
+            f"split must be 'train' or 'val' (test has no public boxes), got {split!r}"
+        )
     if fmt == "txt":
-        return read_bbx_gt_txt(resolve_in_root(root, f"wider_face_split/wider_face_{split}_bbx_gt.txt"))
+        return read_bbx_gt_txt(
+            resolve_in_root(root, f"wider_face_split/wider_face_{split}_bbx_gt.txt")
+        )
     if fmt == "mat":
         return read_mat(resolve_in_root(root, f"wider_face_split/wider_face_{split}.mat"))
     raise ValueError(f"fmt must be 'txt' or 'mat', got {fmt!r}")
@@ -424,4 +439,3 @@ def read_split(root: PathLike, split: str, *, fmt: str = "txt") -> WiderFaceAnno
 def image_file(root: PathLike, split: str, ann: WiderFaceAnnotations, i: int) -> pathlib.Path:
     """Absolute path of image ``i``: ``root/WIDER_<split>/images/<event>/<name>.jpg``, kept inside ``root``."""
     return resolve_in_root(root, f"WIDER_{split}/images/{ann.image_paths[i]}", where=ann.source)
-

@@ -28,6 +28,7 @@ Use::
                                              manual_dir="/data/widerface")
   src = builder.as_data_source("validation")
 """
+
 from __future__ import annotations
 
 import os
@@ -43,108 +44,127 @@ _SPLITS = {"train": "train", "validation": "val"}
 
 
 def annotations(root, split: str) -> widerface.WiderFaceAnnotations:
-  """The annotations of a tfds split (``train`` / ``validation``) from the manual dir:
-  the text file if present, else the ``.mat``."""
-  name = _SPLITS[split]
-  txt = os.path.join(os.fspath(root), "wider_face_split", f"wider_face_{name}_bbx_gt.txt")
-  return widerface.read_split(root, name, fmt="txt" if os.path.isfile(txt) else "mat")
+    """The annotations of a tfds split (``train`` / ``validation``) from the manual dir:
+    the text file if present, else the ``.mat``."""
+    name = _SPLITS[split]
+    txt = os.path.join(os.fspath(root), "wider_face_split", f"wider_face_{name}_bbx_gt.txt")
+    return widerface.read_split(root, name, fmt="txt" if os.path.isfile(txt) else "mat")
 
 
 def test_file_list(root) -> list:
-  """``wider_face_split/wider_face_test_filelist.txt`` as checked relative paths, or []."""
-  path = os.path.join(os.fspath(root), "wider_face_split", "wider_face_test_filelist.txt")
-  if not os.path.isfile(path):
-    return []
-  out = []
-  with open(path, encoding="utf-8") as f:
-    for k, line in enumerate(f, 1):
-      line = line.strip()
-      if line:
-        out.append(widerface.check_relative_path(line, where=f"{path}:{k}"))
-  return out
+    """``wider_face_split/wider_face_test_filelist.txt`` as checked relative paths, or []."""
+    path = os.path.join(os.fspath(root), "wider_face_split", "wider_face_test_filelist.txt")
+    if not os.path.isfile(path):
+        return []
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for k, line in enumerate(f, 1):
+            line = line.strip()
+            if line:
+                out.append(widerface.check_relative_path(line, where=f"{path}:{k}"))
+    return out
 
 
 def example_of(root, split: str, ann: widerface.WiderFaceAnnotations, i: int) -> dict:
-  """The feature dict of image ``i`` (raises naming the file if the image is missing)."""
-  rec = ann.image(i)
-  name = _SPLITS[split]
-  path = widerface.image_file(root, name, ann, i)
-  if not path.is_file():
-    raise FileNotFoundError(f"{ann.source}: image {rec['path']!r} listed but {path} is missing")
-  with Image.open(path) as im:
-    w, h = im.size
-  xywh = np.asarray(rec["boxes"], np.int64).reshape(-1, 4)
-  x1 = np.clip(xywh[:, 0] / w, 0, 1)
-  y1 = np.clip(xywh[:, 1] / h, 0, 1)
-  x2 = np.clip((xywh[:, 0] + np.maximum(xywh[:, 2], 0)) / w, 0, 1)
-  y2 = np.clip((xywh[:, 1] + np.maximum(xywh[:, 3], 0)) / h, 0, 1)
-  n = xywh.shape[0]
-  faces = {
-      "bbox": [tfds.features.BBox(ymin=float(a), xmin=float(b), ymax=float(c), xmax=float(d))
-               for a, b, c, d in zip(y1, x1, np.maximum(y2, y1), np.maximum(x2, x1))],
-      "bbox_xywh": xywh.astype(np.int32),
-  }
-  for k in _LABELS:
-    v = rec.get(k)
-    faces[k] = np.zeros((n,), np.int32) if v is None else np.asarray(v, np.int32).reshape(n)
-  return {"image": os.fspath(path), "image/filename": rec["path"], "faces": faces}
+    """The feature dict of image ``i`` (raises naming the file if the image is missing)."""
+    rec = ann.image(i)
+    name = _SPLITS[split]
+    path = widerface.image_file(root, name, ann, i)
+    if not path.is_file():
+        raise FileNotFoundError(f"{ann.source}: image {rec['path']!r} listed but {path} is missing")
+    with Image.open(path) as im:
+        w, h = im.size
+    xywh = np.asarray(rec["boxes"], np.int64).reshape(-1, 4)
+    x1 = np.clip(xywh[:, 0] / w, 0, 1)
+    y1 = np.clip(xywh[:, 1] / h, 0, 1)
+    x2 = np.clip((xywh[:, 0] + np.maximum(xywh[:, 2], 0)) / w, 0, 1)
+    y2 = np.clip((xywh[:, 1] + np.maximum(xywh[:, 3], 0)) / h, 0, 1)
+    n = xywh.shape[0]
+    faces = {
+        "bbox": [
+            tfds.features.BBox(ymin=float(a), xmin=float(b), ymax=float(c), xmax=float(d))
+            for a, b, c, d in zip(y1, x1, np.maximum(y2, y1), np.maximum(x2, x1))
+        ],
+        "bbox_xywh": xywh.astype(np.int32),
+    }
+    for k in _LABELS:
+        v = rec.get(k)
+        faces[k] = np.zeros((n,), np.int32) if v is None else np.asarray(v, np.int32).reshape(n)
+    return {"image": os.fspath(path), "image/filename": rec["path"], "faces": faces}
 
 
 class WiderFaceOriginal(tfds_base.Builder):
-  """WIDER FACE (Yang et al. CVPR 2016) from the original layout; see the module docstring."""
+    """WIDER FACE (Yang et al. CVPR 2016) from the original layout; see the module docstring."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release: original layout, all per-face labels."}
-  MANUAL_DOWNLOAD_INSTRUCTIONS = (
-      "Unpack WIDER_train.zip, WIDER_val.zip (and WIDER_test.zip) and wider_face_split.zip "
-      "from http://shuoyang1213.me/WIDERFACE/ into one folder and pass it as manual_dir "
-      "(config.data.manual_dir).")
-  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name="default", description="All splits, all labels.")]
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    face = {"bbox": tfds.features.BBoxFeature(),
-            "bbox_xywh": tfds.features.Tensor(shape=(4,), dtype=np.int32)}
-    face.update({k: tfds.features.Scalar(dtype=np.int32) for k in _LABELS})
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(None, None, 3), dtype=np.uint8, encoding_format="jpeg"),
-            "image/filename": tfds.features.Text(),
-            "faces": tfds.features.Sequence(face),
-        }),
-        homepage="http://shuoyang1213.me/WIDERFACE/",
-        citation="Yang, Luo, Loy, Tang. WIDER FACE: A Face Detection Benchmark. CVPR 2016.",
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release: original layout, all per-face labels."}
+    MANUAL_DOWNLOAD_INSTRUCTIONS = (
+        "Unpack WIDER_train.zip, WIDER_val.zip (and WIDER_test.zip) and wider_face_split.zip "
+        "from http://shuoyang1213.me/WIDERFACE/ into one folder and pass it as manual_dir "
+        "(config.data.manual_dir)."
     )
+    BUILDER_CONFIGS = [
+        tfds.core.BuilderConfig(name="default", description="All splits, all labels.")
+    ]
 
-  def _split_generators(self, dl_manager):
-    root = dl_manager.manual_dir
-    splits = {s: self._generate_examples(root, s) for s in ("train", "validation")
-              if self._has_split(root, s)}
-    if not splits:
-      raise FileNotFoundError(
-          f"wider_face_original: no annotation file under {root}/wider_face_split "
-          "(wider_face_{train,val}_bbx_gt.txt or .mat)")
-    if test_file_list(root):
-      splits["test"] = self._generate_test(root)
-    return splits
+    def _info(self) -> tfds.core.DatasetInfo:
+        face = {
+            "bbox": tfds.features.BBoxFeature(),
+            "bbox_xywh": tfds.features.Tensor(shape=(4,), dtype=np.int32),
+        }
+        face.update({k: tfds.features.Scalar(dtype=np.int32) for k in _LABELS})
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=__doc__,
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(
+                        shape=(None, None, 3), dtype=np.uint8, encoding_format="jpeg"
+                    ),
+                    "image/filename": tfds.features.Text(),
+                    "faces": tfds.features.Sequence(face),
+                }
+            ),
+            homepage="http://shuoyang1213.me/WIDERFACE/",
+            citation="Yang, Luo, Loy, Tang. WIDER FACE: A Face Detection Benchmark. CVPR 2016.",
+        )
 
-  @staticmethod
-  def _has_split(root, split):
-    name = _SPLITS[split]
-    base = os.path.join(os.fspath(root), "wider_face_split", f"wider_face_{name}")
-    return os.path.isfile(base + "_bbx_gt.txt") or os.path.isfile(base + ".mat")
+    def _split_generators(self, dl_manager):
+        root = dl_manager.manual_dir
+        splits = {
+            s: self._generate_examples(root, s)
+            for s in ("train", "validation")
+            if self._has_split(root, s)
+        }
+        if not splits:
+            raise FileNotFoundError(
+                f"wider_face_original: no annotation file under {root}/wider_face_split "
+                "(wider_face_{train,val}_bbx_gt.txt or .mat)"
+            )
+        if test_file_list(root):
+            splits["test"] = self._generate_test(root)
+        return splits
 
-  def _generate_examples(self, root, split):
-    ann = annotations(root, split)
-    for i in range(ann.num_images):
-      yield ann.image_paths[i], example_of(root, split, ann, i)
+    @staticmethod
+    def _has_split(root, split):
+        name = _SPLITS[split]
+        base = os.path.join(os.fspath(root), "wider_face_split", f"wider_face_{name}")
+        return os.path.isfile(base + "_bbx_gt.txt") or os.path.isfile(base + ".mat")
 
-  def _generate_test(self, root):
-    empty = {"bbox": [], "bbox_xywh": np.zeros((0, 4), np.int32)}
-    empty.update({k: np.zeros((0,), np.int32) for k in _LABELS})
-    for rel in test_file_list(root):
-      path = widerface.resolve_in_root(root, f"WIDER_test/images/{rel}", where="wider_face_test_filelist.txt")
-      if not path.is_file():
-        raise FileNotFoundError(f"wider_face_test_filelist.txt lists {rel!r} but {path} is missing")
-      yield rel, {"image": os.fspath(path), "image/filename": rel, "faces": empty}
+    def _generate_examples(self, root, split):
+        ann = annotations(root, split)
+        for i in range(ann.num_images):
+            yield ann.image_paths[i], example_of(root, split, ann, i)
+
+    def _generate_test(self, root):
+        empty = {"bbox": [], "bbox_xywh": np.zeros((0, 4), np.int32)}
+        empty.update({k: np.zeros((0,), np.int32) for k in _LABELS})
+        for rel in test_file_list(root):
+            path = widerface.resolve_in_root(
+                root, f"WIDER_test/images/{rel}", where="wider_face_test_filelist.txt"
+            )
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"wider_face_test_filelist.txt lists {rel!r} but {path} is missing"
+                )
+            yield rel, {"image": os.fspath(path), "image/filename": rel, "faces": empty}

@@ -52,7 +52,8 @@ def confusion_counts(
     """
     if predictions.shape != labels.shape or predictions.ndim != 2:
         raise ValueError(
-            f"predictions {predictions.shape} and labels {labels.shape} must both be [N, A]")
+            f"predictions {predictions.shape} and labels {labels.shape} must both be [N, A]"
+        )
     p = jnp.asarray(predictions) > 0
     y = jnp.asarray(labels) > 0
     m = jnp.ones(y.shape, bool)
@@ -107,8 +108,9 @@ def metrics_from_counts(
         tnr = np.where(n_neg > 0, tn / n_neg, np.nan)
         recalls = np.stack([tpr, tnr], axis=-1)
         present = ~np.isnan(recalls)
-        bal = np.where(present.any(-1),
-                       np.nansum(recalls, -1) / np.maximum(present.sum(-1), 1), np.nan)
+        bal = np.where(
+            present.any(-1), np.nansum(recalls, -1) / np.maximum(present.sum(-1), 1), np.nan
+        )
         acc = np.where(total > 0, (tp + tn) / total, np.nan)
         eval_rate = np.where(total > 0, n_pos / total, np.nan)
     rate = eval_rate if positive_rate is None else np.asarray(positive_rate, np.float64)
@@ -154,9 +156,13 @@ def attribute_metrics(
     return metrics_from_counts(np.asarray(counts), names=names, positive_rate=positive_rate)
 
 
-def format_metrics_table(metrics: dict, baseline: Optional[dict] = None, *,
-                         method_name: str = "method",
-                         baseline_name: str = "baseline") -> str:
+def format_metrics_table(
+    metrics: dict,
+    baseline: Optional[dict] = None,
+    *,
+    method_name: str = "method",
+    baseline_name: str = "baseline",
+) -> str:
     """Markdown table: one row per attribute (sorted by imbalance level, most imbalanced
     first), balanced accuracy and accuracy in percent, the baseline's and the gain when
     given, and a final row of means."""
@@ -173,14 +179,34 @@ def format_metrics_table(metrics: dict, baseline: Optional[dict] = None, *,
         return "| " + " | ".join(cells) + " |"
 
     for i in order:
-        extra = ((baseline["balanced_accuracy"][i], baseline["accuracy"][i])
-                 if baseline is not None else ())
-        rows.append(row(metrics["names"][i], metrics["imbalance"][i],
-                        metrics["balanced_accuracy"][i], metrics["accuracy"][i], *extra))
-    extra = ((baseline["mean_balanced_accuracy"], baseline["mean_accuracy"])
-             if baseline is not None else ())
-    rows.append(row("**mean**", metrics["mean_imbalance"], metrics["mean_balanced_accuracy"],
-                    metrics["mean_accuracy"], *extra))
+        extra = (
+            (baseline["balanced_accuracy"][i], baseline["accuracy"][i])
+            if baseline is not None
+            else ()
+        )
+        rows.append(
+            row(
+                metrics["names"][i],
+                metrics["imbalance"][i],
+                metrics["balanced_accuracy"][i],
+                metrics["accuracy"][i],
+                *extra,
+            )
+        )
+    extra = (
+        (baseline["mean_balanced_accuracy"], baseline["mean_accuracy"])
+        if baseline is not None
+        else ()
+    )
+    rows.append(
+        row(
+            "**mean**",
+            metrics["mean_imbalance"],
+            metrics["mean_balanced_accuracy"],
+            metrics["mean_accuracy"],
+            *extra,
+        )
+    )
     return "\n".join(rows)
 
 
@@ -218,7 +244,8 @@ def plot_gain_vs_imbalance(
     if not bal.shape == base.shape == imb.shape or bal.ndim != 1:
         raise ValueError(
             f"balanced_accuracy {bal.shape}, baseline {base.shape} and imbalance {imb.shape} "
-            "must be equal 1-D shapes")
+            "must be equal 1-D shapes"
+        )
     names = [str(i) for i in range(bal.size)] if names is None else list(names)
     if len(names) != bal.size:
         raise ValueError(f"{len(names)} names for {bal.size} attributes")
@@ -232,8 +259,12 @@ def plot_gain_vs_imbalance(
     fig = Figure(figsize=(max(6.0, 0.28 * bal.size + 2), 4.5), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    ax.bar(x, gain, color=np.where(gain >= 0, "tab:blue", "tab:red"),
-           label=f"{method_name} − {baseline_name}")
+    ax.bar(
+        x,
+        gain,
+        color=np.where(gain >= 0, "tab:blue", "tab:red"),
+        label=f"{method_name} − {baseline_name}",
+    )
     ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set_ylabel("balanced accuracy gain (points)")
     ax.set_xticks(x)
@@ -245,8 +276,10 @@ def plot_gain_vs_imbalance(
     h1, l1 = ax.get_legend_handles_labels()
     h2, l2 = ax2.get_legend_handles_labels()
     ax.legend(h1 + h2, l1 + l2, loc="upper left", fontsize=8)
-    ax.set_title(f"{method_name} vs {baseline_name}: gain by imbalance level "
-                 f"(mean gain {np.mean(gain):+.2f})")
+    ax.set_title(
+        f"{method_name} vs {baseline_name}: gain by imbalance level "
+        f"(mean gain {np.mean(gain):+.2f})"
+    )
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, format="png")

@@ -28,6 +28,7 @@ All-pairs TAR@FAR
 
 Embeddings are expected L2-normalised (scores are inner products = cosines).
 """
+
 from __future__ import annotations
 
 import functools
@@ -105,7 +106,9 @@ def _compiled_hist(block: int, n_blocks: int, n_bins: int, mesh: Mesh | None):
         h = fn(emb, lab, valid, jnp.maximum(bi, 0))
         return jnp.where(bi >= 0, h, 0)[None]
 
-    sm = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), P(), P(axis)), out_specs=P(axis), check_vma=False)
+    sm = jax.shard_map(
+        per_device, mesh=mesh, in_specs=(P(), P(), P(), P(axis)), out_specs=P(axis), check_vma=False
+    )
     return jax.jit(sm)
 
 
@@ -140,9 +143,13 @@ def all_pairs_histograms(
         raise ValueError(f"labels: expected shape ({n},), got {lab.shape}")
     finite = np.asarray(jnp.all(jnp.isfinite(emb), axis=1))
     if not finite.all():
-        raise ValueError(f"embeddings: non-finite value(s) (NaN/inf) in {int((~finite).sum())} row(s), first {int(np.argmax(~finite))}")
+        raise ValueError(
+            f"embeddings: non-finite value(s) (NaN/inf) in {int((~finite).sum())} row(s), first {int(np.argmax(~finite))}"
+        )
     if block * max(n, 1) >= 2**31:
-        raise ValueError(f"block * N = {block * n} would overflow the per-call int32 counts; lower block")
+        raise ValueError(
+            f"block * N = {block * n} would overflow the per-call int32 counts; lower block"
+        )
     n_blocks = max(1, math.ceil(n / block))
     pad = n_blocks * block - n
     emb = jnp.pad(emb, ((0, pad), (0, 0)))
@@ -166,13 +173,17 @@ def all_pairs_histograms(
             bis = np.full(n_dev, -1, np.int32)
             chunk = order[r0 : r0 + n_dev]
             bis[: len(chunk)] = chunk
-            out = fn(emb, lab_d, valid, jax.device_put(bis, NamedSharding(mesh, P(mesh.axis_names[0]))))
+            out = fn(
+                emb, lab_d, valid, jax.device_put(bis, NamedSharding(mesh, P(mesh.axis_names[0])))
+            )
             total += np.asarray(out, np.int64).sum(0)
     impostor, genuine = total[:n_bins], total[n_bins:]
     return genuine, impostor
 
 
-def histogram_roc(genuine: np.ndarray, impostor: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def histogram_roc(
+    genuine: np.ndarray, impostor: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """ROC at the bin edges: accept a pair when its score is in bin ``>= k``.
 
     Returns ``(far, tar, thresholds)`` with thresholds decreasing from +inf (accept
@@ -193,7 +204,11 @@ def histogram_roc(genuine: np.ndarray, impostor: np.ndarray) -> tuple[np.ndarray
 
 
 def histogram_tar_at_far(
-    genuine: np.ndarray, impostor: np.ndarray, far_targets: float | Sequence[float], *, method: str = "closest"
+    genuine: np.ndarray,
+    impostor: np.ndarray,
+    far_targets: float | Sequence[float],
+    *,
+    method: str = "closest",
 ) -> dict[str, np.ndarray]:
     """TAR at target FARs from score histograms.
 
@@ -213,7 +228,11 @@ def histogram_tar_at_far(
     elif method == "interpolated":
         finite = np.isfinite(thr)
         thr_i = np.where(finite, thr, 1.0)
-        out = {"tar": np.interp(flat, far, tar), "far": flat.copy(), "threshold": np.interp(flat, far, thr_i)}
+        out = {
+            "tar": np.interp(flat, far, tar),
+            "far": flat.copy(),
+            "threshold": np.interp(flat, far, thr_i),
+        }
     else:
         raise ValueError(f"method: expected 'closest' or 'interpolated', got {method!r}")
     return {k: v.reshape(t.shape) for k, v in out.items()}
@@ -283,7 +302,10 @@ def _compiled_search(k: int, mesh: Mesh | None):
         return (*_merge(best_s, best_i, all_s, all_i, k), bad)
 
     sm = jax.shard_map(
-        per_device, mesh=mesh, in_specs=(P(), P(), P(), P(), P(axis), P(), P()), out_specs=(P(), P(), P()),
+        per_device,
+        mesh=mesh,
+        in_specs=(P(), P(), P(), P(), P(axis), P(), P()),
+        out_specs=(P(), P(), P()),
         check_vma=False,
     )
     return jax.jit(sm, donate_argnums=(0, 1))
@@ -318,7 +340,9 @@ def search_top_k(
     if q.ndim != 2 or len(gallery.shape) != 2 or q.shape[1] != gallery.shape[1]:
         raise ValueError(f"queries {q.shape} and gallery {gallery.shape} must be [Q, D] and [G, D]")
     if not bool(jnp.all(jnp.isfinite(q))):
-        raise ValueError(f"queries: non-finite value(s) (NaN/inf) in row {int(np.argmax(~np.isfinite(np.asarray(q)).all(1)))}")
+        raise ValueError(
+            f"queries: non-finite value(s) (NaN/inf) in row {int(np.argmax(~np.isfinite(np.asarray(q)).all(1)))}"
+        )
     g_n = gallery.shape[0]
     if not 1 <= k <= g_n:
         raise ValueError(f"k={k} must be in 1..{g_n} (gallery size)")
@@ -376,7 +400,13 @@ def rank_k_accuracy(indices, query_labels, gallery_labels, k: int = 1) -> float:
 
 
 def dir_at_fpir(
-    scores, indices, query_labels, gallery_labels, *, fpir: float | Sequence[float], rank: int = 1,
+    scores,
+    indices,
+    query_labels,
+    gallery_labels,
+    *,
+    fpir: float | Sequence[float],
+    rank: int = 1,
     mated: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Open-set detection-and-identification rate at a false-positive identification rate.
@@ -405,9 +435,11 @@ def dir_at_fpir(
         mated = np.isin(ql, gl)
     mated = np.asarray(mated, bool)
     if mated.all() or not mated.any():
-        raise ValueError(f"need mated and non-mated probes (got {int(mated.sum())} mated of {len(mated)})")
+        raise ValueError(
+            f"need mated and non-mated probes (got {int(mated.sum())} mated of {len(mated)})"
+        )
     non = np.sort(s[~mated, 0])[::-1]
-    hit = (gl[idx[:, :rank]] == ql[:, None])
+    hit = gl[idx[:, :rank]] == ql[:, None]
     targets = np.asarray(fpir, np.float64)
     dirs, fps, ths = [], [], []
     for f in targets.ravel():
@@ -418,4 +450,8 @@ def dir_at_fpir(
         fps.append((non > t).mean())
         ths.append(t)
     sh = targets.shape
-    return {"dir": np.array(dirs).reshape(sh), "fpir": np.array(fps).reshape(sh), "threshold": np.array(ths).reshape(sh)}
+    return {
+        "dir": np.array(dirs).reshape(sh),
+        "fpir": np.array(fps).reshape(sh),
+        "threshold": np.array(ths).reshape(sh),
+    }

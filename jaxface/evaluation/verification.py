@@ -24,6 +24,7 @@ Conventions (PROTOCOLS.md):
   ``calculate_val``): the threshold reaching the target FAR on the 9 training
   folds, interpolated over the threshold grid, applied to the held-out fold.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -111,13 +112,17 @@ class LFWPairs:
     def __len__(self) -> int:
         return len(self.same)
 
-    def paths(self, root: str | os.PathLike, ext: str = "jpg") -> tuple[list[pathlib.Path], list[pathlib.Path]]:
+    def paths(
+        self, root: str | os.PathLike, ext: str = "jpg"
+    ) -> tuple[list[pathlib.Path], list[pathlib.Path]]:
         p1 = [lfw_image_path(root, n, i, ext) for n, i in zip(self.name1, self.index1)]
         p2 = [lfw_image_path(root, n, i, ext) for n, i in zip(self.name2, self.index2)]
         return p1, p2
 
 
-def lfw_image_path(root: str | os.PathLike, name: str, index: int, ext: str = "jpg") -> pathlib.Path:
+def lfw_image_path(
+    root: str | os.PathLike, name: str, index: int, ext: str = "jpg"
+) -> pathlib.Path:
     """``root/<name>/<name>_<index:04d>.jpg`` (the layout of lfw.tgz and its aligned variants)."""
     return pathlib.Path(root) / name / f"{name}_{int(index):04d}.{ext}"
 
@@ -144,11 +149,15 @@ def parse_lfw_pairs(path: str | os.PathLike) -> LFWPairs:
         raise ValueError(f"{path}:1: empty file, expected header '<n_folds> <pairs_per_fold>'")
     head = lines[0].split()
     if len(head) != 2:
-        raise ValueError(f"{path}:1: expected header '<n_folds> <pairs_per_fold>', got {lines[0]!r}")
+        raise ValueError(
+            f"{path}:1: expected header '<n_folds> <pairs_per_fold>', got {lines[0]!r}"
+        )
     n_folds = _parse_int(head[0], f"{path}:1", "n_folds")
     n = _parse_int(head[1], f"{path}:1", "pairs_per_fold")
     if n_folds <= 0 or n <= 0:
-        raise ValueError(f"{path}:1: n_folds and pairs_per_fold must be positive, got {n_folds} {n}")
+        raise ValueError(
+            f"{path}:1: n_folds and pairs_per_fold must be positive, got {n_folds} {n}"
+        )
     body = [(k + 2, ln) for k, ln in enumerate(lines[1:]) if ln.strip()]
     expected = n_folds * 2 * n
     if len(body) != expected:
@@ -175,7 +184,12 @@ def parse_lfw_pairs(path: str | os.PathLike) -> LFWPairs:
                 raise ValueError(
                     f"{where}: fold {f_idx + 1}, different pair {r - n + 1}: expected 'name1 i name2 j', got {ln!r}"
                 )
-            a, i, b, j = tok[0], _parse_int(tok[1], where, "i"), tok[2], _parse_int(tok[3], where, "j")
+            a, i, b, j = (
+                tok[0],
+                _parse_int(tok[1], where, "i"),
+                tok[2],
+                _parse_int(tok[3], where, "j"),
+            )
             if a == b:
                 raise ValueError(f"{where}: a 'different' pair names the same person {a!r}")
         if i < 1 or j < 1:
@@ -187,8 +201,14 @@ def parse_lfw_pairs(path: str | os.PathLike) -> LFWPairs:
         same.append(is_same)
         fold.append(f_idx)
     return LFWPairs(
-        name1=np.array(name1), index1=np.array(idx1), name2=np.array(name2), index2=np.array(idx2),
-        same=np.array(same, bool), fold=np.array(fold), n_folds=n_folds, pairs_per_fold=n,
+        name1=np.array(name1),
+        index1=np.array(idx1),
+        name2=np.array(name2),
+        index2=np.array(idx2),
+        same=np.array(same, bool),
+        fold=np.array(fold),
+        n_folds=n_folds,
+        pairs_per_fold=n,
     )
 
 
@@ -232,7 +252,9 @@ class CFPProtocol:
 
 def _resolve_inside(root: pathlib.Path, base: pathlib.Path, rel: str, where: str) -> pathlib.Path:
     if os.path.isabs(rel):
-        raise ValueError(f"{where}: absolute path {rel!r} not allowed (paths are relative to Protocol/)")
+        raise ValueError(
+            f"{where}: absolute path {rel!r} not allowed (paths are relative to Protocol/)"
+        )
     p = pathlib.Path(os.path.normpath(base / rel))
     try:
         p.relative_to(root)
@@ -243,11 +265,15 @@ def _resolve_inside(root: pathlib.Path, base: pathlib.Path, rel: str, where: str
     try:
         real.relative_to(pathlib.Path(os.path.realpath(root)))
     except ValueError:
-        raise ValueError(f"{where}: path {rel!r} resolves (via a link) outside the dataset root {root}") from None
+        raise ValueError(
+            f"{where}: path {rel!r} resolves (via a link) outside the dataset root {root}"
+        ) from None
     return p
 
 
-def _read_pair_list(path: pathlib.Path, root: pathlib.Path, check_exists: bool) -> list[pathlib.Path]:
+def _read_pair_list(
+    path: pathlib.Path, root: pathlib.Path, check_exists: bool
+) -> list[pathlib.Path]:
     out = []
     with open(path, encoding="utf-8") as f:
         for lineno, ln in enumerate(f, 1):
@@ -256,10 +282,14 @@ def _read_pair_list(path: pathlib.Path, root: pathlib.Path, check_exists: bool) 
             tok = ln.split(maxsplit=1)
             where = f"{path}:{lineno}"
             if len(tok) != 2:
-                raise ValueError(f"{where}: expected '<number> <relative path>', got {ln.rstrip()!r}")
+                raise ValueError(
+                    f"{where}: expected '<number> <relative path>', got {ln.rstrip()!r}"
+                )
             num = _parse_int(tok[0], where, "number")
             if num != len(out) + 1:
-                raise ValueError(f"{where}: images must be numbered 1, 2, ... in order; expected {len(out) + 1}, got {num}")
+                raise ValueError(
+                    f"{where}: images must be numbered 1, 2, ... in order; expected {len(out) + 1}, got {num}"
+                )
             p = _resolve_inside(root, path.parent, tok[1].strip(), where)
             if check_exists and not p.is_file():
                 raise FileNotFoundError(f"{where}: image {p} does not exist")
@@ -274,7 +304,9 @@ def _identity_of(p: pathlib.Path, where: str) -> int:
     try:
         return int(p.parent.parent.name) - 1
     except ValueError:
-        raise ValueError(f"{where}: cannot read the identity folder of {p} (expected Images/NNN/...)") from None
+        raise ValueError(
+            f"{where}: cannot read the identity folder of {p} (expected Images/NNN/...)"
+        ) from None
 
 
 def _read_split_file(path: pathlib.Path, n1: int, n2: int) -> tuple[np.ndarray, np.ndarray]:
@@ -348,7 +380,9 @@ def read_cfp_fiducials(path: str | os.PathLike, n_points: int = 30) -> np.ndarra
             try:
                 pts.append((float(tok[0]), float(tok[1])))
             except ValueError:
-                raise ValueError(f"{path}:{lineno}: expected numbers 'x,y', got {ln.rstrip()!r}") from None
+                raise ValueError(
+                    f"{path}:{lineno}: expected numbers 'x,y', got {ln.rstrip()!r}"
+                ) from None
     if len(pts) != n_points:
         raise ValueError(f"{path}: expected {n_points} points, found {len(pts)}")
     return check_finite(str(path), np.array(pts))
@@ -378,7 +412,9 @@ def pair_distances(emb1, emb2) -> np.ndarray:
 # --------------------------------------------------------------------------- ROC
 
 
-def roc_curve(scores, same, *, kind: str = "similarity") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def roc_curve(
+    scores, same, *, kind: str = "similarity"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """ROC over all distinct thresholds: (fpr, tpr, thresholds), like sklearn's ``roc_curve``
     with ``drop_intermediate=False``: starts at (0, 0) with threshold +inf, then one point
     per distinct score in decreasing order (predict "same" when score >= threshold).
@@ -414,7 +450,12 @@ def eer(scores, same, *, kind: str = "similarity") -> float:
 
 
 def tar_at_far(
-    scores, same, far_targets: float | Sequence[float], *, kind: str = "similarity", method: str = "closest"
+    scores,
+    same,
+    far_targets: float | Sequence[float],
+    *,
+    kind: str = "similarity",
+    method: str = "closest",
 ) -> np.ndarray:
     """TAR at each target FAR on a list of pairs.
 
@@ -447,7 +488,9 @@ def tar_at_far(
     elif method == "interpolated":
         out = np.interp(targets.ravel(), fpr, tpr)
     else:
-        raise ValueError(f"method: expected 'closest', 'closest_upper' or 'interpolated', got {method!r}")
+        raise ValueError(
+            f"method: expected 'closest', 'closest_upper' or 'interpolated', got {method!r}"
+        )
     return out.reshape(targets.shape)
 
 
@@ -488,17 +531,22 @@ def kfold_accuracy(
     s, y = _scores_labels(scores, same, kind)
     folds, ids = _fold_masks(folds)
     if thresholds is None:
-        thresholds = LFW_THRESHOLDS if kind == "distance" else np.round(np.arange(-100, 101) * 0.01, 2)
+        thresholds = (
+            LFW_THRESHOLDS if kind == "distance" else np.round(np.arange(-100, 101) * 0.01, 2)
+        )
     thresholds = np.asarray(thresholds, np.float64)
     if kind == "distance":
         # distance < t  <=>  -distance > -t; use a strict comparison to match np.less.
         sim_thr = -thresholds
+
         def acc(mask, t):
             return ((s[mask][None, :] > t[:, None]) == y[mask][None, :]).mean(axis=1)
     else:
         sim_thr = thresholds
+
         def acc(mask, t):
             return _accuracy_at(s[mask], y[mask], t)
+
     accs, thrs = [], []
     for k in ids:
         test = folds == k
@@ -507,11 +555,21 @@ def kfold_accuracy(
         thrs.append(thresholds[best])
         accs.append(float(acc(test, sim_thr[best : best + 1])[0]))
     accs = np.array(accs)
-    return {"accuracy": accs, "threshold": np.array(thrs), "mean": float(accs.mean()), "std": float(accs.std())}
+    return {
+        "accuracy": accs,
+        "threshold": np.array(thrs),
+        "mean": float(accs.mean()),
+        "std": float(accs.std()),
+    }
 
 
 def kfold_tar_at_far(
-    scores, same, folds, far_target: float = 1e-3, *, kind: str = "distance",
+    scores,
+    same,
+    folds,
+    far_target: float = 1e-3,
+    *,
+    kind: str = "distance",
     thresholds: np.ndarray | None = None,
 ) -> dict[str, np.ndarray | float]:
     """LFW-style TAR@FAR (facenet's ``calculate_val``): per held-out fold, the threshold at
@@ -527,7 +585,9 @@ def kfold_tar_at_far(
     s, y = _scores_labels(scores, same, kind)
     folds, ids = _fold_masks(folds)
     if thresholds is None:
-        thresholds = LFW_THRESHOLDS if kind == "distance" else np.round(np.arange(-100, 101) * 0.01, 2)
+        thresholds = (
+            LFW_THRESHOLDS if kind == "distance" else np.round(np.arange(-100, 101) * 0.01, 2)
+        )
     thresholds = np.asarray(thresholds, np.float64)
     # Express everything as "accept when sim > u" with u increasing => FAR decreasing.
     u = -thresholds if kind == "distance" else thresholds
@@ -535,7 +595,11 @@ def kfold_tar_at_far(
     u, thr_sorted = u[order], thresholds[order]
 
     def rates(mask, uu):
-        acc = s[mask][None, :] > uu[:, None] if kind == "distance" else s[mask][None, :] >= uu[:, None]
+        acc = (
+            s[mask][None, :] > uu[:, None]
+            if kind == "distance"
+            else s[mask][None, :] >= uu[:, None]
+        )
         yy = y[mask]
         tar = acc[:, yy].sum(1) / max(int(yy.sum()), 1)
         far = acc[:, ~yy].sum(1) / max(int((~yy).sum()), 1)
@@ -555,8 +619,14 @@ def kfold_tar_at_far(
         fars.append(float(far[0]))
         ts.append(-uu if kind == "distance" else uu)
     tars, fars = np.array(tars), np.array(fars)
-    return {"tar": tars, "far": fars, "threshold": np.array(ts), "tar_mean": float(tars.mean()),
-            "tar_std": float(tars.std()), "far_mean": float(fars.mean())}
+    return {
+        "tar": tars,
+        "far": fars,
+        "threshold": np.array(ts),
+        "tar_mean": float(tars.mean()),
+        "tar_std": float(tars.std()),
+        "far_mean": float(fars.mean()),
+    }
 
 
 def evaluate_folds(scores, same, folds, *, kind: str = "distance") -> dict[str, float | np.ndarray]:
@@ -569,9 +639,15 @@ def evaluate_folds(scores, same, folds, *, kind: str = "distance") -> dict[str, 
     eers = np.array([eer(s[folds == k], same[folds == k], kind=kind) for k in ids])
     aucs = np.array([roc_auc(s[folds == k], same[folds == k], kind=kind) for k in ids])
     return {
-        "accuracy": acc["accuracy"], "accuracy_mean": acc["mean"], "accuracy_std": acc["std"],
-        "eer": eers, "eer_mean": float(eers.mean()), "eer_std": float(eers.std()),
-        "auc": aucs, "auc_mean": float(aucs.mean()), "auc_std": float(aucs.std()),
+        "accuracy": acc["accuracy"],
+        "accuracy_mean": acc["mean"],
+        "accuracy_std": acc["std"],
+        "eer": eers,
+        "eer_mean": float(eers.mean()),
+        "eer_std": float(eers.std()),
+        "auc": aucs,
+        "auc_mean": float(aucs.mean()),
+        "auc_std": float(aucs.std()),
     }
 
 
@@ -579,8 +655,11 @@ def evaluate_folds(scores, same, folds, *, kind: str = "distance") -> dict[str, 
 
 
 def plot_roc(
-    curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | os.PathLike, *,
-    title: str = "ROC", min_far: float | None = None,
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    path: str | os.PathLike,
+    *,
+    title: str = "ROC",
+    min_far: float | None = None,
 ) -> pathlib.Path:
     """Write a ROC plot (TAR vs FAR, log FAR axis) as PNG. ``curves``: name -> (fpr, tpr).
 

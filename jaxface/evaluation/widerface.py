@@ -61,6 +61,7 @@ Detection-file rules (documented choices where the official tool is undefined):
     line must be a non-negative integer; blank lines may only follow the last box.
   * the first line (image name) is not checked, like the official tool.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -399,14 +400,18 @@ def match_detections(
     ground truth uses double IoU.
     """
     if preds.num_images != gt.num_images:
-        raise ValueError(f"predictions cover {preds.num_images} images, ground truth {gt.num_images}")
+        raise ValueError(
+            f"predictions cover {preds.num_images} images, ground truth {gt.num_images}"
+        )
     n_det = preds.num_detections
     none = _Matches(np.zeros(n_det, bool), np.full(n_det, -1, np.int64), np.zeros(n_det, bool))
     if n_det == 0 or gt.num_faces == 0:
         return none
     integer_gt = gt.boxes.dtype.kind in "iu"
     if integer_gt and gt.boxes.dtype != np.int32:
-        raise ValueError(f"{gt.source}: integer boxes must be int32 (MATLAB class emulated), got {gt.boxes.dtype}")
+        raise ValueError(
+            f"{gt.source}: integer boxes must be int32 (MATLAB class emulated), got {gt.boxes.dtype}"
+        )
     # Ground-truth corners [x, y, x + w, y + h] (int32 add saturates in MATLAB).
     g = gt.boxes.astype(np.float64)
     a = xywh_to_xyxy(g, xp=np)
@@ -532,9 +537,11 @@ def evaluate(
         ann = gt.settings[s]
         m = None
         for other, mm in cache:  # share the matching between settings with the same boxes
-            if other.boxes.dtype == ann.boxes.dtype and np.array_equal(
-                other.face_offsets, ann.face_offsets
-            ) and np.array_equal(other.boxes, ann.boxes):
+            if (
+                other.boxes.dtype == ann.boxes.dtype
+                and np.array_equal(other.face_offsets, ann.face_offsets)
+                and np.array_equal(other.boxes, ann.boxes)
+            ):
                 m = mm
                 break
         if m is None:
@@ -572,7 +579,9 @@ def _nan_to_none(x: np.ndarray) -> list:
     return [None if not math.isfinite(v) else float(v) for v in np.asarray(x, np.float64).tolist()]
 
 
-def save_results(results: Mapping[str, SettingResult], out_dir: PathLike, *, label: str = "jaxface") -> None:
+def save_results(
+    results: Mapping[str, SettingResult], out_dir: PathLike, *, label: str = "jaxface"
+) -> None:
     """Writes ``widerface_results.json`` and ``pr_<setting>.png`` (matplotlib Agg)."""
     import matplotlib
 
@@ -617,13 +626,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         prog="jaxface widerface-eval",
         description="Official WIDER FACE validation evaluation (easy / medium / hard AP).",
     )
-    parser.add_argument("--pred", required=True, help="folder with <event>/<image>.txt prediction files")
+    parser.add_argument(
+        "--pred", required=True, help="folder with <event>/<image>.txt prediction files"
+    )
     parser.add_argument(
         "--gt",
         required=True,
         help="folder with wider_face_val.mat and wider_{easy,medium,hard}_val.mat",
     )
-    parser.add_argument("--out", default=None, help="write widerface_results.json and pr_<setting>.png here")
+    parser.add_argument(
+        "--out", default=None, help="write widerface_results.json and pr_<setting>.png here"
+    )
     parser.add_argument("--label", default="jaxface", help="legend name in the plots")
     args = parser.parse_args(argv)
     try:

@@ -27,12 +27,12 @@ import jax
 import jax.numpy as jnp
 
 __all__ = [
-        "DEFAULT_LMLE_MARGINS",
-        "DEFAULT_TRIPLET_MARGIN",
-        "balanced_class_weights",
-        "sigmoid_binary_cross_entropy",
-        "triple_header_hinge",
-        "triplet_margin",
+    "DEFAULT_LMLE_MARGINS",
+    "DEFAULT_TRIPLET_MARGIN",
+    "balanced_class_weights",
+    "sigmoid_binary_cross_entropy",
+    "triple_header_hinge",
+    "triplet_margin",
 ]
 
 # Margins are not published (METHODS.md §4). Embeddings are L2-normalised, so a squared
@@ -63,14 +63,14 @@ def _apply_where(values: jax.Array, where: Optional[jax.Array]) -> jax.Array:
 
 
 def triple_header_hinge(
-        anchor: jax.Array,
-        pos_cluster: jax.Array,
-        neg_cluster: jax.Array,
-        pos_far: jax.Array,
-        neg_class: jax.Array,
-        *,
-        margins: Sequence[float] = DEFAULT_LMLE_MARGINS,
-        where: Optional[jax.Array] = None,
+    anchor: jax.Array,
+    pos_cluster: jax.Array,
+    neg_cluster: jax.Array,
+    pos_far: jax.Array,
+    neg_class: jax.Array,
+    *,
+    margins: Sequence[float] = DEFAULT_LMLE_MARGINS,
+    where: Optional[jax.Array] = None,
 ) -> jax.Array:
     r"""LMLE triple-header hinge loss, one value per anchor.
 
@@ -104,8 +104,12 @@ def triple_header_hinge(
     if len(margins) != 3:
         raise ValueError(f"`margins` must hold 3 values (g1, g2, g3), got {margins!r}")
     shape = anchor.shape
-    for name, x in (("pos_cluster", pos_cluster), ("neg_cluster", neg_cluster),
-                    ("pos_far", pos_far), ("neg_class", neg_class)):
+    for name, x in (
+        ("pos_cluster", pos_cluster),
+        ("neg_cluster", neg_cluster),
+        ("pos_far", pos_far),
+        ("neg_class", neg_class),
+    ):
         if x.shape != shape:
             raise ValueError(f"`{name}` has shape {x.shape}, expected the anchor's {shape}")
     d_pc = _sq_dist(anchor, pos_cluster)
@@ -113,8 +117,7 @@ def triple_header_hinge(
     d_pf = _sq_dist(anchor, pos_far)
     d_n = _sq_dist(anchor, neg_class)
     g = jnp.asarray(margins, dtype=d_pc.dtype)
-    headers = jnp.stack(
-        [g[0] + d_pc - d_nc, g[1] + d_nc - d_pf, g[2] + d_pf - d_n], axis=-1)
+    headers = jnp.stack([g[0] + d_pc - d_nc, g[1] + d_nc - d_pf, g[2] + d_pf - d_n], axis=-1)
     headers = jax.nn.relu(headers)  # [..., 3]
     if where is not None:
         where = jnp.asarray(where)
@@ -123,7 +126,8 @@ def triple_header_hinge(
             if where.shape[-1] != 3:
                 raise ValueError(
                     f"`where` of rank {where.ndim} must end in 3 (one flag per header), "
-                    f"got shape {where.shape}")
+                    f"got shape {where.shape}"
+                )
         else:
             # ... or one per example ([...]).
             where = where[..., None]
@@ -132,12 +136,12 @@ def triple_header_hinge(
 
 
 def triplet_margin(
-        anchor: jax.Array,
-        positive: jax.Array,
-        negative: jax.Array,
-        *,
-        margin: float = DEFAULT_TRIPLET_MARGIN,
-        where: Optional[jax.Array] = None,
+    anchor: jax.Array,
+    positive: jax.Array,
+    negative: jax.Array,
+    *,
+    margin: float = DEFAULT_TRIPLET_MARGIN,
+    where: Optional[jax.Array] = None,
 ) -> jax.Array:
     r"""Triplet margin loss on squared Euclidean distances (the FaceNet form).
 
@@ -156,17 +160,18 @@ def triplet_margin(
     if positive.shape != anchor.shape or negative.shape != anchor.shape:
         raise ValueError(
             f"shapes differ: anchor {anchor.shape}, positive {positive.shape}, "
-            f"negative {negative.shape}")
+            f"negative {negative.shape}"
+        )
     loss = jax.nn.relu(margin + _sq_dist(anchor, positive) - _sq_dist(anchor, negative))
     return _apply_where(loss, where)
 
 
 def sigmoid_binary_cross_entropy(
-        logits: jax.Array,
-        labels: jax.Array,
-        *,
-        class_weights: Optional[jax.Array] = None,
-        where: Optional[jax.Array] = None,
+    logits: jax.Array,
+    labels: jax.Array,
+    *,
+    class_weights: Optional[jax.Array] = None,
+    where: Optional[jax.Array] = None,
 ) -> jax.Array:
     r"""Multi-label sigmoid cross-entropy, averaged over attributes, one value per example.
 
@@ -202,7 +207,8 @@ def sigmoid_binary_cross_entropy(
         if w.ndim < 1 or w.shape[0] != 2:
             raise ValueError(
                 f"`class_weights` must have shape [2, A] (row 0: negatives, row 1: positives), "
-                f"got {w.shape}")
+                f"got {w.shape}"
+            )
         neg_term = neg_term * w[0]
         pos_term = pos_term * w[1]
     per_attr = pos_term + neg_term  # [..., A]

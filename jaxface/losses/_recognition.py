@@ -12,6 +12,7 @@ References
   insightface's ``recognition/arcface_torch/losses.py`` (class ``ArcFace``).
 - DREAM: Cao et al., CVPR 2018 (stitching objective, METHODS.md section 1).
 """
+
 from __future__ import annotations
 
 import math
@@ -77,7 +78,9 @@ def softmax_identity_cross_entropy(
     logits = jnp.asarray(logits)
     labels = jnp.asarray(labels)
     if logits.ndim != 2 or labels.shape != logits.shape[:1]:
-        raise ValueError(f"expected logits [B, C] and labels [B]; got {logits.shape} and {labels.shape}")
+        raise ValueError(
+            f"expected logits [B, C] and labels [B]; got {logits.shape} and {labels.shape}"
+        )
     log_z = jax.nn.logsumexp(logits, axis=-1)
     target = jnp.take_along_axis(logits, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
     return _apply_where(log_z - target, where)
@@ -282,5 +285,7 @@ def dream_stitching_mse(
     pred = jnp.asarray(pred)
     target = jnp.asarray(target)
     if pred.shape != target.shape or pred.ndim != 2:
-        raise ValueError(f"expected pred, target of equal shape [B, D]; got {pred.shape} and {target.shape}")
+        raise ValueError(
+            f"expected pred, target of equal shape [B, D]; got {pred.shape} and {target.shape}"
+        )
     return _apply_where(jnp.mean(jnp.square(pred - target), axis=-1), where)

@@ -51,6 +51,7 @@ centres the `class_centres_sharding` in the state sharding, everything else as u
           num_classes=num_ids, sample_rate=0.1, rng=rng)                # [B]
       return per_example.mean()
 """
+
 from __future__ import annotations
 
 import math
@@ -76,37 +77,37 @@ AxisNames = str | Sequence[str] | None
 
 
 def _axes(axes: AxisNames) -> tuple[str, ...]:
-  if axes is None:
-    return ()
-  if isinstance(axes, str):
-    return (axes,)
-  return tuple(axes)
+    if axes is None:
+        return ()
+    if isinstance(axes, str):
+        return (axes,)
+    return tuple(axes)
 
 
 def _num_shards(mesh: Mesh, class_axes: AxisNames) -> int:
-  axes = _axes(class_axes)
-  for a in axes:
-    if a not in mesh.shape:
-      raise ValueError(f"class_axes: mesh has axes {tuple(mesh.shape)}, got {a!r}")
-  return math.prod(mesh.shape[a] for a in axes)
+    axes = _axes(class_axes)
+    for a in axes:
+        if a not in mesh.shape:
+            raise ValueError(f"class_axes: mesh has axes {tuple(mesh.shape)}, got {a!r}")
+    return math.prod(mesh.shape[a] for a in axes)
 
 
 def _spec_axes(axes: tuple[str, ...]):
-  if not axes:
-    return None
-  return axes[0] if len(axes) == 1 else axes
+    if not axes:
+        return None
+    return axes[0] if len(axes) == 1 else axes
 
 
 def padded_num_classes(num_classes: int, mesh: Mesh, class_axes: AxisNames = "model") -> int:
-  """``num_classes`` rounded up to a multiple of the number of class shards."""
-  n = _num_shards(mesh, class_axes)
-  return -(-num_classes // n) * n
+    """``num_classes`` rounded up to a multiple of the number of class shards."""
+    n = _num_shards(mesh, class_axes)
+    return -(-num_classes // n) * n
 
 
 def class_centres_sharding(mesh: Mesh, class_axes: AxisNames = "model") -> NamedSharding:
-  """The `NamedSharding` of a ``[C, D]`` centre matrix: rows over ``class_axes``."""
-  _num_shards(mesh, class_axes)
-  return NamedSharding(mesh, P(_spec_axes(_axes(class_axes)), None))
+    """The `NamedSharding` of a ``[C, D]`` centre matrix: rows over ``class_axes``."""
+    _num_shards(mesh, class_axes)
+    return NamedSharding(mesh, P(_spec_axes(_axes(class_axes)), None))
 
 
 def init_class_centres(
@@ -119,82 +120,87 @@ def init_class_centres(
     stddev: float = 0.01,
     dtype=jnp.float32,
 ) -> jax.Array:
-  """Normal(0, stddev) ``[padded_num_classes(num_classes), dim]`` centres, created sharded.
+    """Normal(0, stddev) ``[padded_num_classes(num_classes), dim]`` centres, created sharded.
 
-  The initialiser runs under `jax.jit` with ``out_shardings``, so each device only
-  ever holds its own rows. Put the result in the train state's params and give the
-  trainer the matching sharding (`class_centres_sharding`).
-  """
-  c = padded_num_classes(num_classes, mesh, class_axes)
-  sharding = class_centres_sharding(mesh, class_axes)
-  init = jax.jit(lambda k: stddev * jax.random.normal(k, (c, dim), dtype), out_shardings=sharding)
-  return init(rng)
+    The initialiser runs under `jax.jit` with ``out_shardings``, so each device only
+    ever holds its own rows. Put the result in the train state's params and give the
+    trainer the matching sharding (`class_centres_sharding`).
+    """
+    c = padded_num_classes(num_classes, mesh, class_axes)
+    sharding = class_centres_sharding(mesh, class_axes)
+    init = jax.jit(lambda k: stddev * jax.random.normal(k, (c, dim), dtype), out_shardings=sharding)
+    return init(rng)
 
 
 def partial_fc_num_sampled(local_classes: int, global_batch: int, sample_rate: float) -> int:
-  """``S``, the number of centres each shard keeps (static)."""
-  if not 0.0 < sample_rate <= 1.0:
-    raise ValueError(f"sample_rate: expected a value in (0, 1], got {sample_rate}")
-  if sample_rate == 1.0:
-    return local_classes
-  return min(local_classes, max(math.ceil(sample_rate * local_classes), global_batch))
+    """``S``, the number of centres each shard keeps (static)."""
+    if not 0.0 < sample_rate <= 1.0:
+        raise ValueError(f"sample_rate: expected a value in (0, 1], got {sample_rate}")
+    if sample_rate == 1.0:
+        return local_classes
+    return min(local_classes, max(math.ceil(sample_rate * local_classes), global_batch))
 
 
 def _l2_normalize(x: jax.Array, axis: int, eps: float = 1e-12) -> jax.Array:
-  # Same form as `_recognition._l2_normalize`, so the sharded and unsharded losses agree.
-  sq = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
-  return x * jax.lax.rsqrt(jnp.maximum(sq, eps * eps))
+    # Same form as `_recognition._l2_normalize`, so the sharded and unsharded losses agree.
+    sq = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
+    return x * jax.lax.rsqrt(jnp.maximum(sq, eps * eps))
 
 
 def _arcface_target(cos: jax.Array, margin: float, easy_margin: bool) -> jax.Array:
-  """``cos(theta + m)`` with insightface's fallbacks (see `arcface_logits`)."""
-  sin_sq = 1.0 - jnp.square(cos)
-  positive = sin_sq > 0
-  sin = jnp.where(positive, jnp.sqrt(jnp.where(positive, sin_sq, 1.0)), 0.0)
-  cos_m = cos * math.cos(margin) - sin * math.sin(margin)
-  if easy_margin:
-    return jnp.where(cos > 0, cos_m, cos)
-  threshold = math.cos(math.pi - margin)
-  return jnp.where(cos > threshold, cos_m, cos - math.sin(math.pi - margin) * margin)
+    """``cos(theta + m)`` with insightface's fallbacks (see `arcface_logits`)."""
+    sin_sq = 1.0 - jnp.square(cos)
+    positive = sin_sq > 0
+    sin = jnp.where(positive, jnp.sqrt(jnp.where(positive, sin_sq, 1.0)), 0.0)
+    cos_m = cos * math.cos(margin) - sin * math.sin(margin)
+    if easy_margin:
+        return jnp.where(cos > 0, cos_m, cos)
+    threshold = math.cos(math.pi - margin)
+    return jnp.where(cos > threshold, cos_m, cos - math.sin(math.pi - margin) * margin)
 
 
 def _sample_shard(labels_all, key, offset, local_classes, num_sampled, num_classes):
-  """Sorted local row indices ``[S]`` of one shard: its positives, then random negatives."""
-  local = labels_all - offset
-  inside = (local >= 0) & (local < local_classes)
-  positive = jnp.zeros((local_classes,), bool).at[jnp.where(inside, local, local_classes)].set(
-      True, mode="drop")
-  score = jax.random.uniform(key, (local_classes,)) + 2.0 * positive
-  # Padding rows (class id >= num_classes) are only taken when nothing else is left.
-  score = jnp.where(offset + jnp.arange(local_classes) < num_classes, score, -1.0)
-  _, idx = jax.lax.top_k(score, num_sampled)
-  return jnp.sort(idx).astype(jnp.int32)
+    """Sorted local row indices ``[S]`` of one shard: its positives, then random negatives."""
+    local = labels_all - offset
+    inside = (local >= 0) & (local < local_classes)
+    positive = (
+        jnp.zeros((local_classes,), bool)
+        .at[jnp.where(inside, local, local_classes)]
+        .set(True, mode="drop")
+    )
+    score = jax.random.uniform(key, (local_classes,)) + 2.0 * positive
+    # Padding rows (class id >= num_classes) are only taken when nothing else is left.
+    score = jnp.where(offset + jnp.arange(local_classes) < num_classes, score, -1.0)
+    _, idx = jax.lax.top_k(score, num_sampled)
+    return jnp.sort(idx).astype(jnp.int32)
 
 
 def _check(embeddings, weights, labels):
-  if embeddings.ndim != 2 or weights.ndim != 2 or embeddings.shape[1] != weights.shape[1]:
-    raise ValueError(
-        f"expected embeddings [B, D] and weights [C, D]; got {embeddings.shape} and {weights.shape}")
-  if labels.shape != embeddings.shape[:1]:
-    raise ValueError(f"labels: expected shape {embeddings.shape[:1]}, got {labels.shape}")
+    if embeddings.ndim != 2 or weights.ndim != 2 or embeddings.shape[1] != weights.shape[1]:
+        raise ValueError(
+            f"expected embeddings [B, D] and weights [C, D]; got {embeddings.shape} and {weights.shape}"
+        )
+    if labels.shape != embeddings.shape[:1]:
+        raise ValueError(f"labels: expected shape {embeddings.shape[:1]}, got {labels.shape}")
 
 
 def _shard_geometry(mesh, weights, class_axes, batch_axes, num_classes):
-  cax = _axes(class_axes)
-  n = _num_shards(mesh, cax)
-  c = weights.shape[0]
-  if c % n:
-    raise ValueError(
-        f"weights: {c} classes do not divide over {n} shards of mesh axes {cax}; "
-        f"pad with padded_num_classes() and pass num_classes=")
-  num_classes = c if num_classes is None else int(num_classes)
-  if not 0 < num_classes <= c:
-    raise ValueError(f"num_classes: expected 1..{c} (rows of weights), got {num_classes}")
-  bax = tuple(a for a in _axes(batch_axes) if a not in cax)
-  for a in bax:
-    if a not in mesh.shape:
-      raise ValueError(f"batch_axes: mesh has axes {tuple(mesh.shape)}, got {a!r}")
-  return cax, bax, n, c // n, num_classes
+    cax = _axes(class_axes)
+    n = _num_shards(mesh, cax)
+    c = weights.shape[0]
+    if c % n:
+        raise ValueError(
+            f"weights: {c} classes do not divide over {n} shards of mesh axes {cax}; "
+            f"pad with padded_num_classes() and pass num_classes="
+        )
+    num_classes = c if num_classes is None else int(num_classes)
+    if not 0 < num_classes <= c:
+        raise ValueError(f"num_classes: expected 1..{c} (rows of weights), got {num_classes}")
+    bax = tuple(a for a in _axes(batch_axes) if a not in cax)
+    for a in bax:
+        if a not in mesh.shape:
+            raise ValueError(f"batch_axes: mesh has axes {tuple(mesh.shape)}, got {a!r}")
+    return cax, bax, n, c // n, num_classes
 
 
 def partial_fc_sample(
@@ -208,41 +214,44 @@ def partial_fc_sample(
     num_classes: int | None = None,
     where: jax.Array | None = None,
 ) -> jax.Array:
-  """The global class ids Partial FC keeps for this batch and ``rng``.
+    """The global class ids Partial FC keeps for this batch and ``rng``.
 
-  Exactly the sample `sharded_classifier_loss` uses with the same arguments.
+    Exactly the sample `sharded_classifier_loss` uses with the same arguments.
 
-  Args:
-    labels: ``[B]`` global-batch integer labels (all of them are positives).
-    rng: a PRNG key.
-    total_classes: rows of the centre matrix (``C``, padded).
-    sample_rate: fraction of each shard's centres to keep (positives always kept).
-    num_classes: the true class count (``<= C``); rows beyond it are padding.
-    where: optional ``[B]`` mask; masked-out labels are not positives.
+    Args:
+      labels: ``[B]`` global-batch integer labels (all of them are positives).
+      rng: a PRNG key.
+      total_classes: rows of the centre matrix (``C``, padded).
+      sample_rate: fraction of each shard's centres to keep (positives always kept).
+      num_classes: the true class count (``<= C``); rows beyond it are padding.
+      where: optional ``[B]`` mask; masked-out labels are not positives.
 
-  Returns:
-    ``[n * S]`` int32 class ids, ascending, sharded over ``class_axes``
-    (``n`` shards, ``S = partial_fc_num_sampled(C/n, B, sample_rate)`` each).
-  """
-  labels = jnp.asarray(labels).astype(jnp.int32)
-  cax = _axes(class_axes)
-  n = _num_shards(mesh, cax)
-  if total_classes % n:
-    raise ValueError(f"total_classes: {total_classes} does not divide over {n} shards")
-  lc = total_classes // n
-  num_classes = total_classes if num_classes is None else int(num_classes)
-  s = partial_fc_num_sampled(lc, labels.shape[0], sample_rate)
-  if where is not None:
-    labels = jnp.where(jnp.asarray(where, bool), labels, -1)
+    Returns:
+      ``[n * S]`` int32 class ids, ascending, sharded over ``class_axes``
+      (``n`` shards, ``S = partial_fc_num_sampled(C/n, B, sample_rate)`` each).
+    """
+    labels = jnp.asarray(labels).astype(jnp.int32)
+    cax = _axes(class_axes)
+    n = _num_shards(mesh, cax)
+    if total_classes % n:
+        raise ValueError(f"total_classes: {total_classes} does not divide over {n} shards")
+    lc = total_classes // n
+    num_classes = total_classes if num_classes is None else int(num_classes)
+    s = partial_fc_num_sampled(lc, labels.shape[0], sample_rate)
+    if where is not None:
+        labels = jnp.where(jnp.asarray(where, bool), labels, -1)
 
-  def per_device(y_all, key):
-    shard = jax.lax.axis_index(cax)
-    offset = shard * lc
-    return offset + _sample_shard(y_all, jax.random.fold_in(key, shard), offset, lc, s, num_classes)
+    def per_device(y_all, key):
+        shard = jax.lax.axis_index(cax)
+        offset = shard * lc
+        return offset + _sample_shard(
+            y_all, jax.random.fold_in(key, shard), offset, lc, s, num_classes
+        )
 
-  f = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P()), out_specs=P(_spec_axes(cax)),
-                    check_vma=False)
-  return f(labels, rng)
+    f = jax.shard_map(
+        per_device, mesh=mesh, in_specs=(P(), P()), out_specs=P(_spec_axes(cax)), check_vma=False
+    )
+    return f(labels, rng)
 
 
 def sharded_classifier_loss(
@@ -263,109 +272,111 @@ def sharded_classifier_loss(
     rng: jax.Array | None = None,
     where: jax.Array | None = None,
 ) -> jax.Array:
-  """Per-example softmax / CosFace / ArcFace cross-entropy against sharded class centres.
+    """Per-example softmax / CosFace / ArcFace cross-entropy against sharded class centres.
 
-  ``kind="softmax"``: logits ``x W^T`` (unnormalised unless ``normalize=True``;
-  ``scale`` defaults to 1). ``"cosface"``: ``s (cos theta_j - m [j = y])``.
-  ``"arcface"``: ``s cos(theta_y + m)`` for the target with insightface's fallback
-  (``easy_margin`` as in `arcface_logits`), ``s cos theta_j`` otherwise. Equal in
-  value and gradient to ``softmax_identity_cross_entropy(cosface_logits(x, W.T, y))``
-  (resp. arcface / plain logits) computed on one device.
+    ``kind="softmax"``: logits ``x W^T`` (unnormalised unless ``normalize=True``;
+    ``scale`` defaults to 1). ``"cosface"``: ``s (cos theta_j - m [j = y])``.
+    ``"arcface"``: ``s cos(theta_y + m)`` for the target with insightface's fallback
+    (``easy_margin`` as in `arcface_logits`), ``s cos theta_j`` otherwise. Equal in
+    value and gradient to ``softmax_identity_cross_entropy(cosface_logits(x, W.T, y))``
+    (resp. arcface / plain logits) computed on one device.
 
-  Args:
-    embeddings: ``[B, D]`` features, batch sharded over ``batch_axes`` (the axes
-      that are also class axes are gathered: with ``class_axes=("data", "model")``
-      every device sees the whole batch, as in Partial FC).
-    weights: ``[C, D]`` class centres, rows sharded over ``class_axes``;
-      ``C`` divisible by the number of class shards.
-    labels: ``[B]`` integers in ``[0, num_classes)`` (out-of-range labels have
-      no owner shard and give a meaningless loss: mask them with ``where``).
-    mesh: the device mesh; ``class_axes`` and ``batch_axes`` name its axes.
-    kind: ``"softmax"``, ``"cosface"`` or ``"arcface"``.
-    scale: ``s`` (64 for the margin kinds, 1 for softmax).
-    margin: ``m`` (0.35 CosFace, 0.5 rad ArcFace; ignored by softmax).
-    normalize: L2-normalise embeddings and centres (default: True for the margin
-      kinds, False for softmax); margin kinds always clip cosines to [-1, 1].
-    num_classes: the true class count when ``C`` is padded; rows ``>= num_classes``
-      get ``-inf`` logits.
-    sample_rate: Partial-FC fraction of centres per shard, in ``(0, 1]``;
-      1 is the exact full softmax.
-    rng: PRNG key for the Partial-FC sample (required when ``sample_rate < 1``).
-    where: optional ``[B]`` bool; masked-out examples get loss 0 and are not
-      Partial-FC positives.
+    Args:
+      embeddings: ``[B, D]`` features, batch sharded over ``batch_axes`` (the axes
+        that are also class axes are gathered: with ``class_axes=("data", "model")``
+        every device sees the whole batch, as in Partial FC).
+      weights: ``[C, D]`` class centres, rows sharded over ``class_axes``;
+        ``C`` divisible by the number of class shards.
+      labels: ``[B]`` integers in ``[0, num_classes)`` (out-of-range labels have
+        no owner shard and give a meaningless loss: mask them with ``where``).
+      mesh: the device mesh; ``class_axes`` and ``batch_axes`` name its axes.
+      kind: ``"softmax"``, ``"cosface"`` or ``"arcface"``.
+      scale: ``s`` (64 for the margin kinds, 1 for softmax).
+      margin: ``m`` (0.35 CosFace, 0.5 rad ArcFace; ignored by softmax).
+      normalize: L2-normalise embeddings and centres (default: True for the margin
+        kinds, False for softmax); margin kinds always clip cosines to [-1, 1].
+      num_classes: the true class count when ``C`` is padded; rows ``>= num_classes``
+        get ``-inf`` logits.
+      sample_rate: Partial-FC fraction of centres per shard, in ``(0, 1]``;
+        1 is the exact full softmax.
+      rng: PRNG key for the Partial-FC sample (required when ``sample_rate < 1``).
+      where: optional ``[B]`` bool; masked-out examples get loss 0 and are not
+        Partial-FC positives.
 
-  Returns:
-    ``[B]`` per-example loss (float32), sharded like ``embeddings`` over the batch axes.
-  """
-  if kind not in _KINDS:
-    raise ValueError(f"kind: expected one of {_KINDS}, got {kind!r}")
-  embeddings = jnp.asarray(embeddings)
-  weights = jnp.asarray(weights)
-  labels = jnp.asarray(labels).astype(jnp.int32)
-  _check(embeddings, weights, labels)
-  cax, bax, n, lc, num_classes = _shard_geometry(mesh, weights, class_axes, batch_axes, num_classes)
-  if normalize is None:
-    normalize = kind != "softmax"
-  scale = (1.0 if kind == "softmax" else 64.0) if scale is None else float(scale)
-  margin = _DEFAULT_MARGIN[kind] if margin is None else float(margin)
-  sampled = sample_rate < 1.0
-  s = partial_fc_num_sampled(lc, labels.shape[0], sample_rate)
-  if sampled and rng is None:
-    raise ValueError("rng: required when sample_rate < 1 (Partial FC samples centres)")
-  mask = None if where is None else jnp.asarray(where, bool)
-  if mask is not None and mask.shape != labels.shape:
-    raise ValueError(f"where: expected shape {labels.shape}, got {mask.shape}")
-  positives = labels if mask is None else jnp.where(mask, labels, -1)
-  if rng is None:
-    rng = jax.random.key(0)  # unused: no sampling
+    Returns:
+      ``[B]`` per-example loss (float32), sharded like ``embeddings`` over the batch axes.
+    """
+    if kind not in _KINDS:
+        raise ValueError(f"kind: expected one of {_KINDS}, got {kind!r}")
+    embeddings = jnp.asarray(embeddings)
+    weights = jnp.asarray(weights)
+    labels = jnp.asarray(labels).astype(jnp.int32)
+    _check(embeddings, weights, labels)
+    cax, bax, n, lc, num_classes = _shard_geometry(
+        mesh, weights, class_axes, batch_axes, num_classes
+    )
+    if normalize is None:
+        normalize = kind != "softmax"
+    scale = (1.0 if kind == "softmax" else 64.0) if scale is None else float(scale)
+    margin = _DEFAULT_MARGIN[kind] if margin is None else float(margin)
+    sampled = sample_rate < 1.0
+    s = partial_fc_num_sampled(lc, labels.shape[0], sample_rate)
+    if sampled and rng is None:
+        raise ValueError("rng: required when sample_rate < 1 (Partial FC samples centres)")
+    mask = None if where is None else jnp.asarray(where, bool)
+    if mask is not None and mask.shape != labels.shape:
+        raise ValueError(f"where: expected shape {labels.shape}, got {mask.shape}")
+    positives = labels if mask is None else jnp.where(mask, labels, -1)
+    if rng is None:
+        rng = jax.random.key(0)  # unused: no sampling
 
-  def per_device(x, w, y, y_all, key):
-    shard = jax.lax.axis_index(cax)
-    offset = shard * lc
-    local = y - offset
-    if sampled:
-      idx = _sample_shard(y_all, jax.random.fold_in(key, shard), offset, lc, s, num_classes)
-      w = jnp.take(w, idx, axis=0)
-      class_ids = offset + idx
-      pos = jnp.clip(jnp.searchsorted(idx, local), 0, s - 1).astype(jnp.int32)
-      owned = (local >= 0) & (local < lc) & (jnp.take(idx, pos) == local)
-    else:
-      class_ids = offset + jnp.arange(lc)
-      owned = (local >= 0) & (local < lc)
-      pos = jnp.clip(local, 0, lc - 1)
-    if normalize:
-      x = _l2_normalize(x, axis=1)
-      w = _l2_normalize(w, axis=1)
-    logits = jnp.dot(x, w.T, preferred_element_type=jnp.float32)  # [b, S]
-    if kind != "softmax":
-      logits = jnp.clip(logits, -1.0, 1.0)
-    t_raw = jnp.take_along_axis(logits, pos[:, None], axis=1)[:, 0]  # [b]
-    if kind == "cosface":
-      t_new = t_raw - margin
-    elif kind == "arcface":
-      t_new = _arcface_target(t_raw, margin, easy_margin)
-    else:
-      t_new = t_raw
-    is_target = owned[:, None] & (jnp.arange(logits.shape[1])[None, :] == pos[:, None])
-    logits = scale * logits
-    if kind != "softmax":
-      # Margin on the target entry only: s*cos + s*(f(cos_y) - cos_y) there.
-      logits = logits + jnp.where(is_target, (scale * (t_new - t_raw))[:, None], 0.0)
-    if num_classes < n * lc:
-      logits = jnp.where((class_ids < num_classes)[None, :], logits, -jnp.inf)
-    m = jax.lax.stop_gradient(jax.lax.pmax(jax.lax.stop_gradient(jnp.max(logits, axis=1)), cax))
-    z = jax.lax.psum(jnp.sum(jnp.exp(logits - m[:, None]), axis=1), cax)
-    target = jax.lax.psum(jnp.where(owned, scale * t_new, 0.0), cax)
-    return jnp.log(z) + m - target
+    def per_device(x, w, y, y_all, key):
+        shard = jax.lax.axis_index(cax)
+        offset = shard * lc
+        local = y - offset
+        if sampled:
+            idx = _sample_shard(y_all, jax.random.fold_in(key, shard), offset, lc, s, num_classes)
+            w = jnp.take(w, idx, axis=0)
+            class_ids = offset + idx
+            pos = jnp.clip(jnp.searchsorted(idx, local), 0, s - 1).astype(jnp.int32)
+            owned = (local >= 0) & (local < lc) & (jnp.take(idx, pos) == local)
+        else:
+            class_ids = offset + jnp.arange(lc)
+            owned = (local >= 0) & (local < lc)
+            pos = jnp.clip(local, 0, lc - 1)
+        if normalize:
+            x = _l2_normalize(x, axis=1)
+            w = _l2_normalize(w, axis=1)
+        logits = jnp.dot(x, w.T, preferred_element_type=jnp.float32)  # [b, S]
+        if kind != "softmax":
+            logits = jnp.clip(logits, -1.0, 1.0)
+        t_raw = jnp.take_along_axis(logits, pos[:, None], axis=1)[:, 0]  # [b]
+        if kind == "cosface":
+            t_new = t_raw - margin
+        elif kind == "arcface":
+            t_new = _arcface_target(t_raw, margin, easy_margin)
+        else:
+            t_new = t_raw
+        is_target = owned[:, None] & (jnp.arange(logits.shape[1])[None, :] == pos[:, None])
+        logits = scale * logits
+        if kind != "softmax":
+            # Margin on the target entry only: s*cos + s*(f(cos_y) - cos_y) there.
+            logits = logits + jnp.where(is_target, (scale * (t_new - t_raw))[:, None], 0.0)
+        if num_classes < n * lc:
+            logits = jnp.where((class_ids < num_classes)[None, :], logits, -jnp.inf)
+        m = jax.lax.stop_gradient(jax.lax.pmax(jax.lax.stop_gradient(jnp.max(logits, axis=1)), cax))
+        z = jax.lax.psum(jnp.sum(jnp.exp(logits - m[:, None]), axis=1), cax)
+        target = jax.lax.psum(jnp.where(owned, scale * t_new, 0.0), cax)
+        return jnp.log(z) + m - target
 
-  bspec = _spec_axes(bax)
-  f = jax.shard_map(
-      per_device,
-      mesh=mesh,
-      in_specs=(P(bspec, None), P(_spec_axes(cax), None), P(bspec), P(), P()),
-      out_specs=P(bspec),
-  )
-  loss = f(embeddings, weights, labels, positives, rng)
-  if mask is not None:
-    loss = jnp.where(mask, loss, jnp.zeros_like(loss))
-  return loss
+    bspec = _spec_axes(bax)
+    f = jax.shard_map(
+        per_device,
+        mesh=mesh,
+        in_specs=(P(bspec, None), P(_spec_axes(cax), None), P(bspec), P(), P()),
+        out_specs=P(bspec),
+    )
+    loss = f(embeddings, weights, labels, positives, rng)
+    if mask is not None:
+        loss = jnp.where(mask, loss, jnp.zeros_like(loss))
+    return loss

@@ -19,6 +19,7 @@ an ``A``-fold larger (but tiny: ``A*B*B``) mining distance tensor, not 40 forwar
 passes. The shared variant (``per_attribute_embedding=False``) is kept for comparison;
 the task then uses the same embedding for every attribute.
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -30,33 +31,44 @@ from jaxface.models.cnn import ConvTrunk
 
 
 def l2_normalize(x, axis: int = -1, eps: float = 1e-12):
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), eps)
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), eps)
 
 
 class AttributeNet(nn.Module):
-  num_attributes: int = 40
-  embedding_dim: int = 128
-  widths: Sequence[int] = (32, 64, 128, 256)
-  convs_per_stage: int = 2
-  per_attribute_embedding: bool = True
-  dtype: Any = None
+    num_attributes: int = 40
+    embedding_dim: int = 128
+    widths: Sequence[int] = (32, 64, 128, 256)
+    convs_per_stage: int = 2
+    per_attribute_embedding: bool = True
+    dtype: Any = None
 
-  @nn.compact
-  def __call__(self, images, *, train: bool):
-    """images ``[B, H, W, 3]`` float in [-1, 1] -> dict(logits ``[B, A]``, embedding
-    ``[B, A, D]`` (or ``[B, D]`` when shared), feature ``[B, F]``)."""
-    feat = ConvTrunk(self.widths, self.convs_per_stage, dtype=self.dtype, name="trunk")(images, train=train)
-    width = self.num_attributes * self.embedding_dim if self.per_attribute_embedding else self.embedding_dim
-    emb = nn.Dense(width, use_bias=False, name="embedding")(feat)
-    # Non-affine BatchNorm before the L2 normalisation: every embedding coordinate is
-    # centred over the batch, so the embedding cannot collapse to one point of the
-    # sphere (with a bias, or BN's own beta, it can, and from scratch the hardest-pair
-    # hinge of LMLE drives it there: shrinking every distance lowers
-    # D(a,p+) - D(a,n) whenever the hardest positive is farther than the hardest
-    # negative, which is the rule early in training).
-    emb = nn.BatchNorm(use_running_average=not train, use_scale=False, use_bias=False,
-                       momentum=0.9, name="embedding_bn")(emb)
-    if self.per_attribute_embedding:
-      emb = emb.reshape(feat.shape[0], self.num_attributes, self.embedding_dim)
-    logits = nn.Dense(self.num_attributes, name="classifier")(feat)
-    return {"logits": logits, "embedding": l2_normalize(emb), "feature": feat}
+    @nn.compact
+    def __call__(self, images, *, train: bool):
+        """images ``[B, H, W, 3]`` float in [-1, 1] -> dict(logits ``[B, A]``, embedding
+        ``[B, A, D]`` (or ``[B, D]`` when shared), feature ``[B, F]``)."""
+        feat = ConvTrunk(self.widths, self.convs_per_stage, dtype=self.dtype, name="trunk")(
+            images, train=train
+        )
+        width = (
+            self.num_attributes * self.embedding_dim
+            if self.per_attribute_embedding
+            else self.embedding_dim
+        )
+        emb = nn.Dense(width, use_bias=False, name="embedding")(feat)
+        # Non-affine BatchNorm before the L2 normalisation: every embedding coordinate is
+        # centred over the batch, so the embedding cannot collapse to one point of the
+        # sphere (with a bias, or BN's own beta, it can, and from scratch the hardest-pair
+        # hinge of LMLE drives it there: shrinking every distance lowers
+        # D(a,p+) - D(a,n) whenever the hardest positive is farther than the hardest
+        # negative, which is the rule early in training).
+        emb = nn.BatchNorm(
+            use_running_average=not train,
+            use_scale=False,
+            use_bias=False,
+            momentum=0.9,
+            name="embedding_bn",
+        )(emb)
+        if self.per_attribute_embedding:
+            emb = emb.reshape(feat.shape[0], self.num_attributes, self.embedding_dim)
+        logits = nn.Dense(self.num_attributes, name="classifier")(feat)
+        return {"logits": logits, "embedding": l2_normalize(emb), "feature": feat}

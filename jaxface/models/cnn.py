@@ -7,6 +7,7 @@ small variant the quickstart trains on a laptop CPU: ``len(widths)`` stages of
 and every later stage opens with a stride-2 convolution; then global average
 pooling. NHWC.
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -16,22 +17,33 @@ import jax.numpy as jnp
 
 
 class ConvTrunk(nn.Module):
-  """Input ``[B, H, W, C]`` float -> pooled feature ``[B, widths[-1]]``."""
-  widths: Sequence[int] = (32, 64, 128, 256)
-  convs_per_stage: int = 2
-  stem_stride: int = 2
-  dtype: Any = None
+    """Input ``[B, H, W, C]`` float -> pooled feature ``[B, widths[-1]]``."""
 
-  @nn.compact
-  def __call__(self, x, *, train: bool):
-    if self.dtype is not None:
-      x = x.astype(self.dtype)
-    for i, width in enumerate(self.widths):
-      for j in range(self.convs_per_stage):
-        stride = (self.stem_stride if i == 0 else 2) if j == 0 else 1
-        x = nn.Conv(width, (3, 3), strides=stride, use_bias=False, dtype=self.dtype,
-                    name=f"stage{i}_conv{j}")(x)
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
-                         name=f"stage{i}_bn{j}")(x)
-        x = nn.relu(x)
-    return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
+    widths: Sequence[int] = (32, 64, 128, 256)
+    convs_per_stage: int = 2
+    stem_stride: int = 2
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x, *, train: bool):
+        if self.dtype is not None:
+            x = x.astype(self.dtype)
+        for i, width in enumerate(self.widths):
+            for j in range(self.convs_per_stage):
+                stride = (self.stem_stride if i == 0 else 2) if j == 0 else 1
+                x = nn.Conv(
+                    width,
+                    (3, 3),
+                    strides=stride,
+                    use_bias=False,
+                    dtype=self.dtype,
+                    name=f"stage{i}_conv{j}",
+                )(x)
+                x = nn.BatchNorm(
+                    use_running_average=not train,
+                    momentum=0.9,
+                    dtype=self.dtype,
+                    name=f"stage{i}_bn{j}",
+                )(x)
+                x = nn.relu(x)
+        return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)

@@ -13,6 +13,7 @@ Stitching training freezes ``phi`` and trains only the ``dream`` sub-tree: its
 parameters live under ``params["dream"]``, so an optax mask/partition on that key
 is all a trainer needs.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -64,10 +65,14 @@ class DreamBlock(nn.Module):
         d = phi.shape[-1]
         features = d if self.features is None else self.features
         if features != d:
-            raise ValueError(f"DreamBlock.features={features} must equal the feature size {d} (residual sum)")
+            raise ValueError(
+                f"DreamBlock.features={features} must equal the feature size {d} (residual sum)"
+            )
         yaw_degrees = jnp.asarray(yaw_degrees)
         if yaw_degrees.shape != phi.shape[:-1]:
-            raise ValueError(f"DreamBlock: yaw shape {yaw_degrees.shape} must be phi's leading shape {phi.shape[:-1]}")
+            raise ValueError(
+                f"DreamBlock: yaw shape {yaw_degrees.shape} must be phi's leading shape {phi.shape[:-1]}"
+            )
         r = nn.relu(nn.Dense(features, dtype=self.dtype, name="fc1")(phi))
         r = nn.relu(nn.Dense(features, dtype=self.dtype, name="fc2")(r))
         return phi + yaw_gate(yaw_degrees)[..., None].astype(r.dtype) * r
@@ -97,7 +102,9 @@ class FaceEmbedder(nn.Module):
         if self.use_dream:
             self.dream = DreamBlock(dtype=self.dtype)
 
-    def __call__(self, images: jax.Array, yaw_degrees: jax.Array | None = None, train: bool = False):
+    def __call__(
+        self, images: jax.Array, yaw_degrees: jax.Array | None = None, train: bool = False
+    ):
         phi = self.embed(self.stem(images, train=train)["pooled"])
         return self.head(phi, yaw_degrees)
 
@@ -107,4 +114,8 @@ class FaceEmbedder(nn.Module):
             return {"phi": phi, "embedding": phi, "gate": jnp.zeros(phi.shape[:-1], phi.dtype)}
         if yaw_degrees is None:
             raise ValueError("FaceEmbedder(use_dream=True) needs yaw_degrees [B]")
-        return {"phi": phi, "embedding": self.dream(phi, yaw_degrees), "gate": yaw_gate(yaw_degrees)}
+        return {
+            "phi": phi,
+            "embedding": self.dream(phi, yaw_degrees),
+            "gate": yaw_gate(yaw_degrees),
+        }

@@ -33,6 +33,7 @@ image seen from behind; the fit folds such back-view solutions onto the front
 Weak perspective ignores depth-dependent scaling; on faces (depth range small
 against camera distance) that costs a few degrees at most.
 """
+
 from __future__ import annotations
 
 import functools
@@ -56,50 +57,89 @@ __all__ = [
 ]
 
 # OpenFace's 68-point mean face (x right, y down, z towards the viewer).
-MEAN_FACE_68 = np.array([
-    [-73.393523, -29.801432, -47.667532], [-72.775014, -10.949766, -45.909403],
-    [-70.533638, 7.929818, -44.84258], [-66.850058, 26.07428, -43.141114],
-    [-59.790187, 42.56439, -38.635298], [-48.368973, 56.48108, -30.750622],
-    [-34.121101, 67.246992, -18.456453], [-17.875411, 75.056892, -3.609035],
-    [0.098749, 77.061286, 0.881698], [17.477031, 74.758448, -5.181201],
-    [32.648966, 66.929021, -19.176563], [46.372358, 56.311389, -30.77057],
-    [57.34348, 42.419126, -37.628629], [64.388482, 25.45588, -40.886309],
-    [68.212038, 6.990805, -42.281449], [70.486405, -11.666193, -44.142567],
-    [71.375822, -30.365191, -47.140426], [-61.119406, -49.361602, -14.254422],
-    [-51.287588, -58.769795, -7.268147], [-37.8048, -61.996155, -0.442051],
-    [-24.022754, -61.033399, 6.606501], [-11.635713, -56.686759, 11.967398],
-    [12.056636, -57.391033, 12.051204], [25.106256, -61.902186, 7.315098],
-    [38.338588, -62.777713, 1.022953], [51.191007, -59.302347, -5.349435],
-    [60.053851, -50.190255, -11.615746], [0.65394, -42.19379, 13.380835],
-    [0.804809, -30.993721, 21.150853], [0.992204, -19.944596, 29.284036],
-    [1.226783, -8.414541, 36.94806], [-14.772472, 2.598255, 20.132003],
-    [-7.180239, 4.751589, 23.536684], [0.55592, 6.5629, 25.944448],
-    [8.272499, 4.661005, 23.695741], [15.214351, 2.643046, 20.858157],
-    [-46.04729, -37.471411, -7.037989], [-37.674688, -42.73051, -3.021217],
-    [-27.883856, -42.711517, -1.353629], [-19.648268, -36.754742, 0.111088],
-    [-28.272965, -35.134493, 0.147273], [-38.082418, -34.919043, -1.476612],
-    [19.265868, -37.032306, 0.665746], [27.894191, -43.342445, -0.24766],
-    [37.437529, -43.110822, -1.696435], [45.170805, -38.086515, -4.894163],
-    [38.196454, -35.532024, -0.282961], [28.764989, -35.484289, 1.172675],
-    [-28.916267, 28.612716, 2.24031], [-17.533194, 22.172187, 15.934335],
-    [-6.68459, 19.029051, 22.611355], [0.381001, 20.721118, 23.748437],
-    [8.375443, 19.03546, 22.721995], [18.876618, 22.394109, 15.610679],
-    [28.794412, 28.079924, 3.217393], [19.057574, 36.298248, 14.987997],
-    [8.956375, 39.634575, 22.554245], [0.381549, 40.395647, 23.591626],
-    [-7.428895, 39.836405, 22.406106], [-18.160634, 36.677899, 15.121907],
-    [-24.37749, 28.677771, 4.785684], [-6.897633, 25.475976, 20.893742],
-    [0.340663, 26.014269, 22.220479], [8.444722, 25.326198, 21.02552],
-    [24.474473, 28.323008, 5.712776], [8.449166, 30.596216, 20.671489],
-    [0.205322, 31.408738, 21.90367], [-7.198266, 30.844876, 20.328022],
-], dtype=np.float32)
+MEAN_FACE_68 = np.array(
+    [
+        [-73.393523, -29.801432, -47.667532],
+        [-72.775014, -10.949766, -45.909403],
+        [-70.533638, 7.929818, -44.84258],
+        [-66.850058, 26.07428, -43.141114],
+        [-59.790187, 42.56439, -38.635298],
+        [-48.368973, 56.48108, -30.750622],
+        [-34.121101, 67.246992, -18.456453],
+        [-17.875411, 75.056892, -3.609035],
+        [0.098749, 77.061286, 0.881698],
+        [17.477031, 74.758448, -5.181201],
+        [32.648966, 66.929021, -19.176563],
+        [46.372358, 56.311389, -30.77057],
+        [57.34348, 42.419126, -37.628629],
+        [64.388482, 25.45588, -40.886309],
+        [68.212038, 6.990805, -42.281449],
+        [70.486405, -11.666193, -44.142567],
+        [71.375822, -30.365191, -47.140426],
+        [-61.119406, -49.361602, -14.254422],
+        [-51.287588, -58.769795, -7.268147],
+        [-37.8048, -61.996155, -0.442051],
+        [-24.022754, -61.033399, 6.606501],
+        [-11.635713, -56.686759, 11.967398],
+        [12.056636, -57.391033, 12.051204],
+        [25.106256, -61.902186, 7.315098],
+        [38.338588, -62.777713, 1.022953],
+        [51.191007, -59.302347, -5.349435],
+        [60.053851, -50.190255, -11.615746],
+        [0.65394, -42.19379, 13.380835],
+        [0.804809, -30.993721, 21.150853],
+        [0.992204, -19.944596, 29.284036],
+        [1.226783, -8.414541, 36.94806],
+        [-14.772472, 2.598255, 20.132003],
+        [-7.180239, 4.751589, 23.536684],
+        [0.55592, 6.5629, 25.944448],
+        [8.272499, 4.661005, 23.695741],
+        [15.214351, 2.643046, 20.858157],
+        [-46.04729, -37.471411, -7.037989],
+        [-37.674688, -42.73051, -3.021217],
+        [-27.883856, -42.711517, -1.353629],
+        [-19.648268, -36.754742, 0.111088],
+        [-28.272965, -35.134493, 0.147273],
+        [-38.082418, -34.919043, -1.476612],
+        [19.265868, -37.032306, 0.665746],
+        [27.894191, -43.342445, -0.24766],
+        [37.437529, -43.110822, -1.696435],
+        [45.170805, -38.086515, -4.894163],
+        [38.196454, -35.532024, -0.282961],
+        [28.764989, -35.484289, 1.172675],
+        [-28.916267, 28.612716, 2.24031],
+        [-17.533194, 22.172187, 15.934335],
+        [-6.68459, 19.029051, 22.611355],
+        [0.381001, 20.721118, 23.748437],
+        [8.375443, 19.03546, 22.721995],
+        [18.876618, 22.394109, 15.610679],
+        [28.794412, 28.079924, 3.217393],
+        [19.057574, 36.298248, 14.987997],
+        [8.956375, 39.634575, 22.554245],
+        [0.381549, 40.395647, 23.591626],
+        [-7.428895, 39.836405, 22.406106],
+        [-18.160634, 36.677899, 15.121907],
+        [-24.37749, 28.677771, 4.785684],
+        [-6.897633, 25.475976, 20.893742],
+        [0.340663, 26.014269, 22.220479],
+        [8.444722, 25.326198, 21.02552],
+        [24.474473, 28.323008, 5.712776],
+        [8.449166, 30.596216, 20.671489],
+        [0.205322, 31.408738, 21.90367],
+        [-7.198266, 30.844876, 20.328022],
+    ],
+    dtype=np.float32,
+)
 
-MEAN_FACE_5 = np.stack([
-    MEAN_FACE_68[36:42].mean(0),  # image-left eye centre (subject's right eye)
-    MEAN_FACE_68[42:48].mean(0),  # image-right eye centre
-    MEAN_FACE_68[30],  # nose tip
-    MEAN_FACE_68[48],  # image-left mouth corner
-    MEAN_FACE_68[54],  # image-right mouth corner
-]).astype(np.float32)
+MEAN_FACE_5 = np.stack(
+    [
+        MEAN_FACE_68[36:42].mean(0),  # image-left eye centre (subject's right eye)
+        MEAN_FACE_68[42:48].mean(0),  # image-right eye centre
+        MEAN_FACE_68[30],  # nose tip
+        MEAN_FACE_68[48],  # image-left mouth corner
+        MEAN_FACE_68[54],  # image-right mouth corner
+    ]
+).astype(np.float32)
 
 CFP_TO_IBUG68 = np.array(
     list(range(0, 9))  # jaw: ear level -> chin
@@ -107,7 +147,13 @@ CFP_TO_IBUG68 = np.array(
     + [36, 37, 38, 39, 40, 41]  # eye contour: outer corner, upper, inner corner, lower
     + [27, 28, 29, 30]  # nose bridge -> tip
     + [33, 32, 31]  # nostril base: centre -> wing
-    + [48, 51, 62, 57, 66]  # mouth: corner, upper lip top, upper inner, lower lip bottom, lower inner
+    + [
+        48,
+        51,
+        62,
+        57,
+        66,
+    ]  # mouth: corner, upper lip top, upper inner, lower lip bottom, lower inner
 )
 MEAN_FACE_CFP30 = MEAN_FACE_68[CFP_TO_IBUG68]
 
@@ -126,12 +172,20 @@ class PoseFit(NamedTuple):
 
 def rotation_from_angles(yaw, pitch, roll) -> jax.Array:
     """``R_y(yaw) R_x(pitch) R_z(roll)`` (degrees) in the image-aligned frame; ``[..., 3, 3]``."""
-    y, p, r = jnp.broadcast_arrays(*(jnp.deg2rad(jnp.asarray(a, jnp.float32)) for a in (yaw, pitch, roll)))
+    y, p, r = jnp.broadcast_arrays(
+        *(jnp.deg2rad(jnp.asarray(a, jnp.float32)) for a in (yaw, pitch, roll))
+    )
     cy, sy, cp, sp, cr, sr = jnp.cos(y), jnp.sin(y), jnp.cos(p), jnp.sin(p), jnp.cos(r), jnp.sin(r)
     o, z = jnp.ones_like(y), jnp.zeros_like(y)
-    ry = jnp.stack([jnp.stack([cy, z, sy], -1), jnp.stack([z, o, z], -1), jnp.stack([-sy, z, cy], -1)], -2)
-    rx = jnp.stack([jnp.stack([o, z, z], -1), jnp.stack([z, cp, -sp], -1), jnp.stack([z, sp, cp], -1)], -2)
-    rz = jnp.stack([jnp.stack([cr, -sr, z], -1), jnp.stack([sr, cr, z], -1), jnp.stack([z, z, o], -1)], -2)
+    ry = jnp.stack(
+        [jnp.stack([cy, z, sy], -1), jnp.stack([z, o, z], -1), jnp.stack([-sy, z, cy], -1)], -2
+    )
+    rx = jnp.stack(
+        [jnp.stack([o, z, z], -1), jnp.stack([z, cp, -sp], -1), jnp.stack([z, sp, cp], -1)], -2
+    )
+    rz = jnp.stack(
+        [jnp.stack([cr, -sr, z], -1), jnp.stack([sr, cr, z], -1), jnp.stack([z, z, o], -1)], -2
+    )
     return ry @ rx @ rz
 
 
@@ -144,7 +198,10 @@ def project(model: jax.Array, rotation: jax.Array, scale, translation) -> jax.Ar
 def _skew(v):
     x, y, z = v[..., 0], v[..., 1], v[..., 2]
     zero = jnp.zeros_like(x)
-    return jnp.stack([jnp.stack([zero, -z, y], -1), jnp.stack([z, zero, -x], -1), jnp.stack([-y, x, zero], -1)], -2)
+    return jnp.stack(
+        [jnp.stack([zero, -z, y], -1), jnp.stack([z, zero, -x], -1), jnp.stack([-y, x, zero], -1)],
+        -2,
+    )
 
 
 def _expm_so3(w):
@@ -152,7 +209,9 @@ def _expm_so3(w):
     theta = jnp.sqrt(theta2 + 1e-30)
     small = theta < 1e-4
     a = jnp.where(small, 1.0 - theta2 / 6.0, jnp.sin(theta) / theta)
-    b = jnp.where(small, 0.5 - theta2 / 24.0, (1.0 - jnp.cos(theta)) / jnp.where(small, 1.0, theta2))
+    b = jnp.where(
+        small, 0.5 - theta2 / 24.0, (1.0 - jnp.cos(theta)) / jnp.where(small, 1.0, theta2)
+    )
     k = _skew(w)
     return jnp.eye(3) + a * k + b * (k @ k)
 
@@ -222,10 +281,15 @@ def fit_pose(points, model, *, weights=None, n_iter: int = 10) -> PoseFit:
     x = jnp.asarray(points, jnp.float32)
     m = jnp.asarray(model, jnp.float32)
     if x.ndim < 2 or x.shape[-1] != 2 or m.shape != (x.shape[-2], 3):
-        raise ValueError(f"fit_pose: expected points [..., N, 2] and model [N, 3]; got {x.shape} and {m.shape}")
+        raise ValueError(
+            f"fit_pose: expected points [..., N, 2] and model [N, 3]; got {x.shape} and {m.shape}"
+        )
     lead = x.shape[:-2]
-    w = jnp.ones(x.shape[:-1], jnp.float32) if weights is None else jnp.broadcast_to(
-        jnp.asarray(weights, jnp.float32), x.shape[:-1])
+    w = (
+        jnp.ones(x.shape[:-1], jnp.float32)
+        if weights is None
+        else jnp.broadcast_to(jnp.asarray(weights, jnp.float32), x.shape[:-1])
+    )
     flat = _fit_batch(x.reshape((-1,) + x.shape[-2:]), m, w.reshape(-1, x.shape[-2]), n_iter)
     return jax.tree.map(lambda t: t.reshape(lead + t.shape[1:]), flat)
 
@@ -259,5 +323,9 @@ def yaw_from_cfp_fiducials(points, *, n_iter: int = 10) -> jax.Array:
         raise ValueError(f"yaw_from_cfp_fiducials: expected [..., 30, 2], got {x.shape}")
     looks_right = x[..., 21, 0] >= x[..., 0, 0]
     mirror = jnp.where(looks_right, 1.0, -1.0)
-    fit = fit_pose(x * jnp.stack([mirror, jnp.ones_like(mirror)], -1)[..., None, :], MEAN_FACE_CFP30, n_iter=n_iter)
+    fit = fit_pose(
+        x * jnp.stack([mirror, jnp.ones_like(mirror)], -1)[..., None, :],
+        MEAN_FACE_CFP30,
+        n_iter=n_iter,
+    )
     return mirror * jnp.abs(fit.yaw)

@@ -26,6 +26,7 @@ are fields, so tiny CPU-sized variants are one-liners, e.g.
 `__call__` returns a dict with the stage outputs, so detectors (ScaleFace uses
 res2..res5) and embedders can share the backbone.
 """
+
 from __future__ import annotations
 
 import functools
@@ -58,13 +59,25 @@ class _ConvBN(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        x = nn.Conv(self.features, (self.kernel, self.kernel), (self.stride, self.stride),
-                    padding=_pad(self.kernel), use_bias=False, kernel_init=conv_init,
-                    dtype=self.dtype, name="conv")(x)
+        x = nn.Conv(
+            self.features,
+            (self.kernel, self.kernel),
+            (self.stride, self.stride),
+            padding=_pad(self.kernel),
+            use_bias=False,
+            kernel_init=conv_init,
+            dtype=self.dtype,
+            name="conv",
+        )(x)
         # torchvision BatchNorm2d: momentum 0.1 (flax 0.9), eps 1e-5.
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
-                         scale_init=nn.initializers.zeros if self.zero_init_scale else nn.initializers.ones,
-                         name="bn")(x)
+        x = nn.BatchNorm(
+            use_running_average=not train,
+            momentum=0.9,
+            epsilon=1e-5,
+            dtype=self.dtype,
+            scale_init=nn.initializers.zeros if self.zero_init_scale else nn.initializers.ones,
+            name="bn",
+        )(x)
         return nn.relu(x) if self.relu else x
 
 
@@ -80,10 +93,19 @@ class BasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool):
         out = _ConvBN(self.features, 3, self.stride, dtype=self.dtype, name="conv_bn1")(x, train)
-        out = _ConvBN(self.features, 3, 1, relu=False, zero_init_scale=self.zero_init_residual,
-                      dtype=self.dtype, name="conv_bn2")(out, train)
+        out = _ConvBN(
+            self.features,
+            3,
+            1,
+            relu=False,
+            zero_init_scale=self.zero_init_residual,
+            dtype=self.dtype,
+            name="conv_bn2",
+        )(out, train)
         if self.stride != 1 or x.shape[-1] != self.features:
-            x = _ConvBN(self.features, 1, self.stride, relu=False, dtype=self.dtype, name="downsample")(x, train)
+            x = _ConvBN(
+                self.features, 1, self.stride, relu=False, dtype=self.dtype, name="downsample"
+            )(x, train)
         return nn.relu(out + x)
 
 
@@ -101,10 +123,19 @@ class Bottleneck(nn.Module):
         out_features = self.features * self.expansion
         out = _ConvBN(self.features, 1, 1, dtype=self.dtype, name="conv_bn1")(x, train)
         out = _ConvBN(self.features, 3, self.stride, dtype=self.dtype, name="conv_bn2")(out, train)
-        out = _ConvBN(out_features, 1, 1, relu=False, zero_init_scale=self.zero_init_residual,
-                      dtype=self.dtype, name="conv_bn3")(out, train)
+        out = _ConvBN(
+            out_features,
+            1,
+            1,
+            relu=False,
+            zero_init_scale=self.zero_init_residual,
+            dtype=self.dtype,
+            name="conv_bn3",
+        )(out, train)
         if self.stride != 1 or x.shape[-1] != out_features:
-            x = _ConvBN(out_features, 1, self.stride, relu=False, dtype=self.dtype, name="downsample")(x, train)
+            x = _ConvBN(
+                out_features, 1, self.stride, relu=False, dtype=self.dtype, name="downsample"
+            )(x, train)
         return nn.relu(out + x)
 
 
@@ -159,8 +190,7 @@ class ResNet(nn.Module):
         base = max(1, int(round(64 * self.width)))
         out: dict[str, jax.Array] = {}
         if self.dtype is not None:
-            if self.dtype is not None:
-      x = x.astype(self.dtype)
+            x = x.astype(self.dtype)
         if self.stem == "imagenet":
             x = _ConvBN(base, 7, 2, dtype=self.dtype, name="stem")(x, train)
             x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
@@ -170,8 +200,13 @@ class ResNet(nn.Module):
         for i, (n_blocks, stride) in enumerate(zip(self.stage_sizes, strides)):
             features = max(1, int(round(64 * (2**i) * self.width)))
             for j in range(n_blocks):
-                x = block_cls(features, stride if j == 0 else 1, zero_init_residual=self.zero_init_residual,
-                              dtype=self.dtype, name=f"{STAGE_NAMES[i]}_block{j}")(x, train)
+                x = block_cls(
+                    features,
+                    stride if j == 0 else 1,
+                    zero_init_residual=self.zero_init_residual,
+                    dtype=self.dtype,
+                    name=f"{STAGE_NAMES[i]}_block{j}",
+                )(x, train)
             out[STAGE_NAMES[i]] = x
         pooled = jnp.mean(x, axis=(1, 2))
         out["pooled"] = pooled

@@ -11,6 +11,7 @@ branch's config. The anchor shapes are a pure function of static numbers, so
 they are computed in NumPy at trace time and enter the jitted program as
 constants.
 """
+
 from __future__ import annotations
 
 from typing import Sequence, Tuple
@@ -47,9 +48,15 @@ def feature_map_size(image_size: Tuple[int, int], stride: int) -> Tuple[int, int
     return (-(-int(image_size[0]) // stride), -(-int(image_size[1]) // stride))
 
 
-def grid_anchors(feature_size: Tuple[int, int], stride: float, sizes: Sequence[float],
-                 ratios: Sequence[float] = (1.0,), *, offset: float = 0.5,
-                 dtype=np.float32) -> np.ndarray:
+def grid_anchors(
+    feature_size: Tuple[int, int],
+    stride: float,
+    sizes: Sequence[float],
+    ratios: Sequence[float] = (1.0,),
+    *,
+    offset: float = 0.5,
+    dtype=np.float32,
+) -> np.ndarray:
     """All anchors of a ``[H, W]`` feature map of the given stride.
 
     Cell ``(y, x)`` is centred at ``((x + offset) * stride, (y + offset) * stride)``

@@ -15,6 +15,7 @@ Pixel conventions:
   * ``plus_one=True`` (PASCAL VOC / WIDER FACE eval_tools): width = x2 - x1 + 1,
     i.e. both corner pixels are inside the box.
 """
+
 from __future__ import annotations
 
 import math
@@ -107,7 +108,9 @@ def clip_boxes(boxes, image_size, *, xp=None):
     Returns:
       ``[..., N, 4]`` clipped boxes (torchvision ``clip_boxes_to_image`` semantics).
     """
-    xp = array_module(boxes, image_size if not isinstance(image_size, (tuple, list)) else None, xp=xp)
+    xp = array_module(
+        boxes, image_size if not isinstance(image_size, (tuple, list)) else None, xp=xp
+    )
     size = xp.asarray(image_size, dtype=boxes.dtype)
     h = size[..., 0][..., None]
     w = size[..., 1][..., None]
@@ -276,16 +279,26 @@ def encode_landmarks(points, boxes, *, xp=None):
     """
     xp = array_module(points, boxes, xp=xp)
     cx, cy, w, h = _box_center_size(boxes, xp)
-    return xp.stack([(points[..., 0] - cx[..., None]) / w[..., None],
-                     (points[..., 1] - cy[..., None]) / h[..., None]], axis=-1)
+    return xp.stack(
+        [
+            (points[..., 0] - cx[..., None]) / w[..., None],
+            (points[..., 1] - cy[..., None]) / h[..., None],
+        ],
+        axis=-1,
+    )
 
 
 def decode_landmarks(deltas, boxes, *, xp=None):
     """Inverse of `encode_landmarks`: ``[..., L, 2]`` offsets + ``[..., 4]`` boxes -> pixels."""
     xp = array_module(deltas, boxes, xp=xp)
     cx, cy, w, h = _box_center_size(boxes, xp)
-    return xp.stack([deltas[..., 0] * w[..., None] + cx[..., None],
-                     deltas[..., 1] * h[..., None] + cy[..., None]], axis=-1)
+    return xp.stack(
+        [
+            deltas[..., 0] * w[..., None] + cx[..., None],
+            deltas[..., 1] * h[..., None] + cy[..., None],
+        ],
+        axis=-1,
+    )
 
 
 # ---------------------------------------------------------------------------

@@ -193,11 +193,13 @@ def lloyd(
         return i + 1, centroids, new_assign, jnp.any(new_assign != assign)
 
     num_iters, centroids, assign, _ = jax.lax.while_loop(
-        cond, body, (jnp.int32(0), init_centroids, assign0, jnp.bool_(True)))
+        cond, body, (jnp.int32(0), init_centroids, assign0, jnp.bool_(True))
+    )
     assign, dmin = _assign(points, centroids, mask)
     k = centroids.shape[0]
-    counts = jnp.sum(
-        (assign[:, None] == jnp.arange(k)[None, :]) & mask[:, None], axis=0).astype(jnp.int32)
+    counts = jnp.sum((assign[:, None] == jnp.arange(k)[None, :]) & mask[:, None], axis=0).astype(
+        jnp.int32
+    )
     return KMeansResult(
         centroids=centroids,
         assignments=assign,
@@ -271,7 +273,8 @@ def kmeans_per_class(
     class_masks = (labels[None, :] == classes[:, None]) & mask[None, :]  # [C, N]
     keys = jax.vmap(lambda c: jax.random.fold_in(key, c))(classes)
     res = jax.vmap(lambda kk, m: kmeans(kk, points, k=k, mask=m, max_iters=max_iters))(
-        keys, class_masks)
+        keys, class_masks
+    )
     in_range = (labels >= 0) & (labels < num_classes) & mask
     safe = jnp.clip(labels, 0, num_classes - 1)
     own = jnp.take_along_axis(res.assignments, safe[None, :], axis=0)[0]  # [N]

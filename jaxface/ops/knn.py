@@ -79,7 +79,8 @@ def cluster_knn_predict(
         raise ValueError(f"k={k} must be in [1, {num_centroids}] (the number of centroids)")
     if centroid_labels.shape != (num_centroids,):
         raise ValueError(
-            f"centroid_labels has shape {centroid_labels.shape}, expected ({num_centroids},)")
+            f"centroid_labels has shape {centroid_labels.shape}, expected ({num_centroids},)"
+        )
     dist = pairwise_sq_distances(queries, centroids)  # [Q, M]
     if centroid_valid is None:
         centroid_valid = jnp.ones((num_centroids,), dtype=bool)

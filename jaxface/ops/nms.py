@@ -1,4 +1,5 @@
 """Fixed-shape, jit-able batched non-maximum suppression."""
+
 from __future__ import annotations
 
 from typing import NamedTuple, Optional

@@ -67,8 +67,8 @@ def header_mask(valid: jax.Array) -> jax.Array:
       ``[B, 3]`` bool.
     """
     return jnp.stack(
-        [valid[:, 0] & valid[:, 1], valid[:, 1] & valid[:, 2], valid[:, 2] & valid[:, 3]],
-        axis=-1)
+        [valid[:, 0] & valid[:, 1], valid[:, 1] & valid[:, 2], valid[:, 2] & valid[:, 3]], axis=-1
+    )
 
 
 def mine_quintuplets(
@@ -95,8 +95,7 @@ def mine_quintuplets(
     """
     b = embeddings.shape[0]
     if labels.shape != (b,) or clusters.shape != (b,):
-        raise ValueError(
-            f"labels {labels.shape} and clusters {clusters.shape} must both be ({b},)")
+        raise ValueError(f"labels {labels.shape} and clusters {clusters.shape} must both be ({b},)")
     if valid is None:
         valid = jnp.ones((b,), dtype=bool)
     d = pairwise_sq_distances(embeddings, embeddings)  # [B, B]
@@ -165,7 +164,8 @@ def balanced_batch_indices(
     clusters = np.asarray(clusters)
     if labels.ndim != 1 or clusters.shape != labels.shape:
         raise ValueError(
-            f"labels {labels.shape} and clusters {clusters.shape} must be equal 1-D shapes")
+            f"labels {labels.shape} and clusters {clusters.shape} must be equal 1-D shapes"
+        )
     pool = np.arange(labels.shape[0])
     if valid is not None:
         valid = np.asarray(valid, dtype=bool)
@@ -229,8 +229,7 @@ class BalancedQuintupletSampler:
         if clusters.ndim == 1:
             clusters = clusters[:, None]
         if clusters.shape != self.labels.shape:
-            raise ValueError(
-                f"clusters has shape {clusters.shape}, expected {self.labels.shape}")
+            raise ValueError(f"clusters has shape {clusters.shape}, expected {self.labels.shape}")
         self.clusters = clusters.astype(np.int64)
 
     def batch(self, step: int, attribute: Optional[int] = None) -> tuple[int, np.ndarray]:
@@ -239,8 +238,11 @@ class BalancedQuintupletSampler:
             attribute = step % self.num_attributes
         rng = np.random.default_rng([self.seed, int(step), int(attribute)])
         idx = balanced_batch_indices(
-            self.labels[:, attribute], self.clusters[:, attribute],
-            batch_size=self.batch_size, rng=rng)
+            self.labels[:, attribute],
+            self.clusters[:, attribute],
+            batch_size=self.batch_size,
+            rng=rng,
+        )
         return attribute, idx
 
     def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:

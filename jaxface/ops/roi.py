@@ -3,6 +3,7 @@
 Semantics follow torchvision's ``roi_align`` / ``roi_pool`` (CPU kernels), with
 the features laid out NHWC and every RoI carrying the index of its image.
 """
+
 from __future__ import annotations
 
 import math

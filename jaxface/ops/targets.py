@@ -21,6 +21,7 @@ Labels: ``1`` positive, ``0`` negative, ``-1`` ignored (no loss).
 Face size: the box height in pixels (WIDER FACE and its difficulty split measure
 faces by height; `jaxface.data.synthetic.render.difficulty_subsets` does too).
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple, Optional, Sequence, Tuple
@@ -30,8 +31,16 @@ import jax.numpy as jnp
 
 from jaxface.ops.boxes import encode_boxes, encode_landmarks, ioa_matrix, iou_matrix
 
-__all__ = ["Assignment", "face_sizes", "in_size_range", "assign_boxes", "rpn_targets",
-           "roi_targets", "sample_balanced", "ohem_select"]
+__all__ = [
+    "Assignment",
+    "face_sizes",
+    "in_size_range",
+    "assign_boxes",
+    "rpn_targets",
+    "roi_targets",
+    "sample_balanced",
+    "ohem_select",
+]
 
 RPN_BOX_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
 RCNN_BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
@@ -46,6 +55,7 @@ class Assignment(NamedTuple):
         the image has no target face); meaningful where ``labels == 1``.
       max_iou: ``[N]`` IoU with that face (0 when there is none).
     """
+
     labels: jax.Array
     matched: jax.Array
     max_iou: jax.Array
@@ -64,10 +74,20 @@ def in_size_range(boxes, size_range: Tuple[float, float]):
     return ok & (s < hi) if hi > 0 else ok
 
 
-def assign_boxes(boxes, gt_boxes, gt_valid, *, gt_in_range=None, gt_ignore=None,
-                 box_valid=None, pos_iou: float, neg_iou: float,
-                 out_of_range_iou: Optional[float] = None, ignore_ioa: float = 0.5,
-                 match_low_quality: bool = False) -> Assignment:
+def assign_boxes(
+    boxes,
+    gt_boxes,
+    gt_valid,
+    *,
+    gt_in_range=None,
+    gt_ignore=None,
+    box_valid=None,
+    pos_iou: float,
+    neg_iou: float,
+    out_of_range_iou: Optional[float] = None,
+    ignore_ioa: float = 0.5,
+    match_low_quality: bool = False,
+) -> Assignment:
     """Labels anchors or RoIs against one image's faces (see the module docstring).
 
     Rules, for box ``n`` with ``t = max IoU`` over the target faces:
@@ -119,30 +139,63 @@ def assign_boxes(boxes, gt_boxes, gt_valid, *, gt_in_range=None, gt_ignore=None,
     if box_valid is not None:
         labels = jnp.where(jnp.asarray(box_valid, bool), labels, -1)
     has_target = jnp.any(target)
-    return Assignment(labels=labels, matched=jnp.where(has_target, matched, 0),
-                      max_iou=jnp.maximum(jnp.where(has_target, max_t, 0.0), 0.0))
+    return Assignment(
+        labels=labels,
+        matched=jnp.where(has_target, matched, 0),
+        max_iou=jnp.maximum(jnp.where(has_target, max_t, 0.0), 0.0),
+    )
 
 
-def rpn_targets(anchors, gt_boxes, gt_valid, *, gt_in_range=None, gt_ignore=None,
-                pos_iou: float = 0.7, neg_iou: float = 0.3,
-                out_of_range_iou: Optional[float] = None, ignore_ioa: float = 0.5,
-                box_weights: Sequence[float] = RPN_BOX_WEIGHTS):
+def rpn_targets(
+    anchors,
+    gt_boxes,
+    gt_valid,
+    *,
+    gt_in_range=None,
+    gt_ignore=None,
+    pos_iou: float = 0.7,
+    neg_iou: float = 0.3,
+    out_of_range_iou: Optional[float] = None,
+    ignore_ioa: float = 0.5,
+    box_weights: Sequence[float] = RPN_BOX_WEIGHTS,
+):
     """RPN labels and box-regression targets of one image's anchors.
 
     Returns:
       ``(labels [N] int32, deltas [N, 4])``; deltas are zero where ``labels != 1``.
     """
-    a = assign_boxes(anchors, gt_boxes, gt_valid, gt_in_range=gt_in_range, gt_ignore=gt_ignore,
-                     pos_iou=pos_iou, neg_iou=neg_iou, out_of_range_iou=out_of_range_iou,
-                     ignore_ioa=ignore_ioa, match_low_quality=True)
+    a = assign_boxes(
+        anchors,
+        gt_boxes,
+        gt_valid,
+        gt_in_range=gt_in_range,
+        gt_ignore=gt_ignore,
+        pos_iou=pos_iou,
+        neg_iou=neg_iou,
+        out_of_range_iou=out_of_range_iou,
+        ignore_ioa=ignore_ioa,
+        match_low_quality=True,
+    )
     deltas = _safe_encode(gt_boxes[a.matched], anchors, a.labels == 1, box_weights)
     return a.labels, deltas
 
 
-def roi_targets(rois, roi_valid, gt_boxes, gt_valid, *, gt_in_range=None, gt_ignore=None,
-                gt_landmarks=None, gt_landmarks_valid=None, fg_iou: float = 0.5,
-                bg_iou: float = 0.5, out_of_range_iou: Optional[float] = 0.5,
-                ignore_ioa: float = 0.5, box_weights: Sequence[float] = RCNN_BOX_WEIGHTS):
+def roi_targets(
+    rois,
+    roi_valid,
+    gt_boxes,
+    gt_valid,
+    *,
+    gt_in_range=None,
+    gt_ignore=None,
+    gt_landmarks=None,
+    gt_landmarks_valid=None,
+    fg_iou: float = 0.5,
+    bg_iou: float = 0.5,
+    out_of_range_iou: Optional[float] = 0.5,
+    ignore_ioa: float = 0.5,
+    box_weights: Sequence[float] = RCNN_BOX_WEIGHTS,
+):
     """Fast R-CNN targets of one image's RoIs.
 
     Foreground: IoU ``>= fg_iou`` with a target face; background: ``< bg_iou`` with
@@ -158,15 +211,32 @@ def roi_targets(rois, roi_valid, gt_boxes, gt_valid, *, gt_in_range=None, gt_ign
       ``[R]``, ``max_iou`` ``[R]`` and, with landmarks, ``landmarks`` ``[R, L, 2]``
       (`encode_landmarks` offsets) and ``landmarks_valid`` ``[R]`` bool.
     """
-    a = assign_boxes(rois, gt_boxes, gt_valid, gt_in_range=gt_in_range, gt_ignore=gt_ignore,
-                     box_valid=roi_valid, pos_iou=fg_iou, neg_iou=bg_iou,
-                     out_of_range_iou=out_of_range_iou, ignore_ioa=ignore_ioa,
-                     match_low_quality=False)
+    a = assign_boxes(
+        rois,
+        gt_boxes,
+        gt_valid,
+        gt_in_range=gt_in_range,
+        gt_ignore=gt_ignore,
+        box_valid=roi_valid,
+        pos_iou=fg_iou,
+        neg_iou=bg_iou,
+        out_of_range_iou=out_of_range_iou,
+        ignore_ioa=ignore_ioa,
+        match_low_quality=False,
+    )
     pos = a.labels == 1
-    out = {"labels": a.labels, "matched": a.matched, "max_iou": a.max_iou,
-           "deltas": _safe_encode(gt_boxes[a.matched], rois, pos, box_weights)}
+    out = {
+        "labels": a.labels,
+        "matched": a.matched,
+        "max_iou": a.max_iou,
+        "deltas": _safe_encode(gt_boxes[a.matched], rois, pos, box_weights),
+    }
     if gt_landmarks is not None:
-        lm_valid = pos if gt_landmarks_valid is None else pos & jnp.asarray(gt_landmarks_valid, bool)[a.matched]
+        lm_valid = (
+            pos
+            if gt_landmarks_valid is None
+            else pos & jnp.asarray(gt_landmarks_valid, bool)[a.matched]
+        )
         safe_rois = jnp.where(pos[:, None], rois, jnp.array([0.0, 0.0, 1.0, 1.0], rois.dtype))
         lm = encode_landmarks(gt_landmarks[a.matched], safe_rois)
         out["landmarks"] = jnp.where(lm_valid[:, None, None], lm, 0.0)
@@ -177,10 +247,16 @@ def roi_targets(rois, roi_valid, gt_boxes, gt_valid, *, gt_in_range=None, gt_ign
 def _safe_encode(boxes, refs, where, weights):
     """`encode_boxes` that is finite everywhere (dummy unit boxes where not ``where``)."""
     unit = jnp.array([0.0, 0.0, 1.0, 1.0], refs.dtype)
-    ok = where & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]) \
-        & (refs[:, 2] > refs[:, 0]) & (refs[:, 3] > refs[:, 1])
-    d = encode_boxes(jnp.where(ok[:, None], boxes, unit), jnp.where(ok[:, None], refs, unit),
-                     weights=weights)
+    ok = (
+        where
+        & (boxes[:, 2] > boxes[:, 0])
+        & (boxes[:, 3] > boxes[:, 1])
+        & (refs[:, 2] > refs[:, 0])
+        & (refs[:, 3] > refs[:, 1])
+    )
+    d = encode_boxes(
+        jnp.where(ok[:, None], boxes, unit), jnp.where(ok[:, None], refs, unit), weights=weights
+    )
     return jnp.where(ok[:, None], d, 0.0)
 
 

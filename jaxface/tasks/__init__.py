@@ -1,4 +1,5 @@
 """Task plug-ins of the one trainer. ``get_task(name)`` imports a task lazily."""
+
 from __future__ import annotations
 
 import importlib
@@ -12,12 +13,12 @@ _REGISTRY = {
 
 
 def available() -> list[str]:
-  return sorted(_REGISTRY)
+    return sorted(_REGISTRY)
 
 
 def get_task(name: str):
-  """The task class registered under ``name``."""
-  if name not in _REGISTRY:
-    raise ValueError(f"unknown task {name!r}; available tasks: {', '.join(available())}")
-  module, cls = _REGISTRY[name].split(":")
-  return getattr(importlib.import_module(module), cls)
+    """The task class registered under ``name``."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown task {name!r}; available tasks: {', '.join(available())}")
+    module, cls = _REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), cls)

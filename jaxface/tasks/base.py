@@ -22,6 +22,7 @@ Contract (all arrays are host NumPy on the way in; everything inside `loss` and
   cluster assignments) and periodic host-side hooks ``(state, ctx) -> state`` run
   every ``every_steps`` (e.g. re-clustering), each timed and reported.
 """
+
 from __future__ import annotations
 
 import abc
@@ -35,80 +36,84 @@ import numpy as np
 
 @dataclasses.dataclass
 class Hook:
-  """A periodic host-side action: ``fn(state, ctx) -> state`` every ``every_steps``."""
-  name: str
-  every_steps: int
-  fn: Callable[[Any, "EvalContext"], Any]
-  at_start: bool = False
+    """A periodic host-side action: ``fn(state, ctx) -> state`` every ``every_steps``."""
+
+    name: str
+    every_steps: int
+    fn: Callable[[Any, "EvalContext"], Any]
+    at_start: bool = False
 
 
 @dataclasses.dataclass
 class EvalContext:
-  """What the trainer hands evaluators and hooks."""
-  mesh: jax.sharding.Mesh
-  workdir: str
-  step: int
-  process_index: int
-  process_count: int
-  writer: Any = None
+    """What the trainer hands evaluators and hooks."""
 
-  @property
-  def batch_sharding(self):
-    return jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("data"))
+    mesh: jax.sharding.Mesh
+    workdir: str
+    step: int
+    process_index: int
+    process_count: int
+    writer: Any = None
 
-  @property
-  def replicated(self):
-    return jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+    @property
+    def batch_sharding(self):
+        return jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("data"))
 
-  def to_global(self, batch: Mapping[str, np.ndarray]):
-    """Host-local batch -> global jax arrays sharded on the leading (data) axis."""
-    sharding = self.batch_sharding
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-            for k, v in batch.items()}
+    @property
+    def replicated(self):
+        return jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+
+    def to_global(self, batch: Mapping[str, np.ndarray]):
+        """Host-local batch -> global jax arrays sharded on the leading (data) axis."""
+        sharding = self.batch_sharding
+        return {
+            k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+            for k, v in batch.items()
+        }
 
 
 class Task(abc.ABC):
-  """Base class of every task plug-in; see the module docstring for the contract."""
+    """Base class of every task plug-in; see the module docstring for the contract."""
 
-  name: str = ""
+    name: str = ""
 
-  def __init__(self, config: ml_collections.ConfigDict):
-    self.config = config
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
 
-  # -- data -----------------------------------------------------------------
-  @abc.abstractmethod
-  def data(self, split: str, *, train: bool):
-    """(source, transform) for a split."""
+    # -- data -----------------------------------------------------------------
+    @abc.abstractmethod
+    def data(self, split: str, *, train: bool):
+        """(source, transform) for a split."""
 
-  # -- model ----------------------------------------------------------------
-  @abc.abstractmethod
-  def init_variables(self, rng: jax.Array, batch: Mapping[str, jax.Array]) -> Mapping[str, Any]:
-    """Flax variables for a (global) example batch."""
+    # -- model ----------------------------------------------------------------
+    @abc.abstractmethod
+    def init_variables(self, rng: jax.Array, batch: Mapping[str, jax.Array]) -> Mapping[str, Any]:
+        """Flax variables for a (global) example batch."""
 
-  @abc.abstractmethod
-  def loss(self, params, model_state, batch, rng, task_state):
-    """Scalar loss and ``(new_model_state, metrics)``."""
+    @abc.abstractmethod
+    def loss(self, params, model_state, batch, rng, task_state):
+        """Scalar loss and ``(new_model_state, metrics)``."""
 
-  def metric_names(self) -> tuple[str, ...]:
-    """Names of the scalar metrics ``loss`` returns (besides ``loss``)."""
-    return ()
+    def metric_names(self) -> tuple[str, ...]:
+        """Names of the scalar metrics ``loss`` returns (besides ``loss``)."""
+        return ()
 
-  # -- extras ---------------------------------------------------------------
-  def init_task_state(self, rng: jax.Array, variables: Mapping[str, Any]) -> Any:
-    """Non-gradient state carried in the train state and checkpointed."""
-    del rng, variables
-    return {}
+    # -- extras ---------------------------------------------------------------
+    def init_task_state(self, rng: jax.Array, variables: Mapping[str, Any]) -> Any:
+        """Non-gradient state carried in the train state and checkpointed."""
+        del rng, variables
+        return {}
 
-  def hooks(self) -> list[Hook]:
-    return []
+    def hooks(self) -> list[Hook]:
+        return []
 
-  def evaluators(self) -> dict[str, Callable[[Any, EvalContext], dict[str, float]]]:
-    return {}
+    def evaluators(self) -> dict[str, Callable[[Any, EvalContext], dict[str, float]]]:
+        return {}
 
-  def trainable_mask(self, params) -> Any:
-    """Pytree of bools (same structure as params): False = frozen. Default: all."""
-    return jax.tree.map(lambda _: True, params)
+    def trainable_mask(self, params) -> Any:
+        """Pytree of bools (same structure as params): False = frozen. Default: all."""
+        return jax.tree.map(lambda _: True, params)
 
-  def summary_metrics(self, results: Mapping[str, float]) -> dict[str, float]:
-    """The few headline numbers of this task for the quickstart table."""
-    return dict(results)
+    def summary_metrics(self, results: Mapping[str, float]) -> dict[str, float]:
+        """The few headline numbers of this task for the quickstart table."""
+        return dict(results)

@@ -9,6 +9,7 @@ The tfds builder lives in ``builder`` and is imported (and so registered under t
 name ``synthetic_faces``) on first access of ``SyntheticFaces`` /
 ``SyntheticFacesConfig`` here, or by ``import jaxface.data.synthetic.builder``.
 """
+
 from jaxface.data.synthetic import render
 from jaxface.data.synthetic.render import (
     ATTRIBUTE_NAMES,
@@ -21,14 +22,23 @@ from jaxface.data.synthetic.render import (
 )
 
 __all__ = [
-    "ATTRIBUTE_NAMES", "CELEBA_ATTRIBUTE_RATES", "Spec", "SyntheticFaces", "SyntheticFacesConfig",
-    "attributes_example", "detection_example", "difficulty_subsets", "identity_example", "render",
+    "ATTRIBUTE_NAMES",
+    "CELEBA_ATTRIBUTE_RATES",
+    "Spec",
+    "SyntheticFaces",
+    "SyntheticFacesConfig",
+    "attributes_example",
+    "detection_example",
+    "difficulty_subsets",
+    "identity_example",
+    "render",
 ]
 
 
 def __getattr__(name):  # lazy: tensorflow_datasets only when the builder is wanted
-  if name in ("SyntheticFaces", "SyntheticFacesConfig", "builder"):
-    import importlib
-    builder = importlib.import_module("jaxface.data.synthetic.builder")
-    return builder if name == "builder" else getattr(builder, name)
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name in ("SyntheticFaces", "SyntheticFacesConfig", "builder"):
+        import importlib
+
+        builder = importlib.import_module("jaxface.data.synthetic.builder")
+        return builder if name == "builder" else getattr(builder, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -52,6 +52,7 @@ Feature schema (per ``kind``):
   see :func:`render.detection_example`). :func:`render.difficulty_subsets` turns
   these into WIDER-like easy / medium / hard masks.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -71,245 +72,323 @@ KINDS = ("attributes", "identity", "detection")
 
 @dataclasses.dataclass(eq=False)
 class SyntheticFacesConfig(tfds.core.BuilderConfig):
-  """A ``synthetic_faces`` variant. Sizes are per split; fields unused by a kind are ignored.
+    """A ``synthetic_faces`` variant. Sizes are per split; fields unused by a kind are ignored.
 
-  Attributes:
-    kind: ``attributes``, ``identity`` or ``detection``.
-    seed: the data seed; with the other fields it fixes every byte.
-    num_train, num_validation, num_test: examples per split (attributes, detection);
-      a split with 0 examples is not generated.
-    image_size: attribute crop side (identity crops use ``identity_image_size``).
-    identity_image_size: identity crop side (112).
-    num_train_identities, num_test_identities, images_per_identity: identity sizes
-      (identity has exactly ``train`` and ``test``, with disjoint identities).
-    detection_*: scene side range, maximum faces per scene and face height range.
-  """
-  kind: str = "attributes"
-  seed: int = 0
-  num_train: int = 20_000
-  num_validation: int = 0
-  num_test: int = 4_000
-  image_size: int = 64
-  identity_image_size: int = 112
-  num_train_identities: int = 2_000
-  num_test_identities: int = 200
-  images_per_identity: int = 10
-  detection_min_side: int = 256
-  detection_max_side: int = 640
-  detection_max_faces: int = 40
-  detection_min_face: int = 8
-  detection_max_face: int = 400
+    Attributes:
+      kind: ``attributes``, ``identity`` or ``detection``.
+      seed: the data seed; with the other fields it fixes every byte.
+      num_train, num_validation, num_test: examples per split (attributes, detection);
+        a split with 0 examples is not generated.
+      image_size: attribute crop side (identity crops use ``identity_image_size``).
+      identity_image_size: identity crop side (112).
+      num_train_identities, num_test_identities, images_per_identity: identity sizes
+        (identity has exactly ``train`` and ``test``, with disjoint identities).
+      detection_*: scene side range, maximum faces per scene and face height range.
+    """
 
-  def __post_init__(self):
-    if self.kind not in KINDS:
-      raise ValueError(f"SyntheticFacesConfig(name={self.name!r}): kind={self.kind!r}, expected one of {KINDS}")
-    for f in ("num_train", "num_validation", "num_test", "num_train_identities", "num_test_identities",
-              "images_per_identity", "image_size", "identity_image_size"):
-      if getattr(self, f) < 0:
-        raise ValueError(f"SyntheticFacesConfig(name={self.name!r}): {f}={getattr(self, f)} must be >= 0")
-    if not 16 <= self.image_size <= 512:
-      raise ValueError(
-          f"SyntheticFacesConfig(name={self.name!r}): image_size={self.image_size}, expected 16..512")
-    if not (self.detection_min_face <= self.detection_max_face
-            and 64 <= self.detection_min_side <= self.detection_max_side):
-      raise ValueError(f"SyntheticFacesConfig(name={self.name!r}): inconsistent detection_* ranges")
+    kind: str = "attributes"
+    seed: int = 0
+    num_train: int = 20_000
+    num_validation: int = 0
+    num_test: int = 4_000
+    image_size: int = 64
+    identity_image_size: int = 112
+    num_train_identities: int = 2_000
+    num_test_identities: int = 200
+    images_per_identity: int = 10
+    detection_min_side: int = 256
+    detection_max_side: int = 640
+    detection_max_faces: int = 40
+    detection_min_face: int = 8
+    detection_max_face: int = 400
 
-  def spec(self) -> render.Spec:
-    """The renderer's view of this config."""
-    return render.Spec(
-        attribute_image_size=self.image_size,
-        identity_image_size=self.identity_image_size,
-        num_train_identities=self.num_train_identities,
-        num_test_identities=self.num_test_identities,
-        images_per_identity=self.images_per_identity,
-        detection_min_side=self.detection_min_side,
-        detection_max_side=self.detection_max_side,
-        detection_max_faces=self.detection_max_faces,
-        detection_min_face=self.detection_min_face,
-        detection_max_face=self.detection_max_face,
-    )
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(
+                f"SyntheticFacesConfig(name={self.name!r}): kind={self.kind!r}, expected one of {KINDS}"
+            )
+        for f in (
+            "num_train",
+            "num_validation",
+            "num_test",
+            "num_train_identities",
+            "num_test_identities",
+            "images_per_identity",
+            "image_size",
+            "identity_image_size",
+        ):
+            if getattr(self, f) < 0:
+                raise ValueError(
+                    f"SyntheticFacesConfig(name={self.name!r}): {f}={getattr(self, f)} must be >= 0"
+                )
+        if not 16 <= self.image_size <= 512:
+            raise ValueError(
+                f"SyntheticFacesConfig(name={self.name!r}): image_size={self.image_size}, expected 16..512"
+            )
+        if not (
+            self.detection_min_face <= self.detection_max_face
+            and 64 <= self.detection_min_side <= self.detection_max_side
+        ):
+            raise ValueError(
+                f"SyntheticFacesConfig(name={self.name!r}): inconsistent detection_* ranges"
+            )
 
-  def fingerprint(self) -> dict:
-    """The fields that determine the data (stored with it, checked when reused)."""
-    base = {f.name for f in dataclasses.fields(tfds.core.BuilderConfig)}
-    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in base}
+    def spec(self) -> render.Spec:
+        """The renderer's view of this config."""
+        return render.Spec(
+            attribute_image_size=self.image_size,
+            identity_image_size=self.identity_image_size,
+            num_train_identities=self.num_train_identities,
+            num_test_identities=self.num_test_identities,
+            images_per_identity=self.images_per_identity,
+            detection_min_side=self.detection_min_side,
+            detection_max_side=self.detection_max_side,
+            detection_max_faces=self.detection_max_faces,
+            detection_min_face=self.detection_min_face,
+            detection_max_face=self.detection_max_face,
+        )
 
-  def split_sizes(self) -> dict[str, int]:
-    """Examples per split, zero-sized splits left out."""
-    if self.kind == "identity":
-      sizes = {"train": self.num_train_identities * self.images_per_identity,
-               "test": self.num_test_identities * self.images_per_identity}
-    else:
-      sizes = {"train": self.num_train, "validation": self.num_validation, "test": self.num_test}
-    return {k: v for k, v in sizes.items() if v > 0}
+    def fingerprint(self) -> dict:
+        """The fields that determine the data (stored with it, checked when reused)."""
+        base = {f.name for f in dataclasses.fields(tfds.core.BuilderConfig)}
+        return {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in base
+        }
+
+    def split_sizes(self) -> dict[str, int]:
+        """Examples per split, zero-sized splits left out."""
+        if self.kind == "identity":
+            sizes = {
+                "train": self.num_train_identities * self.images_per_identity,
+                "test": self.num_test_identities * self.images_per_identity,
+            }
+        else:
+            sizes = {
+                "train": self.num_train,
+                "validation": self.num_validation,
+                "test": self.num_test,
+            }
+        return {k: v for k, v in sizes.items() if v > 0}
 
 
 DEFAULT_CONFIGS = (
     SyntheticFacesConfig(
-        name="attributes", kind="attributes", num_train=20_000, num_test=4_000, image_size=64,
-        description="64x64 aligned crops with CelebA's 40 binary attributes at CelebA's rates."),
+        name="attributes",
+        kind="attributes",
+        num_train=20_000,
+        num_test=4_000,
+        image_size=64,
+        description="64x64 aligned crops with CelebA's 40 binary attributes at CelebA's rates.",
+    ),
     SyntheticFacesConfig(
-        name="identity", kind="identity", num_train_identities=2_000, num_test_identities=200,
+        name="identity",
+        kind="identity",
+        num_train_identities=2_000,
+        num_test_identities=200,
         images_per_identity=10,
-        description="112x112 crops of 2,000 train / 200 disjoint test identities, yaw -90..90."),
+        description="112x112 crops of 2,000 train / 200 disjoint test identities, yaw -90..90.",
+    ),
     SyntheticFacesConfig(
-        name="detection", kind="detection", num_train=2_000, num_validation=300, num_test=0,
-        description="Cluttered 256-640 px scenes with 0-40 faces of 8-400 px, WIDER-style labels."),
+        name="detection",
+        kind="detection",
+        num_train=2_000,
+        num_validation=300,
+        num_test=0,
+        description="Cluttered 256-640 px scenes with 0-40 faces of 8-400 px, WIDER-style labels.",
+    ),
 )
 
 
 class SyntheticFaces(tfds_base.Builder):
-  """Procedural faces for detection, identity and attributes; see the module docstring."""
+    """Procedural faces for detection, identity and attributes; see the module docstring."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
-  BUILDER_CONFIGS = list(DEFAULT_CONFIGS)
-  DEFAULT_CONFIG_NAME = "attributes"
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release."}
+    BUILDER_CONFIGS = list(DEFAULT_CONFIGS)
+    DEFAULT_CONFIG_NAME = "attributes"
 
-  def __init__(self, **kwargs):
-    super().__init__(**kwargs)
-    info = self.info
-    # tfds caches by config *name*: refuse data prepared from a same-named config with
-    # other fields (else a changed custom config would silently read the old data).
-    stored = dict(info.metadata or {}).get("config") if self.is_prepared() else None
-    if stored is not None:
-      want = self.builder_config.fingerprint()
-      diff = {k: (stored.get(k), v) for k, v in want.items() if stored.get(k) != v}
-      if diff:
-        raise ValueError(
-            f"synthetic_faces/{self.builder_config.name} in {self.data_dir} was prepared from a config "
-            f"with other values (stored, requested): {diff}. Use another config name or data_dir, "
-            "or delete that directory.")
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        info = self.info
+        # tfds caches by config *name*: refuse data prepared from a same-named config with
+        # other fields (else a changed custom config would silently read the old data).
+        stored = dict(info.metadata or {}).get("config") if self.is_prepared() else None
+        if stored is not None:
+            want = self.builder_config.fingerprint()
+            diff = {k: (stored.get(k), v) for k, v in want.items() if stored.get(k) != v}
+            if diff:
+                raise ValueError(
+                    f"synthetic_faces/{self.builder_config.name} in {self.data_dir} was prepared from a config "
+                    f"with other values (stored, requested): {diff}. Use another config name or data_dir, "
+                    "or delete that directory."
+                )
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    cfg = self.builder_config
-    if cfg.kind == "attributes":
-      s = cfg.image_size
-      features = tfds.features.FeaturesDict({
-          "image": tfds.features.Image(shape=(s, s, 3), dtype=np.uint8, encoding_format="png"),
-          "attributes": tfds.features.Tensor(shape=(render.NUM_ATTRIBUTES,), dtype=np.int32),
-          "id": tfds.features.Scalar(dtype=np.int64),
-      })
-      supervised = ("image", "attributes")
-    elif cfg.kind == "identity":
-      s = cfg.identity_image_size
-      features = tfds.features.FeaturesDict({
-          "image": tfds.features.Image(shape=(s, s, 3), dtype=np.uint8, encoding_format="png"),
-          "label": tfds.features.Scalar(dtype=np.int64),
-          "yaw": tfds.features.Scalar(dtype=np.float32),
-          "landmarks": tfds.features.Tensor(shape=(5, 2), dtype=np.float32),
-          "id": tfds.features.Scalar(dtype=np.int64),
-      })
-      supervised = ("image", "label")
-    else:
-      features = tfds.features.FeaturesDict({
-          "image": tfds.features.Image(shape=(None, None, 3), dtype=np.uint8, encoding_format="png"),
-          "image/id": tfds.features.Scalar(dtype=np.int64),
-          "faces": tfds.features.Sequence({
-              "bbox": tfds.features.BBoxFeature(),
-              "landmarks": tfds.features.Tensor(shape=(5, 2), dtype=np.float32),
-              "blur": tfds.features.Scalar(dtype=np.int32),
-              "occlusion": tfds.features.Scalar(dtype=np.int32),
-              "pose": tfds.features.Scalar(dtype=np.int32),
-              "invalid": tfds.features.Scalar(dtype=np.int32),
-          }),
-      })
-      supervised = None
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=features,
-        supervised_keys=supervised,
-        homepage="https://github.com/jaxface/jaxface",
-        metadata=tfds.core.MetadataDict(
-            kind=cfg.kind, seed=cfg.seed, config=cfg.fingerprint(),
-            attribute_names=list(render.ATTRIBUTE_NAMES) if cfg.kind == "attributes" else [],
-            celeba_attribute_rates=list(render.CELEBA_ATTRIBUTE_RATES) if cfg.kind == "attributes" else []),
-    )
+    def _info(self) -> tfds.core.DatasetInfo:
+        cfg = self.builder_config
+        if cfg.kind == "attributes":
+            s = cfg.image_size
+            features = tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(
+                        shape=(s, s, 3), dtype=np.uint8, encoding_format="png"
+                    ),
+                    "attributes": tfds.features.Tensor(
+                        shape=(render.NUM_ATTRIBUTES,), dtype=np.int32
+                    ),
+                    "id": tfds.features.Scalar(dtype=np.int64),
+                }
+            )
+            supervised = ("image", "attributes")
+        elif cfg.kind == "identity":
+            s = cfg.identity_image_size
+            features = tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(
+                        shape=(s, s, 3), dtype=np.uint8, encoding_format="png"
+                    ),
+                    "label": tfds.features.Scalar(dtype=np.int64),
+                    "yaw": tfds.features.Scalar(dtype=np.float32),
+                    "landmarks": tfds.features.Tensor(shape=(5, 2), dtype=np.float32),
+                    "id": tfds.features.Scalar(dtype=np.int64),
+                }
+            )
+            supervised = ("image", "label")
+        else:
+            features = tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(
+                        shape=(None, None, 3), dtype=np.uint8, encoding_format="png"
+                    ),
+                    "image/id": tfds.features.Scalar(dtype=np.int64),
+                    "faces": tfds.features.Sequence(
+                        {
+                            "bbox": tfds.features.BBoxFeature(),
+                            "landmarks": tfds.features.Tensor(shape=(5, 2), dtype=np.float32),
+                            "blur": tfds.features.Scalar(dtype=np.int32),
+                            "occlusion": tfds.features.Scalar(dtype=np.int32),
+                            "pose": tfds.features.Scalar(dtype=np.int32),
+                            "invalid": tfds.features.Scalar(dtype=np.int32),
+                        }
+                    ),
+                }
+            )
+            supervised = None
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=__doc__,
+            features=features,
+            supervised_keys=supervised,
+            homepage="https://github.com/jaxface/jaxface",
+            metadata=tfds.core.MetadataDict(
+                kind=cfg.kind,
+                seed=cfg.seed,
+                config=cfg.fingerprint(),
+                attribute_names=list(render.ATTRIBUTE_NAMES) if cfg.kind == "attributes" else [],
+                celeba_attribute_rates=list(render.CELEBA_ATTRIBUTE_RATES)
+                if cfg.kind == "attributes"
+                else [],
+            ),
+        )
 
-  def _split_generators(self, dl_manager):
-    del dl_manager  # nothing to download
-    return {split: self._generate_examples(split, n) for split, n in self.builder_config.split_sizes().items()}
+    def _split_generators(self, dl_manager):
+        del dl_manager  # nothing to download
+        return {
+            split: self._generate_examples(split, n)
+            for split, n in self.builder_config.split_sizes().items()
+        }
 
-  def _generate_examples(self, split: str, num_examples: int):
-    cfg = self.builder_config
-    yield from generate(cfg.kind, cfg.seed, split, num_examples, cfg.spec(), features=True)
+    def _generate_examples(self, split: str, num_examples: int):
+        cfg = self.builder_config
+        yield from generate(cfg.kind, cfg.seed, split, num_examples, cfg.spec(), features=True)
 
 
 def num_workers(num_examples: int) -> int:
-  """Render processes for a split: ``$JAXFACE_SYNTHETIC_WORKERS`` if set, else one per
-  CPU (at most 8) for splits of 2,000+ examples; 1 means in-process."""
-  env = os.environ.get("JAXFACE_SYNTHETIC_WORKERS")
-  if env is not None:
-    try:
-      return max(1, int(env))
-    except ValueError:
-      raise ValueError(f"JAXFACE_SYNTHETIC_WORKERS={env!r}: expected an integer") from None
-  if num_examples < 2000 or not hasattr(os, "fork"):
-    return 1
-  return max(1, min(8, os.cpu_count() or 1))
+    """Render processes for a split: ``$JAXFACE_SYNTHETIC_WORKERS`` if set, else one per
+    CPU (at most 8) for splits of 2,000+ examples; 1 means in-process."""
+    env = os.environ.get("JAXFACE_SYNTHETIC_WORKERS")
+    if env is not None:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise ValueError(f"JAXFACE_SYNTHETIC_WORKERS={env!r}: expected an integer") from None
+    if num_examples < 2000 or not hasattr(os, "fork"):
+        return 1
+    return max(1, min(8, os.cpu_count() or 1))
 
 
 def _render_chunk(args):
-  kind, seed, split, spec, start, stop, features = args
-  make = getattr(render, f"{kind}_example")
-  out = [make(seed, split, i, spec) for i in range(start, stop)]
-  return [_to_features(kind, ex) for ex in out] if features else out
+    kind, seed, split, spec, start, stop, features = args
+    make = getattr(render, f"{kind}_example")
+    out = [make(seed, split, i, spec) for i in range(start, stop)]
+    return [_to_features(kind, ex) for ex in out] if features else out
 
 
-def generate(kind: str, seed: int, split: str, num_examples: int, spec: render.Spec, workers: int | None = None,
-             features: bool = False):
-  """Yields ``(index, example)`` for ``index`` in order, rendering in parallel when it pays.
+def generate(
+    kind: str,
+    seed: int,
+    split: str,
+    num_examples: int,
+    spec: render.Spec,
+    workers: int | None = None,
+    features: bool = False,
+):
+    """Yields ``(index, example)`` for ``index`` in order, rendering in parallel when it pays.
 
-  Examples are pure functions of their index, so the workers' output is byte-identical
-  to rendering in-process. Workers are forked (they run NumPy/PIL only, never TF) and
-  receive contiguous chunks; results come back in order. ``features=True`` yields the
-  tfds feature dicts (PNG-encoded by PIL in the workers: tfds would otherwise encode
-  every image through a TF graph in the writing process, its main cost).
-  """
-  workers = num_workers(num_examples) if workers is None else workers
-  if workers <= 1:
-    for start in range(0, num_examples, 64):
-      stop = min(start + 64, num_examples)
-      for k, ex in enumerate(_render_chunk((kind, seed, split, spec, start, stop, features))):
-        yield start + k, ex
-    return
-  chunk = 16 if kind == "detection" else 128
-  jobs = [(kind, seed, split, spec, a, min(a + chunk, num_examples), features)
-          for a in range(0, num_examples, chunk)]
-  ctx = multiprocessing.get_context("fork")
-  with ctx.Pool(workers) as pool:
-    index = 0
-    for part in pool.imap(_render_chunk, jobs):
-      for ex in part:
-        yield index, ex
-        index += 1
+    Examples are pure functions of their index, so the workers' output is byte-identical
+    to rendering in-process. Workers are forked (they run NumPy/PIL only, never TF) and
+    receive contiguous chunks; results come back in order. ``features=True`` yields the
+    tfds feature dicts (PNG-encoded by PIL in the workers: tfds would otherwise encode
+    every image through a TF graph in the writing process, its main cost).
+    """
+    workers = num_workers(num_examples) if workers is None else workers
+    if workers <= 1:
+        for start in range(0, num_examples, 64):
+            stop = min(start + 64, num_examples)
+            for k, ex in enumerate(_render_chunk((kind, seed, split, spec, start, stop, features))):
+                yield start + k, ex
+        return
+    chunk = 16 if kind == "detection" else 128
+    jobs = [
+        (kind, seed, split, spec, a, min(a + chunk, num_examples), features)
+        for a in range(0, num_examples, chunk)
+    ]
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(workers) as pool:
+        index = 0
+        for part in pool.imap(_render_chunk, jobs):
+            for ex in part:
+                yield index, ex
+                index += 1
 
 
 def _png(image: np.ndarray) -> bytes:
-  buf = io.BytesIO()
-  Image.fromarray(image).save(buf, format="png", compress_level=1)
-  return buf.getvalue()
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="png", compress_level=1)
+    return buf.getvalue()
 
 
 def _to_features(kind: str, ex: dict) -> dict:
-  """A renderer's NumPy example -> the tfds feature dict (PNG bytes, detection boxes normalised)."""
-  if kind != "detection":
-    return {**ex, "image": _png(ex["image"])}
-  h, w = ex["image"].shape[:2]
-  boxes = ex["faces"]["boxes"]  # [N, 4] pixels x0, y0, x1, y1
-  n = len(boxes)
-  bbox = [tfds.features.BBox(ymin=float(b[1]) / h, xmin=float(b[0]) / w, ymax=float(b[3]) / h,
-                             xmax=float(b[2]) / w) for b in boxes]
-  return {
-      "image": _png(ex["image"]),
-      "image/id": ex["image/id"],
-      "faces": {
-          "bbox": bbox,
-          "landmarks": np.asarray(ex["faces"]["landmarks"], np.float32).reshape(n, 5, 2),
-          "blur": np.asarray(ex["faces"]["blur"], np.int32).reshape(n),
-          "occlusion": np.asarray(ex["faces"]["occlusion"], np.int32).reshape(n),
-          "pose": np.asarray(ex["faces"]["pose"], np.int32).reshape(n),
-          "invalid": np.asarray(ex["faces"]["invalid"], np.int32).reshape(n),
-      },
-  }
+    """A renderer's NumPy example -> the tfds feature dict (PNG bytes, detection boxes normalised)."""
+    if kind != "detection":
+        return {**ex, "image": _png(ex["image"])}
+    h, w = ex["image"].shape[:2]
+    boxes = ex["faces"]["boxes"]  # [N, 4] pixels x0, y0, x1, y1
+    n = len(boxes)
+    bbox = [
+        tfds.features.BBox(
+            ymin=float(b[1]) / h, xmin=float(b[0]) / w, ymax=float(b[3]) / h, xmax=float(b[2]) / w
+        )
+        for b in boxes
+    ]
+    return {
+        "image": _png(ex["image"]),
+        "image/id": ex["image/id"],
+        "faces": {
+            "bbox": bbox,
+            "landmarks": np.asarray(ex["faces"]["landmarks"], np.float32).reshape(n, 5, 2),
+            "blur": np.asarray(ex["faces"]["blur"], np.int32).reshape(n),
+            "occlusion": np.asarray(ex["faces"]["occlusion"], np.int32).reshape(n),
+            "pose": np.asarray(ex["faces"]["pose"], np.int32).reshape(n),
+            "invalid": np.asarray(ex["faces"]["invalid"], np.int32).reshape(n),
+        },
+    }
