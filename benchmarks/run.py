@@ -290,7 +290,6 @@ def bench_kmeans(args):
 
 
 def bench_search(args):
-    import jax
     import numpy as np
     from jaxface.evaluation import identification as ident
 

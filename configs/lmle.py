@@ -23,15 +23,9 @@ Compare with a baseline run (table with gains + gain-vs-imbalance PNG in the wor
 import ml_collections
 
 from jaxface import config as jf_config
+from jaxface.data.attribute_names import CELEBA_ATTRIBUTES
 
 # CelebA's 40 attributes, in the order of list_attr_celeba.txt.
-CELEBA_ATTRIBUTES = (
-    "5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs Big_Lips Big_Nose "
-    "Black_Hair Blond_Hair Blurry Brown_Hair Bushy_Eyebrows Chubby Double_Chin Eyeglasses Goatee "
-    "Gray_Hair Heavy_Makeup High_Cheekbones Male Mouth_Slightly_Open Mustache Narrow_Eyes No_Beard "
-    "Oval_Face Pale_Skin Pointy_Nose Receding_Hairline Rosy_Cheeks Sideburns Smiling Straight_Hair "
-    "Wavy_Hair Wearing_Earrings Wearing_Hat Wearing_Lipstick Wearing_Necklace Wearing_Necktie Young"
-).split()
 
 
 VARIANTS = ("synthetic", "bce", "triplet_knn", "celeba", "tiny")

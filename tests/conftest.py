@@ -6,7 +6,6 @@ this conftest (pytest imports it before any test module).
 
 import os
 import pathlib
-import sys
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"

@@ -1,6 +1,5 @@
 """Identity folders, MXNet RecordIO without mxnet, and the restricted .bin unpickler."""
 
-import io
 import os
 import pickle
 import struct

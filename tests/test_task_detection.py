@@ -13,7 +13,6 @@ from PIL import Image
 from jaxface.data import pipeline
 from jaxface.evaluation import widerface as wider_eval
 from jaxface.quickstart import load_config
-from jaxface.tasks import common
 from jaxface.tasks import detection as det
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"

@@ -592,7 +592,7 @@ def kfold_tar_at_far(
     # Express everything as "accept when sim > u" with u increasing => FAR decreasing.
     u = -thresholds if kind == "distance" else thresholds
     order = np.argsort(u)
-    u, thr_sorted = u[order], thresholds[order]
+    u = u[order]
 
     def rates(mask, uu):
         acc = (

@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from jaxface.data.attribute_names import CELEBA_ATTRIBUTES
+
 # --------------------------------------------------------------------------------------
 # Specification and per-example random streams.
 # --------------------------------------------------------------------------------------
@@ -98,48 +100,7 @@ def _split_id(split: str) -> int:
 # --------------------------------------------------------------------------------------
 
 # CelebA's 40 attributes in the order of list_attr_celeba.txt (its line 2).
-ATTRIBUTE_NAMES = (
-    "5_o_Clock_Shadow",
-    "Arched_Eyebrows",
-    "Attractive",
-    "Bags_Under_Eyes",
-    "Bald",
-    "Bangs",
-    "Big_Lips",
-    "Big_Nose",
-    "Black_Hair",
-    "Blond_Hair",
-    "Blurry",
-    "Brown_Hair",
-    "Bushy_Eyebrows",
-    "Chubby",
-    "Double_Chin",
-    "Eyeglasses",
-    "Goatee",
-    "Gray_Hair",
-    "Heavy_Makeup",
-    "High_Cheekbones",
-    "Male",
-    "Mouth_Slightly_Open",
-    "Mustache",
-    "Narrow_Eyes",
-    "No_Beard",
-    "Oval_Face",
-    "Pale_Skin",
-    "Pointy_Nose",
-    "Receding_Hairline",
-    "Rosy_Cheeks",
-    "Sideburns",
-    "Smiling",
-    "Straight_Hair",
-    "Wavy_Hair",
-    "Wearing_Earrings",
-    "Wearing_Hat",
-    "Wearing_Lipstick",
-    "Wearing_Necklace",
-    "Wearing_Necktie",
-    "Young",
-)
+ATTRIBUTE_NAMES = CELEBA_ATTRIBUTES
 NUM_ATTRIBUTES = 40
 A = {name: i for i, name in enumerate(ATTRIBUTE_NAMES)}
 
