@@ -397,17 +397,7 @@ class DetectionTask(Task):
                 "wider_face_val.mat and wider_{easy,medium,hard}_val.mat"
             )
         gt = wider_eval.load_ground_truth(gt_dir)
-        src, transform = self.data(c.eval_split, train=False)
-        limit = int(c.eval_limit) or None
-        out = common.predict_split(
-            ctx,
-            self.predict,
-            common.variables_of(state),
-            src,
-            transform,
-            int(c.eval_batch_size),
-            limit=limit,
-        )
+        src, out = self._predict_eval_split(state, ctx)
         index = {
             f"{gt.face.events[int(gt.face.image_event[k])]}/{gt.face.image_names[k]}": k
             for k in range(gt.face.num_images)
@@ -433,10 +423,10 @@ class DetectionTask(Task):
         results = wider_eval.evaluate(gt, wider_eval.Predictions.from_lists(per))
         return {f"ap_{k}": float(v.ap) for k, v in results.items()}
 
-    def _evaluate_wider(self, state, ctx: EvalContext):
+    def _predict_eval_split(self, state, ctx: EvalContext):
+        """(source, predictions) over ``config.eval_split`` (``config.eval_limit`` images)."""
         c = self.config
         src, transform = self.data(c.eval_split, train=False)
-        limit = int(c.eval_limit) or None
         out = common.predict_split(
             ctx,
             self.predict,
@@ -444,8 +434,13 @@ class DetectionTask(Task):
             src,
             transform,
             int(c.eval_batch_size),
-            limit=limit,
+            limit=int(c.eval_limit) or None,
         )
+        return src, out
+
+    def _evaluate_wider(self, state, ctx: EvalContext):
+        c = self.config
+        src, out = self._predict_eval_split(state, ctx)
         n = out["boxes"].shape[0]
         faces = [faces_of(src[i]) for i in range(n)]
         gt = synthetic_ground_truth(faces, size_buckets=[tuple(b) for b in c.eval_size_buckets])
