@@ -186,9 +186,17 @@ class PreemptionFlag:
             signal.signal(s, h)
         return False
 
-    def is_set(self) -> bool:
+    def is_set(self, step: int, sync_every: int = 1) -> bool:
+        """Whether any process received a signal.
+
+        With several processes every host must agree (they all save, then stop), which
+        takes a cross-host all-gather; that sync runs only every ``sync_every`` steps so
+        it is not a collective on every step's hot path.
+        """
         local = self._event.is_set()
         if jax.process_count() > 1:
+            if step % max(1, sync_every):
+                return False
             from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
 
             return bool(np.any(multihost_utils.process_allgather(np.asarray(local))))
@@ -637,7 +645,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                     eval_results = trainer.evaluate(state, step, writer)
                 writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_results.items()})
 
-            if preempt.is_set():
+            if preempt.is_set(step, sync_every=log_every):
                 if mngr.latest_step() != step:
                     trainer.save(mngr, state, step, force=True)
                 status = "preempted"
