@@ -19,12 +19,17 @@ everything else) and the DREAM ones ``X_stitch`` (stitching, started from ``X``)
            test identities x 10 images at 48 px, a ResNet-10 at width 1/4; FF / FP
            verification and rank-1 identification on the held-out identities.
   tiny     for tests (a few steps, 32 px, a handful of identities).
+  cfp_aligned  ``cfp`` on 48 px crops aligned to the ArcFace 5-point template
+           (``config.data.crop = "aligned"``: CFP's fiducials -> 5 points ->
+           `jaxface.ops.align`), the crops `jaxface.analyzer` cuts from detected faces;
+           the recogniser for ``jaxface verify`` / ``identify`` on real photos.
 
 Run (the paper's best: end-to-end, then re-train the block by stitching):
   jaxface train --config configs/dream.py:cfp --workdir /tmp/jaxface/dream_cfp
   jaxface train --config configs/dream.py:cfp_stitch --workdir /tmp/jaxface/dream_cfp_stitch \\
       --config.init_from=/tmp/jaxface/dream_cfp
   jaxface train --config configs/dream.py:cfp_naive --workdir /tmp/jaxface/dream_cfp_naive
+  jaxface train --config configs/dream.py:cfp_aligned --workdir /tmp/jaxface/dream_cfp_aligned
   jaxface train --config configs/dream.py:msceleb --workdir gs://.../dream_r50 \\
       --config.data.manual_dir=/data/faces_emore --config.data.yaw_file=/data/faces_emore_yaw.npy \\
       --config.cfp.manual_dir=/data/cfp
@@ -37,7 +42,7 @@ import ml_collections
 from jaxface import config as jf_config
 
 BASES = ("msceleb", "cfp", "synthetic", "tiny")
-VARIANTS = tuple(b + s for b in BASES for s in ("", "_naive", "_stitch"))
+VARIANTS = tuple(b + s for b in BASES for s in ("", "_naive", "_stitch")) + ("cfp_aligned",)
 SMALL_VARIANT = "tiny"
 
 # ../shared/data/cfp beside the repository (the real data never lives inside it).
@@ -77,7 +82,15 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
         dict(frontal_max_yaw=20.0, profile_min_yaw=50.0, pairs_per_identity=3, folds=10, seed=0)
     )
     c.cfp = ml_collections.ConfigDict(dict(manual_dir="", eval_splits=[9, 10]))
+    # Evaluators "lfw" (LFW View 2 from its original layout) and "bins" (insightface .bin
+    # sets): see jaxface/tasks/recognition_protocols.py. Add them with e.g.
+    #   --config.evals='("cfp","lfw")' --config.lfw.manual_dir=/data/lfw
+    c.lfw = ml_collections.ConfigDict(
+        dict(manual_dir="", image_dir="", crop_fraction=0.6, yaw=0.0, far=1e-3)
+    )
+    c.bins = ml_collections.ConfigDict(dict(files=(), yaw=0.0, far=1e-3))
     c.data.yaw_file = ""  # insightface RecordIO: per-image yaw (.npy, degrees)
+    c.data.crop = "center"  # center | aligned (5-point ArcFace-template crops, as the analyzer)
     c.optimizer.name = "sgd"
     c.optimizer.learning_rate = 0.1
     c.optimizer.momentum = 0.9
@@ -113,6 +126,13 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
         c.optimizer.warmup_steps = 50
         c.log_every, c.eval_every, c.checkpoint_every = 50, 1200, 1200
         c.evals = ["cfp", "identification"]
+        if variant == "cfp_aligned":
+            # The same run on crops aligned to the ArcFace template from the fiducials'
+            # 5 points: what `jaxface verify` / `FaceAnalyzer` feed it on real photos.
+            c.data.crop = "aligned"
+            # CFP's images are tight face crops: a tighter template (zoom 1.25) and a
+            # replicated edge instead of a black frame where the crop leaves the image.
+            c.data.align = ml_collections.ConfigDict(dict(supersample=2, zoom=1.25, border="edge"))
     elif base == "synthetic":
         c.data.builder = "synthetic_faces"
         c.data.config = "identity"

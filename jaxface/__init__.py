@@ -6,3 +6,15 @@ Losses (`jaxface.losses`), ops (`jaxface.ops`) and evaluation protocols
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["FaceAnalyzer"]
+
+
+def __getattr__(name):
+    # Lazy: `import jaxface.losses` must not pull in the analyzer (and through it the
+    # trainer's tasks, flax, orbax).
+    if name == "FaceAnalyzer":
+        from jaxface.analyzer import FaceAnalyzer  # pylint: disable=import-outside-toplevel
+
+        return FaceAnalyzer
+    raise AttributeError(f"module 'jaxface' has no attribute {name!r}")

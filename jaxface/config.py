@@ -24,7 +24,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train_split = "train"
     c.eval_split = "test"
     c.eval_limit = 0  # 0: the whole eval split
-    c.evals = []  # names of the task's evaluators to run
+    # Names of the task's evaluators to run; a tuple, so --config.evals='("a","b")' works.
+    c.evals = ()
     c.log_every = 50
     c.eval_every = 1000
     c.checkpoint_every = 500

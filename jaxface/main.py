@@ -5,6 +5,14 @@
   jaxface quickstart --workdir DIR
   jaxface widerface-eval --pred PRED_DIR --gt GT_DIR [--out OUT_DIR]
 
+Inference with trained workdirs (`jaxface.infer_cli`, `jaxface.analyzer`):
+  jaxface detect IMAGE_OR_DIR --out DIR --detector WD [--score-threshold 0.5]
+  jaxface verify IMG_A IMG_B --detector WD --recognizer WD [--far 1e-3]
+  jaxface attributes IMAGE --detector WD --attributes WD
+  jaxface identify --gallery DIR QUERY --detector WD --recognizer WD [--top-k 5]
+  jaxface calibrate --recognizer WD          (verify's held-out thresholds)
+  jaxface export --detector WD --recognizer WD [--attributes WD] --out DIR
+
 ``--config.<field>=<value>`` overrides any declared field; an unknown field is an
 error naming it.
 """
@@ -116,11 +124,25 @@ def cmd_widerface_eval(argv):
     return widerface.main(argv)
 
 
+def _infer(name):
+    def run(argv):
+        from jaxface import infer_cli  # pylint: disable=import-outside-toplevel
+
+        return infer_cli.COMMANDS[name](argv)
+
+    run.__name__ = f"cmd_{name}"
+    return run
+
+
 COMMANDS = {
     "train": cmd_train,
     "eval": cmd_eval,
     "quickstart": cmd_quickstart,
     "widerface-eval": cmd_widerface_eval,
+    **{
+        name: _infer(name)
+        for name in ("detect", "verify", "attributes", "identify", "calibrate", "export")
+    },
 }
 
 

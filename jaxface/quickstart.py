@@ -1,6 +1,8 @@
 """The quickstart: the small variant of every task, trained and evaluated on the
 embedded synthetic data, then one results table (printed, and written as
-``results.json`` and ``results.md`` in the workdir).
+``results.json`` and ``results.md`` in the workdir) and a one-page HTML report
+(``report.html``: the table, each run's training curves, its evaluation pictures and
+metrics; `jaxface.report`).
 
 Each task adds its entry to :data:`ENTRIES`.
 """
@@ -70,7 +72,7 @@ def run(workdir: str, *, configs_dir: str | None = None, only=None) -> list[dict
     cdir = find_configs_dir(configs_dir)
     os.makedirs(workdir, exist_ok=True)
     data_dir = os.path.join(workdir, "tensorflow_datasets")
-    rows = []
+    rows, runs = [], []
     for label, file, variant, headline in ENTRIES:
         config = load_config(cdir / file, variant)
         if only and config.task not in only:
@@ -95,8 +97,33 @@ def run(workdir: str, *, configs_dir: str | None = None, only=None) -> list[dict
             )
         row["results"] = ", ".join(f"{k} {float(result.eval_results[k]):.4f}" for k in headline)
         rows.append(row)
+        runs.append(
+            {
+                "label": label,
+                "config": row["config"],
+                "workdir": run_dir,
+                "eval_results": result.eval_results,
+            }
+        )
     write_table(rows, workdir)
+    if jax_process_index() == 0:
+        from jaxface import report  # pylint: disable=import-outside-toplevel
+
+        out = report.write_html_report(
+            os.path.join(workdir, "report.html"),
+            runs,
+            title="jaxface quickstart",
+            summary_rows=rows,
+            command=f"jaxface quickstart --workdir {workdir}",
+        )
+        print(f"report: {out}")
     return rows
+
+
+def jax_process_index() -> int:
+    import jax  # pylint: disable=import-outside-toplevel
+
+    return jax.process_index()
 
 
 def markdown_table(rows: list[dict]) -> str:

@@ -23,7 +23,17 @@
   exactly the batches an uninterrupted run would;
 * SIGTERM / SIGINT: the current step finishes, a checkpoint is written, the run
   returns with ``status == "preempted"``;
-* a checkpoint holding non-finite parameters is never written.
+* a checkpoint holding non-finite parameters is never written;
+* a checkpoint is committed atomically by orbax (written to a temporary directory,
+  renamed when complete), so a process killed while writing one leaves the previous
+  checkpoint as the latest loadable one; the half-written directory is ignored.
+
+Fault injection (tests only; no effect unless the variable is set):
+``JAXFACE_FAULT_SLEEP_IN_SAVE=<step>`` makes the save of checkpoint ``<step>`` stop
+after every array is written and before orbax commits it (the rename), create
+``<workdir>/FAULT_SLEEPING_IN_SAVE`` and sleep, so a test can SIGKILL the process at
+the worst moment of a checkpoint write, deterministically
+(tests/test_reliability.py::test_sigkill_during_checkpoint_write_keeps_previous).
 """
 
 from __future__ import annotations
@@ -461,12 +471,7 @@ class Trainer:
     def save(
         self, mngr: ocp.CheckpointManager, state: TrainState, step: int, *, force=False
     ) -> bool:
-        if not tree_all_finite((state.params, state.model_state)):
-            logging.error("step %d: parameters are not finite; checkpoint NOT written", step)
-            return False
-        return mngr.save(
-            step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=force
-        )
+        return save_checkpoint(mngr, state, step, force=force, workdir=self.workdir)
 
     # -- evaluation ---------------------------------------------------------------
     def evaluate(self, state, step: int, writer=None) -> dict[str, float]:
@@ -487,6 +492,41 @@ class Trainer:
             results.update({f"{name}/{k}": float(v) for k, v in out.items()})
             results[f"{name}/eval_time_s"] = time.time() - t0
         return results
+
+
+def save_checkpoint(
+    mngr: ocp.CheckpointManager, state, step: int, *, force: bool = False, workdir: str = ""
+) -> bool:
+    """Saves ``state`` as checkpoint ``step`` unless its parameters or model state hold a
+    NaN or infinity (then logs an error, writes nothing and returns False)."""
+    if not tree_all_finite((state.params, state.model_state)):
+        logging.error("step %d: parameters are not finite; checkpoint NOT written", step)
+        return False
+    if os.environ.get(FAULT_SLEEP_IN_SAVE) == str(step):
+        _install_sleep_before_commit(workdir or os.path.dirname(str(mngr.directory)))
+    return mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=force)
+
+
+FAULT_SLEEP_IN_SAVE = "JAXFACE_FAULT_SLEEP_IN_SAVE"
+FAULT_MARKER = "FAULT_SLEEPING_IN_SAVE"
+
+
+def _install_sleep_before_commit(workdir: str) -> None:
+    """Fault injection (see the module docstring): the next orbax commit writes a marker
+    file and sleeps instead of renaming the finished temporary directory into place."""
+    from orbax.checkpoint._src.path import atomicity  # pylint: disable=import-outside-toplevel
+
+    cls = atomicity.AtomicRenameTemporaryPath
+
+    async def finalize(self, *args, **kwargs):
+        del args, kwargs
+        logging.error("%s: sleeping before committing %s", FAULT_SLEEP_IN_SAVE, self.get())
+        with open(os.path.join(workdir, FAULT_MARKER), "w") as f:
+            f.write(str(self.get()))
+        while True:  # until killed
+            time.sleep(1.0)
+
+    cls.finalize = finalize
 
 
 def restore_weights(
@@ -613,6 +653,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             step += 1
             train_metrics = m if train_metrics is None else train_metrics.merge(m)
             report(step)
+            epoch_before = ((step - 1) * trainer.global_batch) // loader.sampler.num_records
+            if (step * trainer.global_batch) // loader.sampler.num_records != epoch_before:
+                if loader.report():  # unreadable records so far, named, at each epoch end
+                    logging.warning(
+                        "end of epoch %d (step %d): %s", epoch_before, step, loader.report()
+                    )
 
             for hook in hooks:
                 if step % hook.every_steps == 0 and step < num_steps:

@@ -61,3 +61,19 @@ def test_eval_without_checkpoint_is_an_error(tmp_path):
                 f"--config.data.data_dir={tmp_path / 'tfds'}",
             ]
         )
+
+
+def test_evaluator_list_and_tuple_fields_override_from_the_command_line(tmp_path):
+    fv = cli._parse_config_flags(
+        "jaxface train",
+        [
+            "--config",
+            str(REPO / "configs" / "dream.py") + ":cfp",
+            "--workdir",
+            str(tmp_path),
+            '--config.evals=("cfp","lfw")',
+            '--config.bins.files=("/data/lfw.bin","/data/cfp_fp.bin")',
+        ],
+    )
+    assert tuple(fv.config.evals) == ("cfp", "lfw")
+    assert tuple(fv.config.bins.files) == ("/data/lfw.bin", "/data/cfp_fp.bin")

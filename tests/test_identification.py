@@ -141,3 +141,40 @@ def test_errors():
         I.search_top_k(np.ones((2, 3)), g, k=2, chunk=64, mesh=_mesh())
     with pytest.raises(ValueError, match="queries: non-finite"):
         I.search_top_k(np.full((2, 3), np.inf), np.ones((4, 3)), k=2)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_rejects_nonfinite_embeddings(bad):
+    """NaN / inf anywhere in the embeddings is an error, not a silently wrong ROC or top-k:
+    all-pairs (names the row), queries, gallery rows far from the top-k (checked on device,
+    per chunk, sharded or not), and the scores handed to the open-set metric."""
+    e = np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32)
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    lab = np.arange(300) % 30
+    broken = e.copy()
+    broken[123, 4] = bad
+    with pytest.raises(ValueError, match=r"embeddings: non-finite.*in 1 row\(s\), first 123"):
+        I.all_pairs_histograms(broken, lab, n_bins=64, block=64)
+    with pytest.raises(ValueError, match="queries: non-finite"):
+        I.search_top_k(broken[100:130], e, k=5)
+    for mesh in (None, _mesh()):
+        with pytest.raises(ValueError, match="gallery: non-finite"):
+            I.search_top_k(e[:4], broken, k=5, chunk=64, mesh=mesh)
+    s, i = I.search_top_k(e[:20], e[20:], k=3)
+    s[5, 0] = bad
+    with pytest.raises(ValueError, match=r"scores: 1 non-finite"):
+        I.dir_at_fpir(s, i, lab[:20], lab[20:], fpir=0.1, mated=np.arange(20) % 2 == 0)
+
+
+def test_plot_cmc_writes_png(tmp_path):
+    from PIL import Image
+
+    idx = np.array([[0, 1, 2], [2, 0, 1], [1, 2, 0]])
+    curve = I.cmc(idx, np.array([0, 0, 0]), np.array([0, 1, 2]))
+    np.testing.assert_allclose(curve, [1 / 3, 2 / 3, 1.0])
+    out = I.plot_cmc({"all": curve}, tmp_path / "cmc.png")
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.size == (600, 450)
+        assert len(np.unique(np.asarray(im.convert("L")))) > 10  # drawn, not blank
+    with pytest.raises(ValueError, match="all cmc: 1 non-finite"):
+        I.plot_cmc({"all": np.array([0.5, np.nan])}, tmp_path / "bad.png")

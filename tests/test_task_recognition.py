@@ -252,3 +252,185 @@ def test_end_to_end_then_stitching_through_init_from(data_dir, tmp_path):
         jax.device_get(s1.model_state),
         jax.device_get(s2.model_state),
     )
+
+
+def _write_lfw_like(root, images, labels, n_folds=10, per_fold=2):
+    """An LFW-layout folder (<name>/<name>_NNNN.jpg + pairs.txt) from synthetic faces."""
+    from PIL import Image
+
+    names, counts, index = {}, {}, []
+    for img, lab in zip(images, labels):
+        name = f"Person_{int(lab):03d}"
+        counts[name] = counts.get(name, 0) + 1
+        (root / name).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(root / name / f"{name}_{counts[name]:04d}.jpg", quality=95)
+        index.append((name, counts[name]))
+        names.setdefault(name, []).append(counts[name])
+    multi = sorted(n for n, v in names.items() if len(v) >= 2)
+    rng = np.random.default_rng(0)
+    lines = [f"{n_folds}\t{per_fold}"]
+    for _ in range(n_folds):
+        for _ in range(per_fold):
+            n = multi[rng.integers(len(multi))]
+            a, b = rng.choice(names[n], 2, replace=False)
+            lines.append(f"{n}\t{a}\t{b}")
+        for _ in range(per_fold):
+            n1, n2 = rng.choice(sorted(names), 2, replace=False)
+            lines.append(f"{n1}\t{rng.choice(names[n1])}\t{n2}\t{rng.choice(names[n2])}")
+    (root / "pairs.txt").write_text("\n".join(lines) + "\n")
+
+
+def _direct_report(task, state, images, i, j, same, fold, far):
+    """Independent path: decode, resize, embed with model.apply at yaw 0, the evaluation module."""
+    from PIL import Image
+
+    size = task.config.image_size
+    x = np.stack(
+        [np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in images]
+    )
+    x = x.astype(np.float32) * (2.0 / 255.0) - 1.0
+    variables = jax.device_get(common.variables_of(state))
+    yaw = np.zeros(len(x), np.float32)
+    e = task.model.apply(variables, x, yaw, train=False)["embedding"]
+    ef = task.model.apply(variables, x[:, :, ::-1], yaw, train=False)["embedding"]
+    fused = verif.fuse_flip(np.asarray(e), np.asarray(ef))
+    dist = verif.pair_distances(fused[i], fused[j])
+    rep = verif.evaluate_folds(dist, same, fold, kind="distance")
+    val = verif.kfold_tar_at_far(dist, same, fold, far, kind="distance")
+    return rep, val
+
+
+def test_lfw_and_bin_evaluators_equal_direct_computation(trained, tmp_path):
+    import io
+    import pickle
+
+    from PIL import Image
+
+    from jaxface.tasks import recognition_protocols as rp
+
+    trainer, state, _ = trained
+    task = trainer.task
+    src, _ = task.data("test", train=False)
+    n = min(len(src), 60)
+    images = [np.asarray(src[k]["image"])[..., :3] for k in range(n)]
+    labels = task.metadata("test")["label"][:n]
+    assert trainer.config.yaw_source == "metadata"
+
+    # LFW layout. crop_fraction 1: the synthetic faces fill their image.
+    _write_lfw_like(tmp_path / "lfw", images, labels)
+    trainer.config.lfw = {"manual_dir": str(tmp_path / "lfw"), "crop_fraction": 1.0, "far": 0.1}
+    got = rp.evaluate_lfw(task, state, trainer.ctx)
+    pairs = verif.parse_lfw_pairs(tmp_path / "lfw" / "pairs.txt")
+    p1, p2 = pairs.paths(tmp_path / "lfw")
+    uniq = sorted(set(map(str, p1)) | set(map(str, p2)))
+    decoded = [np.asarray(Image.open(p).convert("RGB")) for p in uniq]
+    i = np.array([uniq.index(str(p)) for p in p1])
+    j = np.array([uniq.index(str(p)) for p in p2])
+    rep, val = _direct_report(task, state, decoded, i, j, pairs.same, pairs.fold, 0.1)
+    np.testing.assert_allclose(got["lfw_accuracy_mean"], rep["accuracy_mean"], atol=1e-6)
+    np.testing.assert_allclose(got["lfw_auc_mean"], rep["auc_mean"], atol=1e-6)
+    np.testing.assert_allclose(got["lfw_tar_at_far_0.1_mean"], val["tar_mean"], atol=1e-6)
+    assert (pathlib.Path(trainer.ctx.workdir) / f"lfw_roc_step{trainer.ctx.step}.png").exists()
+
+    # The same pairs as an insightface .bin (encoded images in pair order + issame).
+    blobs = []
+    for a, b in zip(i, j):
+        for k in (a, b):
+            buf = io.BytesIO()
+            Image.fromarray(decoded[k]).save(buf, format="PNG")
+            blobs.append(buf.getvalue())
+    (tmp_path / "set.bin").write_bytes(pickle.dumps((blobs, [bool(s) for s in pairs.same])))
+    trainer.config.bins = {"files": [str(tmp_path / "set.bin")], "far": 0.1}
+    got_bin = rp.evaluate_bins(task, state, trainer.ctx)
+    from sklearn.model_selection import KFold
+
+    kfold = np.zeros(len(i), int)
+    for f, (_, test) in enumerate(KFold(10, shuffle=False).split(np.arange(len(i)))):
+        kfold[test] = f
+    flat = [decoded[k] for ab in zip(i, j) for k in ab]
+    rep_b, _ = _direct_report(
+        task, state, flat, 2 * np.arange(len(i)), 2 * np.arange(len(i)) + 1, pairs.same, kfold, 0.1
+    )
+    np.testing.assert_allclose(got_bin["set_accuracy_mean"], rep_b["accuracy_mean"], atol=1e-6)
+    np.testing.assert_allclose(got_bin["set_eer_mean"], rep_b["eer_mean"], atol=1e-6)
+
+
+def test_lfw_evaluator_reads_the_real_pairs_file_and_names_missing_images(real_data, tmp_path):
+    from jaxface.tasks import recognition_protocols as rp
+
+    # ../shared/data/lfw holds pairs.txt and only two of its 7,701 images.
+    lfw = real_data("lfw")
+    with pytest.raises(FileNotFoundError, match=r"LFW: 77\d\d of the 7701 images .* missing"):
+        rp.lfw_pairs_source(lfw / "pairs.txt", lfw)
+    src = rp.ImageListSource([lfw / "Anthony_Hopkins_0001.jpg"], crop_fraction=0.6)
+    assert src[0]["image"].shape == (150, 150, 3)
+
+
+def test_identity_folder_source_trains_and_lists_labels(data_dir, tmp_path):
+    """root/<split>/<identity>/<image> as the recognition data: labels from sorted folder
+    names, yaw from a per-image .npy, a short training run through the trainer."""
+    from PIL import Image
+
+    c0 = _config("tiny", data_dir)
+    task0 = rec.RecognitionTask(c0)
+    src0, _ = task0.data("train", train=False)
+    meta0 = task0.metadata("train")
+    n = min(len(src0), 64)
+    root = tmp_path / "faces"
+    paths, yaws = [], []
+    for k in range(n):
+        ident = f"id_{int(meta0['label'][k]):04d}"
+        p = root / "train" / ident / f"{k:05d}.png"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.asarray(src0[k]["image"])[..., :3]).save(p)
+        paths.append(p)
+    order = sorted(range(n), key=lambda k: (paths[k].parent.name, paths[k].name))
+    yaw = np.asarray(meta0["yaw"][:n], np.float32)[order]
+    np.save(tmp_path / "yaw.npy", yaw)
+    c = _config(
+        "tiny",
+        data_dir,
+        **{"data.builder": "identity_folder", "data.manual_dir": str(root)},
+        num_train_steps=2,
+        evals=(),
+        async_checkpointing=False,
+    )
+    c.data.split_subdirs = True
+    c.data.yaw_file = str(tmp_path / "yaw.npy")
+    task = rec.RecognitionTask(c)
+    meta = task.metadata("train")
+    names = sorted({p.parent.name for p in paths})
+    want = np.array([names.index(paths[k].parent.name) for k in order])
+    np.testing.assert_array_equal(meta["label"], want)
+    np.testing.assert_allclose(meta["abs_yaw"], np.abs(yaw))
+    ex = task.source("train")[3]
+    np.testing.assert_array_equal(ex["image"], np.asarray(src0[order[3]]["image"])[..., :3])
+    with pytest.raises(ValueError, match="split 'test'"):
+        c.data.split_subdirs = False
+        rec.RecognitionTask(c).source("test")
+    c.data.split_subdirs = True
+    c.num_classes = len(names)
+    result = train.train_and_evaluate(c, str(tmp_path / "wd"))
+    assert result.status == "finished" and result.step == 2
+
+
+def test_identification_evaluator_matches_numpy_and_draws_cmc(trained):
+    trainer, state, _ = trained
+    task = trainer.task
+    got = task.evaluators()["identification"](state, trainer.ctx)
+    src, _ = task.data("test", train=False)
+    transform = functools.partial(task.transform, train=False)
+    batch = pipeline.collate([transform(src[i], None) for i in range(len(src))])
+    variables = jax.device_get(common.variables_of(state))
+    out = task.model.apply(variables, batch["image"], batch["yaw"], train=False)
+    out_f = task.model.apply(variables, batch["image"][:, :, ::-1], batch["yaw"], train=False)
+    fused = verif.fuse_flip(np.asarray(out["embedding"]), np.asarray(out_f["embedding"]))
+    meta = task.metadata("test")
+    lab, yaw = meta["label"], meta["abs_yaw"]
+    # Gallery: the most frontal image of each identity; every other image probes it.
+    gallery = np.array([np.flatnonzero(lab == k)[np.argmin(yaw[lab == k])] for k in np.unique(lab)])
+    probes = np.setdiff1d(np.arange(len(lab)), gallery)
+    top1 = np.argmax(fused[probes] @ fused[gallery].T, axis=1)
+    np.testing.assert_allclose(got["all_rank1"], np.mean(lab[gallery][top1] == lab[probes]))
+    png = pathlib.Path(trainer.ctx.workdir) / f"identification_cmc_step{trainer.ctx.step}.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

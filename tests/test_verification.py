@@ -99,6 +99,14 @@ def test_lfw_parse_errors_name_file_and_line(tmp_path):
     assert ok.same.tolist() == [True, True, False, False]
 
 
+@pytest.mark.parametrize("name", ["..", "../../etc", "a/b", "a\\b", "."])
+def test_lfw_names_cannot_escape_the_root(tmp_path, name):
+    p = tmp_path / "pairs.txt"
+    p.write_text(f"1 1\nA 1 2\nC 1 {name} 2\n")
+    with pytest.raises(ValueError, match=r"pairs.txt:3: person name .* not a plain folder name"):
+        V.parse_lfw_pairs(p)
+
+
 # ------------------------------------------------------------------ metrics
 
 
@@ -215,3 +223,26 @@ def test_fuse_flip_and_distances():
     np.testing.assert_allclose(f[0], (e[0] + ef[0]) / np.linalg.norm(e[0] + ef[0]))
     d = V.pair_distances(f, f[::-1])
     np.testing.assert_allclose(d, 2 - 2 * np.sum(f * f[::-1], axis=1))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_rejects_nonfinite_embeddings(bad):
+    """A diverged model's NaN / inf embedding is an error naming the array and row,
+    at every verification entry point that takes embeddings or scores."""
+    e = RNG.normal(size=(6, 4))
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    broken = e.copy()
+    broken[3, 1] = bad
+    with pytest.raises(ValueError, match=r"emb1: 1 non-finite value.*index \(3, 1\)"):
+        V.pair_distances(broken, e)
+    with pytest.raises(ValueError, match=r"emb2: 1 non-finite"):
+        V.pair_distances(e, broken)
+    with pytest.raises(ValueError, match=r"emb_flip: 1 non-finite"):
+        V.fuse_flip(e, broken)
+    d = V.pair_distances(e, e[::-1])
+    d[2] = bad
+    same = np.array([1, 0, 1, 0, 1, 0], bool)
+    with pytest.raises(ValueError, match=r"scores: 1 non-finite"):
+        V.evaluate_folds(d, same, np.arange(6) % 2)
+    with pytest.raises(ValueError, match=r"scores: 1 non-finite"):
+        V.tar_at_far(d, same, 0.1, kind="distance")

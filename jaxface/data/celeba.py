@@ -15,7 +15,10 @@ NumPy, accept CRLF line ends (the released files have them) and raise `CelebAFor
 naming the file and 1-based line of the first malformed line. Image names must be plain
 file names: anything that could leave ``img_align_celeba/`` (a separator, ``..``, an
 absolute path) is an error. The builder (`CelebAManual`, registered as
-``celeb_a_manual``) is defined only when `tensorflow_datasets` imports.
+``celeb_a_manual``) is defined only when `tensorflow_datasets` imports. It decodes
+every image while building: a listed image that is missing, truncated or undecodable
+is skipped and reported in ``skipped.json`` (`jaxface.data.tfds_base`), never silently
+dropped; malformed annotation lines stay errors.
 
 Build::
 
@@ -314,7 +317,12 @@ class _ImageSource:
         if self.kind == "dir":
             with open(os.path.join(self.dir, name), "rb") as f:
                 return f.read()
+        if name not in self._members:
+            raise FileNotFoundError(f"{self.zip_path}: no member {IMAGE_DIR}/{name}")
         return self._zip.read(self._members[name])
+
+    def where(self, name: str) -> str:
+        return os.path.join(self.dir if self.kind == "dir" else self.zip_path, name)
 
     def describe(self) -> str:
         return self.dir + "/" if self.kind == "dir" else self.zip_path
@@ -409,44 +417,41 @@ if tfds is not None:
         def _split_generators(self, dl_manager):
             manual_dir = os.fspath(dl_manager.manual_dir)
             ann = load_manual_annotations(manual_dir)
-            source = _ImageSource(manual_dir).open()
-            try:
-                for lineno, name in enumerate(ann["partition"], start=1):
-                    if not source.exists(name):
-                        raise CelebAFormatError(
-                            os.path.join(manual_dir, PARTITION_FILE),
-                            lineno,
-                            f"image {name} not found in {source.describe()}",
-                        )
-            finally:
-                source.close()
+            _ImageSource(manual_dir)  # fails early when neither the folder nor the zip exists
             return {
-                split: self._generate_examples(manual_dir, ann, split_id)
+                split: self._generate_examples(manual_dir, ann, split, split_id)
                 for split, split_id in SPLIT_IDS.items()
             }
 
-        def _generate_examples(self, manual_dir, ann, split_id):
+        def _generate_examples(self, manual_dir, ann, split, split_id):
+            """A missing, truncated or undecodable image is skipped and reported
+            (`tfds_base.Builder.read_or_skip`, ``skipped.json``); the build goes on."""
             attrs, lms = ann["attributes"], ann["landmarks"]
             attr_row = attrs.index()
             lm_row = lms.index() if lms is not None else None
             names = sorted(n for n, s in ann["partition"].items() if s == split_id)
             source = _ImageSource(manual_dir).open()
+
+            def make(name):
+                data = source.read(name)
+                tfds_base.check_image(data, what=source.where(name))
+                if lms is not None:
+                    landmarks = lms.values[lm_row[name]].astype(np.int64)
+                else:
+                    landmarks = np.full((len(CELEBA_LANDMARKS),), -1, np.int64)
+                return {
+                    "image": data,
+                    "image/filename": name,
+                    "attributes": attrs.values[attr_row[name]] > 0,
+                    "landmarks": landmarks,
+                    "has_landmarks": lms is not None,
+                }
+
             try:
                 for name in names:
-                    if lms is not None:
-                        landmarks = lms.values[lm_row[name]].astype(np.int64)
-                    else:
-                        landmarks = np.full((len(CELEBA_LANDMARKS),), -1, np.int64)
-                    yield (
-                        name,
-                        {
-                            "image": source.read(name),
-                            "image/filename": name,
-                            "attributes": attrs.values[attr_row[name]] > 0,
-                            "landmarks": landmarks,
-                            "has_landmarks": lms is not None,
-                        },
-                    )
+                    ex = self.read_or_skip(split, name, source.where(name), lambda: make(name))
+                    if ex is not None:
+                        yield name, ex
             finally:
                 source.close()
 

@@ -15,6 +15,10 @@ by default) in ``test``, so a model trained on ``train`` is evaluated on the uns
 identities of the remaining protocol splits (`jaxface.tasks.recognition`'s ``cfp``
 evaluator runs the FF / FP protocol of those splits).
 
+Bad files: an image that is missing, truncated or undecodable, or a missing or
+unreadable fiducial file, skips that image and is reported in ``skipped.json``
+(`jaxface.data.tfds_base`); malformed lines are errors naming file and line.
+
 Preprocessing (a choice, the release has none): CFP's images are loose face crops of
 varying size (75 px to 1,663 px a side, median ~205); each is cut to its centred
 square (side = the shorter side) and resized (PIL, antialiased bilinear) to
@@ -203,43 +207,70 @@ if tfds is not None:
 
         def _split_generators(self, dl_manager):
             root = pathlib.Path(os.fspath(dl_manager.manual_dir))
-            idx = index_cfp(root)
+            # Paths are checked (they must stay inside root) but a missing image is not an
+            # error here: it is skipped and reported when its example is generated.
+            idx = index_cfp(root, check_exists=False)
             train_splits = sorted({int(s) for s in self.builder_config.train_splits})
             test_splits = sorted(set(range(1, 11)) - set(train_splits))
-            fiducials = np.stack(
-                [verification.read_cfp_fiducials(idx.protocol.fiducial_path(p)) for p in idx.paths]
-            )
-            from jaxface.models import pose  # pylint: disable=import-outside-toplevel
-
-            yaw = np.asarray(pose.yaw_from_cfp_fiducials(fiducials.astype(np.float32)), np.float32)
             return {
-                "train": self._generate_examples(idx, idx.select(train_splits), fiducials, yaw),
-                "test": self._generate_examples(idx, idx.select(test_splits), fiducials, yaw),
+                "train": self._generate_examples(idx, idx.select(train_splits), "train"),
+                "test": self._generate_examples(idx, idx.select(test_splits), "test"),
             }
 
-        def _generate_examples(self, idx: CFPIndex, rows: np.ndarray, fiducials, yaw):
+        def _generate_examples(self, idx: CFPIndex, rows: np.ndarray, split: str = "train"):
+            """A missing, truncated or undecodable image, or a missing or unreadable
+            fiducial file, skips that image and is reported
+            (`tfds_base.Builder.read_or_skip`, ``skipped.json``); a malformed fiducial
+            *line* is an error naming file and line. Labels are numbered over the
+            split's identities as listed by the protocol, so a skipped image never
+            renumbers the others."""
             from PIL import Image  # pylint: disable=import-outside-toplevel
+
+            from jaxface.models import pose  # pylint: disable=import-outside-toplevel
 
             size = int(self.builder_config.image_size)
             ids = np.unique(idx.identity[rows])
             label_of = {int(i): n for n, i in enumerate(ids)}
+
+            def key_of(r):
+                return f"{'P' if idx.is_profile[r] else 'F'}{int(idx.index[r]):04d}"
+
+            fids = {}
             for r in rows:
-                image, pts = crop_image(idx.paths[r], fiducials[r], size)
+                fpath = idx.protocol.fiducial_path(idx.paths[r])
+                fid = self.read_or_skip(
+                    split, key_of(r), fpath, lambda: verification.read_cfp_fiducials(fpath)
+                )
+                if fid is not None:
+                    fids[int(r)] = fid
+            if not fids:
+                return
+            order = sorted(fids)
+            yaws = np.asarray(
+                pose.yaw_from_cfp_fiducials(np.stack([fids[r] for r in order]).astype(np.float32)),
+                np.float32,
+            )
+            yaw_of = dict(zip(order, yaws.tolist()))
+
+            def make(r):
+                image, pts = crop_image(idx.paths[r], fids[r], size)
                 buf = io.BytesIO()
                 Image.fromarray(image).save(buf, format="png", compress_level=1)
-                key = f"{'P' if idx.is_profile[r] else 'F'}{int(idx.index[r]):04d}"
-                yield (
-                    key,
-                    {
-                        "image": buf.getvalue(),
-                        "label": label_of[int(idx.identity[r])],
-                        "identity": int(idx.identity[r]),
-                        "is_profile": bool(idx.is_profile[r]),
-                        "index": int(idx.index[r]),
-                        "landmarks": pts,
-                        "yaw": float(yaw[r]),
-                        "protocol_split": int(idx.split[r]),
-                    },
-                )
+                return {
+                    "image": buf.getvalue(),
+                    "label": label_of[int(idx.identity[r])],
+                    "identity": int(idx.identity[r]),
+                    "is_profile": bool(idx.is_profile[r]),
+                    "index": int(idx.index[r]),
+                    "landmarks": pts,
+                    "yaw": float(yaw_of[r]),
+                    "protocol_split": int(idx.split[r]),
+                }
+
+            for r in order:
+                key = key_of(r)
+                ex = self.read_or_skip(split, key, idx.paths[r], lambda: make(r))
+                if ex is not None:
+                    yield key, ex
 
     __all__ += ["CfpManual", "CfpManualConfig"]

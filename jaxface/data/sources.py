@@ -24,6 +24,7 @@ BUILDER_MODULES = {
     "wider_face_original": "jaxface.data.widerface_builder",
     "celeb_a_manual": "jaxface.data.celeba",
     "cfp_manual": "jaxface.data.cfp",
+    "cfp_scenes": "jaxface.data.cfp_scenes",
 }
 
 
@@ -69,7 +70,8 @@ def get_builder(
     builder = tfds.builder(name, config=config, data_dir=data_dir, file_format="array_record")
     if prepare and not builder.is_prepared():
         if jax.process_index() == 0:
-            logging.info("preparing %s/%s in %s", name, builder.builder_config.name, data_dir)
+            cfg_name = builder.builder_config.name if builder.builder_config else "(no config)"
+            logging.info("preparing %s/%s in %s", name, cfg_name, data_dir)
             dl_config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
             builder.download_and_prepare(download_config=dl_config, file_format="array_record")
         if jax.process_count() > 1:

@@ -14,6 +14,11 @@ Manual directory layout (the official downloads, unpacked)::
 Annotations are parsed by `jaxface.data.widerface` (text first, the ``.mat`` when the
 text file is absent); every path is checked to stay inside the manual directory.
 
+Bad files: an image that is missing, truncated or undecodable (each is fully decoded
+while building) is skipped and reported in ``skipped.json`` (`jaxface.data.tfds_base`);
+malformed annotation lines are errors naming file and line. Box handling (outside the
+image, zero or negative size, images without faces): see `example_of`.
+
 Features: ``image`` (the original JPEG bytes, not re-encoded), ``image/filename``
 (``<event>/<image>.jpg``), ``faces`` a ``Sequence`` of ``bbox`` (``BBoxFeature``,
 normalised and clipped to the image), ``bbox_xywh`` int32 [4] (the annotation exactly
@@ -34,7 +39,6 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from PIL import Image
 import tensorflow_datasets as tfds
 
 from jaxface.data import tfds_base, widerface
@@ -66,14 +70,25 @@ def test_file_list(root) -> list:
 
 
 def example_of(root, split: str, ann: widerface.WiderFaceAnnotations, i: int) -> dict:
-    """The feature dict of image ``i`` (raises naming the file if the image is missing)."""
+    """The feature dict of image ``i``.
+
+    Boxes: ``bbox_xywh`` keeps the annotation exactly (never dropped, so face counts
+    match the official files); ``bbox`` is normalised and clipped to the image, so a
+    box partly outside is cut at the border, one entirely outside and a zero- or
+    negative-size box become zero-area boxes (``ymax == ymin`` or ``xmax == xmin``),
+    which the detection task masks out (see docs/reliability.md). An image without
+    faces has an empty ``faces`` sequence.
+
+    Raises:
+      FileNotFoundError: the image is missing (naming it); `tfds_base.UnreadableFileError`:
+        it is truncated or undecodable. The builder skips and reports both.
+    """
     rec = ann.image(i)
     name = _SPLITS[split]
     path = widerface.image_file(root, name, ann, i)
     if not path.is_file():
         raise FileNotFoundError(f"{ann.source}: image {rec['path']!r} listed but {path} is missing")
-    with Image.open(path) as im:
-        w, h = im.size
+    w, h = tfds_base.check_image(path)  # decodes fully: a truncated JPEG raises here
     xywh = np.asarray(rec["boxes"], np.int64).reshape(-1, 4)
     x1 = np.clip(xywh[:, 0] / w, 0, 1)
     y1 = np.clip(xywh[:, 1] / h, 0, 1)
@@ -152,9 +167,16 @@ class WiderFaceOriginal(tfds_base.Builder):
         return os.path.isfile(base + "_bbx_gt.txt") or os.path.isfile(base + ".mat")
 
     def _generate_examples(self, root, split):
+        """A missing, truncated or undecodable image is skipped and reported
+        (`tfds_base.Builder.read_or_skip`, ``skipped.json``); the build goes on."""
         ann = annotations(root, split)
         for i in range(ann.num_images):
-            yield ann.image_paths[i], example_of(root, split, ann, i)
+            where = f"WIDER_{_SPLITS[split]}/images/{ann.image_paths[i]}"
+            ex = self.read_or_skip(
+                split, ann.image_paths[i], where, lambda: example_of(root, split, ann, i)
+            )
+            if ex is not None:
+                yield ann.image_paths[i], ex
 
     def _generate_test(self, root):
         empty = {"bbox": [], "bbox_xywh": np.zeros((0, 4), np.int32)}
@@ -163,8 +185,15 @@ class WiderFaceOriginal(tfds_base.Builder):
             path = widerface.resolve_in_root(
                 root, f"WIDER_test/images/{rel}", where="wider_face_test_filelist.txt"
             )
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"wider_face_test_filelist.txt lists {rel!r} but {path} is missing"
-                )
-            yield rel, {"image": os.fspath(path), "image/filename": rel, "faces": empty}
+
+            def make():
+                if not path.is_file():
+                    raise FileNotFoundError(
+                        f"wider_face_test_filelist.txt lists {rel!r} but {path} is missing"
+                    )
+                tfds_base.check_image(path)
+                return {"image": os.fspath(path), "image/filename": rel, "faces": empty}
+
+            ex = self.read_or_skip("test", rel, f"WIDER_test/images/{rel}", make)
+            if ex is not None:
+                yield rel, ex

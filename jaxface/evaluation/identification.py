@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Sequence
+import os
+import pathlib
+from typing import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -52,6 +54,7 @@ __all__ = [
     "cmc",
     "rank_k_accuracy",
     "dir_at_fpir",
+    "plot_cmc",
     "score_bins",
 ]
 
@@ -66,6 +69,12 @@ def score_bins(scores: jax.Array, n_bins: int) -> jax.Array:
 # --------------------------------------------------------------------------- all pairs
 
 
+# Rows of a tile scattered per inner step: XLA:CPU runs one scatter of a whole
+# block x block tile (4M updates) about 10x slower per update than a scan of scatters of
+# ~64k updates each (measured on this project's CPU; see benchmarks/README.md).
+_SCATTER_ROWS = 32
+
+
 def _row_block_hist(emb, lab, valid, bi, *, block: int, n_blocks: int, n_bins: int):
     """Histogram (int32 ``[2 * n_bins]``: impostor then genuine) of pairs (i, j), i in row block
     ``bi``, j > i. emb ``[n_blocks * block, D]``."""
@@ -74,6 +83,7 @@ def _row_block_hist(emb, lab, valid, bi, *, block: int, n_blocks: int, n_bins: i
     rl = jax.lax.dynamic_slice_in_dim(lab, r0, block)
     rv = jax.lax.dynamic_slice_in_dim(valid, r0, block)
     gi = r0 + jnp.arange(block)
+    sub = math.gcd(block, _SCATTER_ROWS)
 
     def body(bj, hist):
         c0 = bj * block
@@ -82,12 +92,18 @@ def _row_block_hist(emb, lab, valid, bi, *, block: int, n_blocks: int, n_bins: i
         cv = jax.lax.dynamic_slice_in_dim(valid, c0, block)
         gj = c0 + jnp.arange(block)
         s = jnp.dot(rows, cols.T, preferred_element_type=jnp.float32)
-        keep = rv[:, None] & cv[None, :] & (gi[:, None] < gj[None, :])
-        idx = score_bins(s, n_bins) + n_bins * (rl[:, None] == cl[None, :]).astype(jnp.int32)
-        # Dropped pairs (j <= i, padding) go to a spare bin: a constant +1 scatter is
-        # cheaper than a weighted one.
-        idx = jnp.where(keep, idx, 2 * n_bins)
-        return hist.at[idx.ravel()].add(1, mode="promise_in_bounds")
+
+        def scatter(h, xs):
+            s_, rl_, rv_, gi_ = xs
+            keep = rv_[:, None] & cv[None, :] & (gi_[:, None] < gj[None, :])
+            idx = score_bins(s_, n_bins) + n_bins * (rl_[:, None] == cl[None, :]).astype(jnp.int32)
+            # Dropped pairs (j <= i, padding) go to a spare bin: a constant +1 scatter is
+            # cheaper than a weighted one.
+            idx = jnp.where(keep, idx, 2 * n_bins)
+            return h.at[idx.ravel()].add(1, mode="promise_in_bounds"), None
+
+        xs = tuple(x.reshape((block // sub, sub) + x.shape[1:]) for x in (s, rl, rv, gi))
+        return jax.lax.scan(scatter, hist, xs)[0]
 
     hist = jax.lax.fori_loop(bi, n_blocks, body, jnp.zeros((2 * n_bins + 1,), jnp.int32))
     return hist[: 2 * n_bins]
@@ -274,8 +290,9 @@ def _chunk_step(best_s, best_i, bad, q, g, n_valid, offset, *, k: int):
     s = jnp.dot(q, g.T, preferred_element_type=jnp.float32)
     col = jnp.arange(g.shape[0])
     s = jnp.where(col[None, :] < n_valid, s, -jnp.inf)
-    # NaN/inf in the gallery would otherwise silently win or lose the top-k.
-    bad = bad | jnp.any(jnp.isnan(s) | (s == jnp.inf))
+    # NaN/inf in the gallery would otherwise silently win or lose the top-k (a -inf score
+    # would pass for padding): check the rows themselves, O(G D) next to the O(Q G D) matmul.
+    bad = bad | ~jnp.all(jnp.isfinite(g) | (col[:, None] >= n_valid))
     cs, ci = _top_k(s, min(k, g.shape[0]))
     return (*_merge(best_s, best_i, cs, ci.astype(jnp.int32) + offset, k), bad)
 
@@ -292,7 +309,7 @@ def _compiled_search(k: int, mesh: Mesh | None):
         s = jnp.dot(q, g.T, preferred_element_type=jnp.float32)
         col = start + jnp.arange(local)
         s = jnp.where(col[None, :] < n_valid, s, -jnp.inf)
-        local_bad = jnp.any(jnp.isnan(s) | (s == jnp.inf)).astype(jnp.int32)
+        local_bad = (~jnp.all(jnp.isfinite(g) | (col[:, None] >= n_valid))).astype(jnp.int32)
         bad = bad | (jax.lax.pmax(local_bad, axis) > 0)
         cs, ci = _top_k(s, min(k, local))
         ci = ci.astype(jnp.int32) + start + offset
@@ -370,7 +387,7 @@ def search_top_k(
         best_s, best_i, bad = step(best_s, best_i, bad, q, g, jnp.int32(n_valid), jnp.int32(off))
     if bool(bad):
         raise ValueError("gallery: non-finite value(s) (NaN/inf) -- scores would be meaningless")
-    return np.asarray(best_s), np.asarray(best_i)
+    return np.array(best_s), np.array(best_i)
 
 
 # --------------------------------------------------------------------------- metrics
@@ -392,6 +409,34 @@ def cmc(indices, query_labels, gallery_labels) -> np.ndarray:
     first = _first_hit_rank(indices, query_labels, gallery_labels)
     k = np.asarray(indices).shape[1]
     return np.array([(first < r).mean() for r in range(1, k + 1)])
+
+
+def plot_cmc(
+    curves: Mapping[str, np.ndarray], path: str | os.PathLike, *, title: str = "CMC"
+) -> pathlib.Path:
+    """Write CMC curves (identification rate vs rank, ``curves``: name -> `cmc` output) as PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    path = pathlib.Path(path)
+    fig = Figure(figsize=(6, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for name, curve in curves.items():
+        c = check_finite(f"{name} cmc", curve).astype(np.float64)
+        if c.ndim != 1 or not len(c):
+            raise ValueError(f"{name}: expected a 1-D CMC curve, got shape {c.shape}")
+        ax.plot(np.arange(1, len(c) + 1), c, marker="o", label=f"{name} (rank-1 {c[0]:.3f})")
+    ax.set_xlabel("rank")
+    ax.set_ylabel("identification rate")
+    ax.set_ylim(0.0, 1.01)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
 
 
 def rank_k_accuracy(indices, query_labels, gallery_labels, k: int = 1) -> float:

@@ -194,6 +194,9 @@ def parse_lfw_pairs(path: str | os.PathLike) -> LFWPairs:
                 raise ValueError(f"{where}: a 'different' pair names the same person {a!r}")
         if i < 1 or j < 1:
             raise ValueError(f"{where}: image numbers are 1-based, got {i} {j}")
+        for nm in (a, b):  # a name is one folder of the LFW root, never a path
+            if nm in (".", "..") or any(c in nm for c in "/\\") or "\0" in nm:
+                raise ValueError(f"{where}: person name {nm!r} is not a plain folder name")
         name1.append(a)
         idx1.append(i)
         name2.append(b)

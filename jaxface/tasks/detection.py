@@ -447,6 +447,7 @@ class DetectionTask(Task):
         preds = predictions_from_arrays(out["boxes"], out["scores"], out["valid"])
         results = wider_eval.evaluate(gt, preds)
         summary = {f"ap_{k}": float(v.ap) for k, v in results.items()}
+        self._log_sample_detections(ctx, src, out, faces)
         if ctx.process_index == 0:
             with open(os.path.join(ctx.workdir, f"wider_eval_step{ctx.step}.json"), "w") as f:
                 json.dump(
@@ -459,6 +460,41 @@ class DetectionTask(Task):
                     indent=1,
                 )
         return summary
+
+    def _log_sample_detections(self, ctx: EvalContext, src, out, faces=None):
+        """The first ``config.eval_sample_images`` eval images with their detections drawn
+        (`draw_detections`; ground truth in green when known): to TensorBoard as
+        ``eval/sample_detections`` (``ctx.writer.write_images``) and as
+        ``<workdir>/sample_detections_step<N>.png`` (one row)."""
+        k = min(int(self.config.get("eval_sample_images", 0)), int(out["boxes"].shape[0]))
+        if k <= 0 or ctx.process_index != 0:
+            return
+        thr = float(self.config.get("eval_sample_threshold", 0.5))
+        drawn = []
+        for i in range(k):
+            v = np.asarray(out["valid"][i], bool)
+            lm = out.get("landmarks")
+            drawn.append(
+                draw_detections(
+                    np.asarray(src[i]["image"]),
+                    np.asarray(out["boxes"][i])[v],
+                    np.asarray(out["scores"][i])[v],
+                    landmarks=None if lm is None else np.asarray(lm[i])[v],
+                    gt_boxes=None if faces is None else faces[i]["boxes"],
+                    threshold=thr,
+                )
+            )
+        hh = max(d.shape[0] for d in drawn)
+        ww = max(d.shape[1] for d in drawn)
+        grid = np.zeros((k, hh, ww, 3), np.uint8)
+        for i, d in enumerate(drawn):
+            grid[i, : d.shape[0], : d.shape[1]] = d
+        if ctx.writer is not None:
+            ctx.writer.write_images(ctx.step, {"eval/sample_detections": grid})
+        row = np.concatenate(list(grid), axis=1)
+        Image.fromarray(row).save(
+            os.path.join(ctx.workdir, f"sample_detections_step{ctx.step}.png")
+        )
 
     def summary_metrics(self, results):
         return {
@@ -539,6 +575,53 @@ def predictions_from_arrays(boxes, scores, valid) -> wider_eval.Predictions:
     ):
         per.append((xyxy_to_xywh(b[v]), s[v]) if v.any() else None)
     return wider_eval.Predictions.from_lists(per)
+
+
+# ---------------------------------------------------------------------------------
+# Drawing
+# ---------------------------------------------------------------------------------
+
+LANDMARK_COLOURS = ((255, 0, 0), (0, 0, 255), (0, 255, 0), (255, 0, 255), (0, 255, 255))
+
+
+def draw_detections(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    *,
+    landmarks: Optional[np.ndarray] = None,
+    gt_boxes: Optional[np.ndarray] = None,
+    threshold: float = 0.5,
+) -> np.ndarray:
+    """uint8 [H, W, 3]: ``image`` with the detections scoring >= ``threshold`` drawn.
+
+    Detections (``boxes`` [n, 4] x1 y1 x2 y2 pixels, ``scores`` [n]) in yellow with their
+    score; ``landmarks`` [n, 5, 2] as dots (left eye red, right eye blue, nose green,
+    left / right mouth corner magenta / cyan); ``gt_boxes`` [m, 4] in green underneath.
+    """
+    from PIL import ImageDraw  # pylint: disable=import-outside-toplevel
+
+    im = np.asarray(image, np.uint8)
+    if im.ndim == 2:
+        im = np.repeat(im[..., None], 3, axis=-1)
+    canvas = Image.fromarray(np.ascontiguousarray(im[..., :3]))
+    d = ImageDraw.Draw(canvas)
+    for b in np.asarray(gt_boxes if gt_boxes is not None else np.zeros((0, 4)), np.float64):
+        d.rectangle([float(v) for v in b], outline=(0, 255, 0), width=1)
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, np.float64).reshape(-1)
+    lms = None if landmarks is None else np.asarray(landmarks, np.float64).reshape(-1, 5, 2)
+    for j in np.argsort(scores):  # best drawn last (on top)
+        if scores[j] < threshold:
+            continue
+        b = boxes[j]
+        d.rectangle([float(v) for v in b], outline=(255, 255, 0), width=2)
+        d.text((float(b[0]) + 2, float(b[1]) + 1), f"{scores[j]:.2f}", fill=(255, 255, 0))
+        if lms is not None:
+            r = max(1.5, 0.02 * float(b[3] - b[1]))
+            for (x, y), c in zip(lms[j], LANDMARK_COLOURS):
+                d.ellipse([x - r, y - r, x + r, y + r], fill=c)
+    return np.asarray(canvas, np.uint8)
 
 
 # ---------------------------------------------------------------------------------

@@ -8,6 +8,13 @@ learned DeepID2 margin. Parameters: ``params["embedder"]["stem" | "embed" | "dre
 ``params["classifier_kernel"]`` [D, C], ``params["classifier_bias"]`` [C] (softmax),
 ``params["yaw_head"]``, ``params["verif_margin"]``.
 
+Input crops (``config.data.crop``): ``center`` (default) feeds the dataset's images
+resized to ``config.image_size``; ``aligned`` cuts each image to the ArcFace 5-point
+template crop (`jaxface.ops.align`, settings `align_settings`) from its
+landmarks -- CFP's 30 fiducials mapped to 5 points by
+`jaxface.data.cfp_landmarks.five_points` -- exactly as `jaxface.analyzer.FaceAnalyzer`
+cuts detected faces, so a recogniser trained so is usable on real photos.
+
 Yaw for the gate (``config.yaw_source``):
   ``metadata``      the dataset's ``yaw`` field (degrees);
   ``landmarks``     a 3D mean-face fit of the example's landmarks in JAX
@@ -80,12 +87,38 @@ from jaxface.evaluation import verification as verif
 from jaxface.models import pose
 from jaxface.models.dream import FaceEmbedder
 from jaxface.models.resnet import ResNet
-from jaxface.tasks import common
+from jaxface.ops import align as align_ops
+from jaxface.tasks import common, recognition_protocols
 from jaxface.tasks.base import EvalContext, Hook, Task
 
 MODES = ("end_to_end", "stitching")
 YAW_SOURCES = ("metadata", "landmarks", "profile_flag", "learned")
 HEADS = ("softmax", "cosface", "arcface")
+CROPS = ("center", "aligned")
+# How aligned crops are cut (``config.data.align`` overrides them; `jaxface.analyzer` reads
+# the same settings from the recogniser's config, so training and inference cut faces
+# alike): supersampling (a box prefilter when the crop shrinks the face), template zoom
+# (CFP's images are tight face crops: at zoom 1 a quarter of an ArcFace crop lies outside
+# them), border ("edge": replicate, so the missing context is not a black frame).
+ALIGN_DEFAULTS = {"supersample": 2, "zoom": 1.0, "border": "constant"}
+
+
+def align_settings(config) -> dict:
+    """``config.data.align`` merged over `ALIGN_DEFAULTS`."""
+    out = dict(ALIGN_DEFAULTS)
+    a = config.data.get("align", None)
+    if a:
+        unknown = sorted(set(a) - set(out))
+        if unknown:
+            raise ValueError(f"config.data.align: unknown field(s) {unknown}; known {sorted(out)}")
+        out.update({k: a[k] for k in a})
+    return {
+        "supersample": int(out["supersample"]),
+        "zoom": float(out["zoom"]),
+        "border": str(out["border"]),
+    }
+
+
 _STAGES = {
     "resnet18": ((2, 2, 2, 2), "basic"),
     "resnet34": ((3, 4, 6, 3), "basic"),
@@ -310,6 +343,19 @@ class Subset:
         return self.source[int(self.rows[int(i)])]
 
 
+def _load_yaw(yaw_file: str, n: int, root) -> np.ndarray | None:
+    """The per-image yaw array (``.npy``, degrees, the source's order) or None."""
+    if not yaw_file:
+        return None
+    yaw = np.load(yaw_file, mmap_mode="r", allow_pickle=False)
+    if yaw.shape != (n,):
+        raise ValueError(
+            f"config.data.yaw_file={yaw_file!r}: shape {yaw.shape}, expected ({n},) "
+            f"(one yaw per image of {root})"
+        )
+    return yaw
+
+
 class InsightFaceSource:
     """Random access over insightface's RecordIO (``train.rec/.idx/property`` in a folder):
     examples ``{"image": uint8 [H, W, 3], "label"}`` (JPEG decoded with PIL), plus ``yaw``
@@ -319,14 +365,7 @@ class InsightFaceSource:
         from jaxface.data.recognition_formats import InsightFaceRecordDataset  # pylint: disable=import-outside-toplevel
 
         self.ds = InsightFaceRecordDataset(root)
-        self.yaw = None
-        if yaw_file:
-            self.yaw = np.load(yaw_file, mmap_mode="r")
-            if self.yaw.shape != (len(self.ds),):
-                raise ValueError(
-                    f"config.data.yaw_file={yaw_file!r}: shape {self.yaw.shape}, expected "
-                    f"({len(self.ds)},) (one yaw per image of {root})"
-                )
+        self.yaw = _load_yaw(yaw_file, len(self.ds), root)
 
     def __len__(self):
         return len(self.ds)
@@ -340,6 +379,36 @@ class InsightFaceSource:
         if self.yaw is not None:
             ex["yaw"] = np.float32(self.yaw[int(i)])
         return ex
+
+
+class IdentityFolderSource:
+    """Random access over ``root/<identity>/<image>`` (`jaxface.data.recognition_formats.
+    list_identity_folder`: identities sorted by folder name are labels 0, 1, ...), with
+    ``yaw`` from ``yaw_file`` (one per image, in the listing's order) if given."""
+
+    def __init__(self, root, yaw_file: str = "", min_images: int = 1):
+        from jaxface.data.recognition_formats import list_identity_folder  # pylint: disable=import-outside-toplevel
+
+        self.folder = list_identity_folder(root, min_images=min_images)
+        self.yaw = _load_yaw(yaw_file, len(self.folder), root)
+
+    def __len__(self):
+        return len(self.folder)
+
+    def __getitem__(self, i):
+        i = int(i)
+        with Image.open(self.folder.paths[i]) as im:
+            ex = {"image": np.asarray(im.convert("RGB")), "label": self.folder.labels[i]}
+        if self.yaw is not None:
+            ex["yaw"] = np.float32(self.yaw[i])
+        return ex
+
+    def light_metadata(self) -> dict[str, np.ndarray]:
+        """Labels (and yaw) without decoding an image."""
+        meta = {"label": self.folder.labels.copy()}
+        if self.yaw is not None:
+            meta["yaw"] = np.asarray(self.yaw, np.float32)
+        return meta
 
 
 # ---------------------------------------------------------------------------------
@@ -385,6 +454,10 @@ class RecognitionTask(Task):
             learn_margin=self.deepid2_on and bool(c.deepid2.learn_margin),
             margin_init=float(c.deepid2.margin),
         )
+        self.crop = str(c.data.get("crop", "center"))
+        if self.crop not in CROPS:
+            raise ValueError(f"config.data.crop: unknown {self.crop!r} (expected one of {CROPS})")
+        self._align_fn = None
         self._sources: dict[str, Any] = {}
         self._meta: dict[str, dict[str, np.ndarray]] = {}
 
@@ -404,6 +477,23 @@ class RecognitionTask(Task):
                         "evaluate with the 'cfp' evaluator (config.cfp.manual_dir)"
                     )
                 self._sources[key] = InsightFaceSource(d.manual_dir, d.get("yaw_file", ""))
+            elif d.builder == "identity_folder":
+                if not d.manual_dir:
+                    raise ValueError(
+                        "config.data.manual_dir: the root of <identity>/<image> folders"
+                    )
+                is_train = split == self.config.get("train_split", "train")
+                if d.get("split_subdirs"):
+                    root = os.path.join(d.manual_dir, split)
+                elif is_train:
+                    root = d.manual_dir
+                else:
+                    raise ValueError(
+                        f"split {split!r}: an identity folder is one training split; set "
+                        "config.data.split_subdirs=True for <manual_dir>/<split>/<identity>/<image>"
+                    )
+                yaw_file = d.get("yaw_file", "") if is_train else d.get(f"yaw_file_{split}", "")
+                self._sources[key] = IdentityFolderSource(root, yaw_file)
             else:
                 self._sources[key] = sources.source_from_config(d, split)
         return self._sources[key]
@@ -418,6 +508,12 @@ class RecognitionTask(Task):
         if key in self._meta:
             return self._meta[key]
         src = self.source(split, d)
+        if hasattr(src, "light_metadata"):
+            meta = src.light_metadata()
+            if "yaw" in meta:
+                meta["abs_yaw"] = np.abs(meta["yaw"].astype(np.float64))
+            self._meta[key] = meta
+            return meta
         reader = src
         try:  # tfds: skip image decoding
             import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
@@ -483,11 +579,49 @@ class RecognitionTask(Task):
         inkeep = np.isin(lab, keep)
         return np.flatnonzero(pr & inkeep), np.flatnonzero(fr & inkeep), keep
 
+    def _aligned(self, example) -> tuple[np.ndarray, np.ndarray]:
+        """``config.data.crop == "aligned"``: the example cut to the ArcFace-template crop
+        (`jaxface.ops.align`, the same op and settings `jaxface.analyzer` applies to detected
+        faces) from its 5 points -- CFP's 30 fiducials mapped by
+        `jaxface.data.cfp_landmarks.five_points`, or 5 given landmarks. Returns
+        ``(float32 [S, S, 3] in 0..255, M [2, 3] example pixels -> crop pixels)``."""
+        if "landmarks" not in example:
+            raise ValueError(
+                f"config.data.crop='aligned' needs a 'landmarks' field (5 points or CFP's 30 "
+                f"fiducials); {self.config.data.builder} has {sorted(example)}"
+            )
+        pts = np.asarray(example["landmarks"], np.float32)
+        if pts.shape == (30, 2):
+            from jaxface.data.cfp_landmarks import five_points  # pylint: disable=import-outside-toplevel
+
+            if "is_profile" not in example:
+                raise ValueError("config.data.crop='aligned' on CFP fiducials needs 'is_profile'")
+            pts = five_points(pts, bool(example["is_profile"]))
+        elif pts.shape != (5, 2):
+            raise ValueError(
+                f"config.data.crop='aligned': landmarks of shape {pts.shape}, expected [5, 2] "
+                "or CFP's [30, 2] fiducials"
+            )
+        if self._align_fn is None:
+            self._align_fn = jax.jit(
+                functools.partial(
+                    align_ops.align_faces,
+                    size=int(self.config.image_size),
+                    **align_settings(self.config),
+                )
+            )
+        crops, m = self._align_fn(np.asarray(example["image"])[..., :3], pts[None])
+        return np.asarray(crops[0]), np.asarray(m[0])
+
     def transform(self, example, rng, *, train: bool, with_label: bool = True):
         c = self.config
         size = int(c.image_size)
         image = np.asarray(example["image"])
         h, w = image.shape[:2]
+        align_m = None
+        if self.crop == "aligned":
+            image, align_m = self._aligned(example)
+            h, w = image.shape[:2]
         if (h, w) != (size, size):
             image = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
         flip = bool(train and c.random_flip and rng.random() < 0.5)
@@ -517,7 +651,11 @@ class RecognitionTask(Task):
                     f"config.yaw_source='landmarks' needs a 'landmarks' field; {c.data.builder} has "
                     f"{sorted(example)}"
                 )
-            pts = np.asarray(example["landmarks"], np.float32) * np.float32(size / w)
+            pts = np.asarray(example["landmarks"], np.float32)
+            if align_m is not None:  # into the aligned crop
+                pts = pts @ align_m[:, :2].T + align_m[:, 2]
+            else:
+                pts = pts * np.float32(size / w)
             if flip:
                 pts = pts.copy()
                 pts[:, 0] = size - 1 - pts[:, 0]
@@ -761,6 +899,8 @@ class RecognitionTask(Task):
             "verification": self._evaluate_verification,
             "cfp": self._evaluate_cfp,
             "identification": self._evaluate_identification,
+            "lfw": functools.partial(recognition_protocols.evaluate_lfw, self),
+            "bins": functools.partial(recognition_protocols.evaluate_bins, self),
         }
 
     def verification_pairs(self, split: str, n: int | None = None):
@@ -885,7 +1025,7 @@ class RecognitionTask(Task):
         probes = np.setdiff1d(np.arange(n), gallery)
         k = min(5, len(gallery))
         _, idx = ident_eval.search_top_k(fused[probes], fused[gallery], k=k)
-        res = {}
+        res, curves = {}, {}
         frontal_max = float(self.config.verification.frontal_max_yaw)
         profile_min = float(self.config.verification.profile_min_yaw)
         for name, m in (
@@ -895,8 +1035,15 @@ class RecognitionTask(Task):
         ):
             if m.any():
                 curve = ident_eval.cmc(idx[m], lab[probes][m], lab[gallery])
+                curves[f"{name} probes"] = curve
                 res[f"{name}_rank1"] = float(curve[0])
                 res[f"{name}_rank{k}"] = float(curve[-1])
+        if ctx.process_index == 0:
+            ident_eval.plot_cmc(
+                curves,
+                os.path.join(ctx.workdir, f"identification_cmc_step{ctx.step}.png"),
+                title=f"{split}: closed-set identification, {len(gallery)}-identity gallery",
+            )
         return res
 
     def summary_metrics(self, results):

@@ -1,0 +1,522 @@
+"""One analysis API over trained checkpoints: detect, align, embed, attributes, analyze.
+
+    fa = FaceAnalyzer.from_checkpoints(detector="/tmp/jf/cfp_scenes",
+                                       recognizer="/tmp/jf/dream_cfp_aligned",
+                                       attributes="/tmp/jf/lmle_synth")
+    faces = fa.analyze(image)  # uint8 [H, W, 3]: one dict per detected face
+
+Each workdir is a training run of `jaxface.train` (``config.json`` + orbax
+``checkpoints/``); the task of its config rebuilds the model and only the weights (and,
+for LMLE attribute models, the cluster centroids of the task state) are read, so no
+dataset is needed to load a model.
+
+Pipeline and preprocessing (each as its task did in training):
+
+* ``detect``: the image is fitted into the detector's ``config.image_size`` canvas
+  exactly as in evaluation (`DetectionTask.prepare`: longer side scaled to the canvas,
+  zero padding, ``normalize_image``); the model's own ``predict`` (both branches' RPN +
+  Fast R-CNN heads, one NMS at ``config.nms_iou``) runs jitted on a fixed-size batch;
+  detections with ``score >= score_threshold`` are kept, in original image pixels.
+* ``align``: every face is cut to the recogniser's ``config.image_size`` crop by the
+  similarity transform of its 5 landmarks onto the ArcFace template
+  (`jaxface.ops.align`), with the recogniser's alignment settings
+  (`jaxface.tasks.recognition.align_settings`: the same ones its training data used
+  when ``config.data.crop == "aligned"``), jitted.
+* ``embed``: ``normalize_image`` of the crops, the model's embedding of the crop and
+  of its mirror image with the DREAM gate's yaw, fused as the evaluators fuse them
+  (``L2-normalise(f(x) + f(flip x))``, `jaxface.evaluation.verification.fuse_flip`);
+  the yaw is the 3D mean-face fit of the 5 landmarks
+  (`jaxface.models.pose.yaw_from_landmarks`) unless given (or the recogniser's learned
+  yaw head when it has one).
+* ``attributes``: the aligned crop resized (antialiased) to the attribute model's
+  ``config.image_size``; per attribute the probability ``sigmoid(logit)`` (``bce``
+  models) and the decision: ``p > 0.5`` (``bce``) or LMLE's cluster-wise kNN rule over
+  the centroids stored in the checkpoint's task state (``lmle`` / ``triplet_knn``).
+
+Every array function is jitted; face counts are padded to powers of two and image
+sides to multiples of 32 so a few compilations serve every input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+__all__ = ["FaceAnalyzer", "LoadedModel", "load_model", "read_config"]
+
+
+# ---------------------------------------------------------------------------------
+# Loading a trained model without its data
+# ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A task rebuilt from a workdir's config with the weights of one checkpoint."""
+
+    workdir: str
+    config: ml_collections.ConfigDict
+    task: Any
+    variables: dict
+    task_state: dict
+    step: int
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{path}: not a training workdir (jaxface train writes config.json there)"
+        )
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def example_batch(task, config) -> dict:
+    """A one-example batch with the fields ``task.init_variables`` reads (zeros)."""
+    s = int(config.image_size)
+    batch = {"image": np.zeros((1, s, s, 3), np.float32)}
+    if config.task == "detection":
+        batch["image_hw"] = np.full((1, 2), s, np.float32)
+        batch["scale"] = np.ones((1,), np.float32)
+    elif config.task == "recognition":
+        batch["yaw"] = np.zeros((1,), np.float32)
+        batch["is_profile"] = np.zeros((1,), bool)
+        batch["landmarks"] = np.tile(
+            np.float32([[0, 0], [2, 0], [1, 1], [0, 2], [2, 2]]), (1, 1, 1)
+        )
+    return batch
+
+
+def load_model(workdir: str, step: Optional[int] = None) -> LoadedModel:
+    """The task of ``workdir/config.json`` with the weights of ``step`` (default latest)."""
+    import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
+    from jaxface import tasks  # pylint: disable=import-outside-toplevel
+
+    config = read_config(workdir)
+    task = tasks.get_task(config.task)(config)
+    rng = jax.random.key(0)
+    abstract = dict(jax.eval_shape(task.init_variables, rng, example_batch(task, config)))
+    params = abstract.pop("params")
+    target = {"params": params, "model_state": abstract}
+    metric_attrs = config.task == "attributes" and getattr(task, "metric", False)
+    if metric_attrs:
+        full = {"params": params, **abstract}
+        target["task_state"] = jax.eval_shape(lambda: task.init_task_state(rng, full))
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), target
+    )
+    path = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    mngr = ocp.CheckpointManager(path)
+    try:
+        step = mngr.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {path}")
+        restored = mngr.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(
+                    item=target,
+                    restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                    partial_restore=True,
+                )
+            ),
+        )["state"]
+    except (ValueError, KeyError) as err:
+        raise ValueError(
+            f"{path}: the checkpoint of step {step} does not match the model of "
+            f"{workdir}/config.json. Details (truncated): {str(err)[:1000]}"
+        ) from None
+    finally:
+        mngr.close()
+    variables = {"params": restored["params"], **restored["model_state"]}
+    return LoadedModel(
+        workdir=workdir,
+        config=config,
+        task=task,
+        variables=variables,
+        task_state=dict(restored.get("task_state", {})),
+        step=int(step),
+    )
+
+
+# ---------------------------------------------------------------------------------
+# Pure functions (jitted by the analyzer, exported by `jaxface.export`)
+# ---------------------------------------------------------------------------------
+
+
+def _pow2(n: int) -> int:
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
+def _pad_rows(x: np.ndarray, n: int) -> np.ndarray:
+    if len(x) == n:
+        return x
+    pad = np.zeros((n - len(x),) + x.shape[1:], x.dtype)
+    return np.concatenate([x, pad])
+
+
+def detect_core(detector: LoadedModel):
+    """``fn(variables, image [B, S, S, 3] normalised, image_hw [B, 2], scale [B]) ->
+    dict(boxes [B, K, 4], scores [B, K], valid [B, K], landmarks [B, K, 5, 2])`` in
+    original image pixels (the detection task's ``predict``)."""
+    task = detector.task
+
+    def fn(variables, image, image_hw, scale):
+        out = task.predict(variables, {"image": image, "image_hw": image_hw, "scale": scale})
+        if "landmarks" not in out:
+            out["landmarks"] = jnp.zeros(out["boxes"].shape[:-1] + (5, 2), jnp.float32)
+        return out
+
+    return fn
+
+
+def embed_core(recognizer: LoadedModel):
+    """``fn(variables, crops [N, S, S, 3] float 0..255, yaw [N]) -> (embedding [N, D]
+    L2-normalised flip-fused, yaw used [N], gate [N])``."""
+    model = recognizer.task.model
+    learned = recognizer.config.yaw_source == "learned"
+
+    def fn(variables, crops, yaw):
+        x = crops.astype(jnp.float32) * (2.0 / 255.0) - 1.0
+        out = model.apply(variables, x, None if learned else yaw, train=False)
+        out_f = model.apply(variables, x[:, :, ::-1], out["yaw"], train=False)
+        e = out["embedding"].astype(jnp.float32) + out_f["embedding"].astype(jnp.float32)
+        e = e / jnp.maximum(jnp.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
+        return e, out["yaw"].astype(jnp.float32), out["gate"].astype(jnp.float32)
+
+    return fn
+
+
+def attributes_core(attributes: LoadedModel):
+    """``fn(variables, task_state, crops [N, S', S', 3] float 0..255) -> (probabilities
+    [N, A] (sigmoid of the linear heads), decisions [N, A] int32)``."""
+    from jaxface.tasks.attributes import knn_predict_all_attributes  # pylint: disable=import-outside-toplevel
+
+    task, cfg = attributes.task, attributes.config
+    size = int(cfg.image_size)
+    metric = bool(getattr(task, "metric", False))
+
+    def fn(variables, task_state, crops):
+        crops = crops.astype(jnp.float32)
+        if crops.shape[1:3] != (size, size):
+            crops = jax.image.resize(
+                crops, (crops.shape[0], size, size, crops.shape[-1]), "linear", antialias=True
+            )
+        x = crops * (2.0 / 255.0) - 1.0
+        out = task.predict(variables, {"image": x})
+        prob = jax.nn.sigmoid(out["logits"].astype(jnp.float32))
+        if metric:
+            dec = knn_predict_all_attributes(
+                out["embedding"].astype(jnp.float32),
+                task_state["centroids"],
+                task_state["centroid_valid"],
+                k=int(cfg.knn_k),
+            )
+        else:
+            dec = (prob > 0.5).astype(jnp.int32)
+        return prob, dec
+
+    return fn
+
+
+# ---------------------------------------------------------------------------------
+# The analyzer
+# ---------------------------------------------------------------------------------
+
+
+class FaceAnalyzer:
+    """Detection, alignment, embeddings (DREAM yaw), attributes; see the module docstring."""
+
+    def __init__(
+        self,
+        detector: LoadedModel,
+        recognizer: Optional[LoadedModel] = None,
+        attributes: Optional[LoadedModel] = None,
+        *,
+        score_threshold: float = 0.5,
+        detect_batch: int = 1,
+    ):
+        from jaxface.tasks import recognition  # pylint: disable=import-outside-toplevel
+
+        for name, m, want in (
+            ("detector", detector, "detection"),
+            ("recognizer", recognizer, "recognition"),
+            ("attributes", attributes, "attributes"),
+        ):
+            if m is not None and m.config.task != want:
+                raise ValueError(
+                    f"{name}={m.workdir!r} is a {m.config.task!r} run, expected a {want!r} one"
+                )
+        self.detector, self.recognizer, self.attribute_model = detector, recognizer, attributes
+        self.score_threshold = float(score_threshold)
+        self.detect_batch = int(detect_batch)
+        self.has_landmarks = bool(detector.config.model.landmarks)
+        if recognizer is not None:
+            self.crop_size = int(recognizer.config.image_size)
+            self.align_settings = recognition.align_settings(recognizer.config)
+        else:  # crops for the attribute model only
+            self.crop_size = int(attributes.config.image_size) if attributes is not None else 112
+            self.align_settings = dict(recognition.ALIGN_DEFAULTS)
+        self.attribute_names: tuple = ()
+        if attributes is not None:
+            names = attributes.config.get("attribute_names", None)
+            if not names:
+                from jaxface.data.attribute_names import CELEBA_ATTRIBUTES  # pylint: disable=import-outside-toplevel
+
+                names = CELEBA_ATTRIBUTES
+            self.attribute_names = tuple(names)
+        self._detect = jax.jit(detect_core(detector))
+        self._embed = jax.jit(embed_core(recognizer)) if recognizer is not None else None
+        self._attr = jax.jit(attributes_core(attributes)) if attributes is not None else None
+        self._align_fns: dict = {}
+        self._yaw = jax.jit(_yaw_from_landmarks)
+
+    @classmethod
+    def from_checkpoints(
+        cls,
+        detector: str,
+        recognizer: Optional[str] = None,
+        attributes: Optional[str] = None,
+        *,
+        score_threshold: float = 0.5,
+        detect_batch: int = 1,
+    ) -> "FaceAnalyzer":
+        """Loads the latest checkpoint of each training workdir (see `load_model`)."""
+        return cls(
+            load_model(detector),
+            load_model(recognizer) if recognizer else None,
+            load_model(attributes) if attributes else None,
+            score_threshold=score_threshold,
+            detect_batch=detect_batch,
+        )
+
+    # -- detection -------------------------------------------------------------------
+    def prepare_detection(self, image: np.ndarray) -> dict:
+        """One image -> the detector's fixed-shape input (as in its evaluation)."""
+        p = self.detector.task.prepare(_rgb(image), None, None, train=False)
+        return {k: p[k] for k in ("image", "image_hw", "scale")}
+
+    def detect(self, image, *, score_threshold: Optional[float] = None):
+        """Faces of one image (uint8 ``[H, W, 3]``) or of a list of images.
+
+        Returns (per image) dict ``boxes [N, 4]`` x1 y1 x2 y2 pixels, ``scores [N]``,
+        ``landmarks [N, 5, 2]`` pixels (zeros when the detector has no landmark head),
+        sorted by descending score.
+        """
+        single = isinstance(image, np.ndarray) and image.ndim in (2, 3)
+        images = [image] if single else list(image)
+        thr = self.score_threshold if score_threshold is None else float(score_threshold)
+        results = []
+        b = self.detect_batch
+        for start in range(0, len(images), b):
+            chunk = [self.prepare_detection(im) for im in images[start : start + b]]
+            n = len(chunk)
+            batch = {k: _pad_rows(np.stack([c[k] for c in chunk]), b) for k in chunk[0]}
+            if n < b:  # padding rows: a copy of the first (valid) image
+                for k in batch:
+                    batch[k][n:] = batch[k][0]
+            out = jax.device_get(
+                self._detect(
+                    self.detector.variables, batch["image"], batch["image_hw"], batch["scale"]
+                )
+            )
+            for j in range(n):
+                keep = np.asarray(out["valid"][j], bool) & (np.asarray(out["scores"][j]) >= thr)
+                order = np.argsort(-np.asarray(out["scores"][j])[keep], kind="stable")
+                results.append(
+                    {
+                        "boxes": np.asarray(out["boxes"][j], np.float32)[keep][order],
+                        "scores": np.asarray(out["scores"][j], np.float32)[keep][order],
+                        "landmarks": np.asarray(out["landmarks"][j], np.float32)[keep][order],
+                    }
+                )
+        return results[0] if single else results
+
+    # -- alignment -------------------------------------------------------------------
+    def align(self, image, landmarks, *, size: Optional[int] = None) -> np.ndarray:
+        """float32 ``[N, S, S, 3]`` (0..255) aligned crops of the faces with ``landmarks``
+        ``[N, 5, 2]`` (image pixels) in one image; S = ``size`` or the recogniser's input
+        size, cut with the recogniser's alignment settings."""
+        landmarks = np.asarray(landmarks, np.float32).reshape(-1, 5, 2)
+        n = len(landmarks)
+        size = int(size or self.crop_size)
+        if n == 0:
+            return np.zeros((0, size, size, 3), np.float32)
+        if not self.has_landmarks:
+            raise ValueError(
+                f"detector {self.detector.workdir}: config.model.landmarks is False, so there "
+                "are no landmarks to align faces with; train a detector with landmarks"
+            )
+        if size not in self._align_fns:
+            self._align_fns[size] = jax.jit(
+                functools.partial(_align_padded, size=size, **self.align_settings)
+            )
+        img = _pad_image(_rgb(image), border=self.align_settings["border"])
+        padded = _pad_rows(landmarks, _pow2(n))
+        padded[n:] = landmarks[0]
+        crops = self._align_fns[size](img, padded)
+        return np.asarray(crops)[:n]
+
+    # -- recognition -----------------------------------------------------------------
+    def yaw(self, landmarks) -> np.ndarray:
+        """[N] yaw (degrees) of 5-point landmarks by the 3D mean-face fit."""
+        landmarks = np.asarray(landmarks, np.float32).reshape(-1, 5, 2)
+        n = len(landmarks)
+        if n == 0:
+            return np.zeros((0,), np.float32)
+        padded = _pad_rows(landmarks, _pow2(n))
+        padded[n:] = landmarks[0]
+        return np.asarray(self._yaw(padded))[:n]
+
+    def embed(self, aligned, yaw=None, *, landmarks=None) -> dict:
+        """Embeddings of aligned crops: dict ``embedding [N, D]`` (L2-normalised, flip
+        fused), ``yaw [N]`` (degrees, what the DREAM gate used) and ``gate [N]``.
+
+        ``yaw``: given per face, or (None) fitted from ``landmarks`` [N, 5, 2] when given,
+        else 0 (frontal). A recogniser with a learned yaw head uses its own prediction.
+        """
+        if self._embed is None:
+            raise ValueError("no recogniser: pass recognizer=WORKDIR to from_checkpoints")
+        aligned = np.asarray(aligned, np.float32)
+        n = len(aligned)
+        if yaw is None:
+            yaw = self.yaw(landmarks) if landmarks is not None else np.zeros((n,), np.float32)
+        yaw = np.asarray(yaw, np.float32).reshape(n)
+        if n == 0:
+            d = int(self.recognizer.config.model.embed_dim)
+            z = np.zeros((0,), np.float32)
+            return {"embedding": np.zeros((0, d), np.float32), "yaw": z, "gate": z}
+        m = _pow2(n)
+        crops, yaws = _pad_rows(aligned, m), _pad_rows(yaw, m)
+        e, y, g = jax.device_get(self._embed(self.recognizer.variables, crops, yaws))
+        return {"embedding": e[:n], "yaw": y[:n], "gate": g[:n]}
+
+    # -- attributes ------------------------------------------------------------------
+    def attributes(self, aligned) -> dict:
+        """dict ``names`` (A), ``probabilities [N, A]`` (sigmoid of the linear heads;
+        meaningful for ``bce`` models), ``decisions [N, A]`` int (1 = present),
+        ``rule`` (how decisions were made)."""
+        if self._attr is None:
+            raise ValueError("no attribute model: pass attributes=WORKDIR to from_checkpoints")
+        aligned = np.asarray(aligned, np.float32)
+        n = len(aligned)
+        m = _pow2(max(n, 1))
+        p, d = jax.device_get(
+            self._attr(
+                self.attribute_model.variables,
+                self.attribute_model.task_state,
+                _pad_rows(aligned, m),
+            )
+        )
+        metric = bool(getattr(self.attribute_model.task, "metric", False))
+        return {
+            "names": self.attribute_names,
+            "probabilities": p[:n],
+            "decisions": d[:n].astype(np.int32),
+            "rule": "cluster_knn" if metric else "sigmoid>0.5",
+        }
+
+    # -- everything --------------------------------------------------------------------
+    def analyze(self, image, *, score_threshold: Optional[float] = None) -> list[dict]:
+        """Every face of one image with box, score, landmarks and -- with a recogniser --
+        embedding, yaw, gate and -- with an attribute model -- attributes (cut at the
+        attribute model's input size), highest score first."""
+        image = _rgb(image)
+        det = self.detect(image, score_threshold=score_threshold)
+        n = len(det["scores"])
+        if n == 0:
+            return []
+        emb = None
+        if self._embed is not None:
+            emb = self.embed(self.align(image, det["landmarks"]), landmarks=det["landmarks"])
+        attrs = None
+        if self._attr is not None:
+            size = int(self.attribute_model.config.image_size)
+            attrs = self.attributes(self.align(image, det["landmarks"], size=size))
+        faces = []
+        for i in range(n):
+            face = {
+                "box": det["boxes"][i],
+                "score": float(det["scores"][i]),
+                "landmarks": det["landmarks"][i],
+            }
+            if emb is not None:
+                face.update(
+                    embedding=emb["embedding"][i],
+                    yaw=float(emb["yaw"][i]),
+                    gate=float(emb["gate"][i]),
+                )
+            if attrs is not None:
+                face["attributes"] = {
+                    name: {
+                        "probability": float(attrs["probabilities"][i, a]),
+                        "present": bool(attrs["decisions"][i, a] == 1),
+                    }
+                    for a, name in enumerate(attrs["names"])
+                }
+            faces.append(face)
+        return faces
+
+
+# ---------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------
+
+
+def _rgb(image) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=-1)
+    if image.ndim != 3 or image.shape[-1] < 3:
+        raise ValueError(f"expected an RGB image [H, W, 3], got shape {image.shape}")
+    return image[..., :3]
+
+
+def _pad_image(image: np.ndarray, *, border: str, multiple: int = 32) -> np.ndarray:
+    """Pads H and W up to a multiple (bottom / right) so that few shapes are compiled;
+    the padding reproduces the warp's border rule, so crops are unchanged."""
+    h, w = image.shape[:2]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if not ph and not pw:
+        return image
+    mode = "edge" if border == "edge" else "constant"
+    return np.pad(image, ((0, ph), (0, pw), (0, 0)), mode=mode)
+
+
+def _align_padded(image, landmarks, *, size, supersample, zoom, border):
+    from jaxface.ops import align  # pylint: disable=import-outside-toplevel
+
+    crops, _ = align.align_faces(
+        image, landmarks, size, supersample=supersample, zoom=zoom, border=border
+    )
+    return crops
+
+
+def _yaw_from_landmarks(landmarks):
+    from jaxface.models import pose  # pylint: disable=import-outside-toplevel
+
+    return pose.yaw_from_landmarks(landmarks)
+
+
+def largest_face(det: dict) -> Optional[int]:
+    """Index of the largest box of a `FaceAnalyzer.detect` result (None without faces)."""
+    b = np.asarray(det["boxes"]).reshape(-1, 4)
+    if not len(b):
+        return None
+    return int(np.argmax((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])))
+
+
+def cosine_scores(a, b) -> np.ndarray:
+    """Cosine similarity of rows of L2-normalised ``[N, D]`` and ``[M, D]`` -> ``[N, M]``."""
+    return np.asarray(a, np.float64) @ np.asarray(b, np.float64).T

@@ -1,0 +1,596 @@
+"""Inference commands of the ``jaxface`` command line (`jaxface.main` dispatches here).
+
+  jaxface detect IMAGE_OR_DIR --out DIR --detector WD [--score-threshold 0.5]
+  jaxface verify IMG_A IMG_B --detector WD --recognizer WD [--far 1e-3]
+  jaxface attributes IMAGE --detector WD --attributes WD
+  jaxface identify --gallery DIR QUERY --detector WD --recognizer WD [--top-k 5]
+  jaxface calibrate --recognizer WD [--max-images 2000]
+  jaxface export --detector WD --recognizer WD [--attributes WD] --out DIR
+
+``WD`` are training workdirs (`jaxface train`); see `jaxface.analyzer`.
+
+``verify``'s threshold is never a constant: it is the score whose false-accept rate is
+``--far`` on the recogniser's held-out identities, from ``WD/calibration/`` written by
+``jaxface calibrate`` (run on demand by ``verify`` when missing): every pair of frontal
+images of different identities of the recogniser's ``config.eval_split`` (for the
+``cfp`` configs: the unseen identities of CFP protocol splits 09-10), scored exactly as
+the recogniser's ``cfp`` / ``verification`` evaluators score them (the task's own
+evaluation crops, flip-fused L2-normalised embeddings). The score is their cosine
+similarity; ``same`` iff ``score >= threshold``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import pathlib
+import sys
+import time
+from typing import Optional
+
+import numpy as np
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+CALIBRATION_DIR = "calibration"
+
+
+# ---------------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------------
+
+
+class Progress:
+    """A one-line progress bar on stderr (``\\r`` updates; plain lines when not a tty)."""
+
+    def __init__(self, total: int, label: str, stream=None):
+        self.total, self.label = total, label
+        self.stream = stream or sys.stderr
+        self.t0 = time.time()
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def update(self, done: int, note: str = ""):
+        frac = done / max(self.total, 1)
+        bar = "#" * int(24 * frac) + "-" * (24 - int(24 * frac))
+        el = time.time() - self.t0
+        eta = el / done * (self.total - done) if done else 0.0
+        line = f"[{self.label}] |{bar}| {done}/{self.total} {el:.0f}s eta {eta:.0f}s {note}"
+        if self.tty:
+            self.stream.write("\r" + line.ljust(100))
+            if done == self.total:
+                self.stream.write("\n")
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def read_image(path) -> np.ndarray:
+    """uint8 RGB [H, W, 3]; raises ValueError naming the file when it cannot be read."""
+    from PIL import Image, UnidentifiedImageError  # pylint: disable=import-outside-toplevel
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return np.asarray(im.convert("RGB"), np.uint8)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+        raise ValueError(f"{path}: unreadable image ({type(err).__name__}: {err})") from None
+
+
+def list_images(root) -> list[pathlib.Path]:
+    root = pathlib.Path(root)
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such file or folder")
+    return sorted(
+        p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+
+
+def draw_faces(image: np.ndarray, det: dict, path) -> None:
+    """PNG of the image with boxes, 5 landmarks and scores drawn."""
+    from PIL import Image, ImageDraw  # pylint: disable=import-outside-toplevel
+
+    im = Image.fromarray(image)
+    d = ImageDraw.Draw(im)
+    lw = max(1, round(max(image.shape[:2]) / 300))
+    colours = [(255, 0, 0), (0, 255, 0), (0, 128, 255), (255, 255, 0), (255, 0, 255)]
+    for box, score, lm in zip(det["boxes"], det["scores"], det["landmarks"]):
+        x1, y1, x2, y2 = (float(v) for v in box)
+        d.rectangle([x1, y1, x2, y2], outline=(0, 255, 0), width=lw)
+        r = max(1.5, lw * 1.5)
+        for (x, y), c in zip(np.asarray(lm, float), colours):
+            d.ellipse([x - r, y - r, x + r, y + r], fill=c)
+        d.text((x1 + 2, max(0.0, y1 - 12)), f"{float(score):.2f}", fill=(255, 255, 0))
+    im.save(path, format="png")
+
+
+def faces_json(det: dict) -> list[dict]:
+    return [
+        {
+            "box": [round(float(v), 2) for v in b],
+            "score": round(float(s), 4),
+            "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in lm],
+        }
+        for b, s, lm in zip(det["boxes"], det["scores"], det["landmarks"])
+    ]
+
+
+def _load_analyzer(args, *, recognizer=False, attributes=False):
+    from jaxface.analyzer import FaceAnalyzer  # pylint: disable=import-outside-toplevel
+
+    return FaceAnalyzer.from_checkpoints(
+        detector=args.detector,
+        recognizer=args.recognizer if recognizer else None,
+        attributes=args.attributes if attributes else None,
+        score_threshold=args.score_threshold,
+    )
+
+
+def _common(p: argparse.ArgumentParser, *, recognizer=False, attributes=False):
+    p.add_argument("--detector", required=True, help="detector training workdir")
+    if recognizer:
+        p.add_argument("--recognizer", required=True, help="recogniser training workdir")
+    if attributes:
+        p.add_argument("--attributes", required=True, help="attribute model training workdir")
+    p.add_argument("--score-threshold", type=float, default=0.5, help="detection score threshold")
+
+
+# ---------------------------------------------------------------------------------
+# detect
+# ---------------------------------------------------------------------------------
+
+
+def cmd_detect(argv) -> int:
+    p = argparse.ArgumentParser(
+        prog="jaxface detect",
+        description="Detect faces: JSON per image + the image with boxes, landmarks and "
+        "scores drawn (PNG).",
+    )
+    p.add_argument("input", help="an image or a folder of images (searched recursively)")
+    p.add_argument("--out", required=True, help="output folder")
+    _common(p)
+    args = p.parse_args(argv)
+    paths = list_images(args.input)
+    if not paths:
+        print(f"jaxface detect: no images under {args.input}", file=sys.stderr)
+        return 1
+    root = pathlib.Path(args.input)
+    analyzer = _load_analyzer(args)
+    os.makedirs(args.out, exist_ok=True)
+    progress = Progress(len(paths), "detect")
+    failed, n_faces, written = [], 0, 0
+    for k, path in enumerate(paths):
+        rel = path.name if root.is_file() else path.relative_to(root).as_posix()
+        stem = os.path.splitext(rel)[0]
+        try:
+            image = read_image(path)
+        except ValueError as err:
+            failed.append((rel, str(err)))
+            print(f"\njaxface detect: skipped {err}", file=sys.stderr)
+            progress.update(k + 1, f"faces {n_faces}, failed {len(failed)}")
+            continue
+        det = analyzer.detect(image)
+        out_base = os.path.join(args.out, stem)
+        os.makedirs(os.path.dirname(out_base) or ".", exist_ok=True)
+        record = {
+            "image": str(path),
+            "width": int(image.shape[1]),
+            "height": int(image.shape[0]),
+            "detector": {
+                "workdir": os.path.abspath(args.detector),
+                "step": analyzer.detector.step,
+                "score_threshold": analyzer.score_threshold,
+            },
+            "faces": faces_json(det),
+        }
+        with open(out_base + ".json", "w") as f:
+            json.dump(record, f, indent=1)
+        draw_faces(image, det, out_base + ".png")
+        n_faces += len(det["scores"])
+        written += 1
+        progress.update(k + 1, f"faces {n_faces}, failed {len(failed)}")
+    el = time.time() - progress.t0
+    print(
+        f"jaxface detect: {written} of {len(paths)} images processed, {n_faces} faces, "
+        f"{len(failed)} unreadable, {el:.1f}s; results in {args.out}"
+    )
+    for rel, err in failed:
+        print(f"  unreadable: {err}")
+    return 1 if written == 0 else 0
+
+
+# ---------------------------------------------------------------------------------
+# calibration (verify's threshold) and verify
+# ---------------------------------------------------------------------------------
+
+
+def calibrate(recognizer, *, max_images: int = 2000, batch_size: int = 64) -> dict:
+    """Scores every frontal pair of the recogniser's held-out split; writes
+    ``WD/calibration/{verification.json, impostor_scores.npy, genuine_scores.npy}``.
+
+    ``recognizer``: a `jaxface.analyzer.LoadedModel` of a recognition run. Images are
+    prepared by the task's own evaluation transform (what its evaluators score), and
+    scored as they are (flip-fused L2-normalised embeddings); frontal = CFP's folder
+    flag, else ``|yaw| <= config.verification.frontal_max_yaw``, else every image.
+    """
+    import jax  # pylint: disable=import-outside-toplevel
+
+    from jaxface.data import pipeline  # pylint: disable=import-outside-toplevel
+    from jaxface.evaluation import verification as verif  # pylint: disable=import-outside-toplevel
+    from jaxface.tasks.recognition import Subset  # pylint: disable=import-outside-toplevel
+
+    task, cfg = recognizer.task, recognizer.config
+    split = cfg.get("eval_split", "test")
+    meta = task.metadata(split)
+    labels = np.asarray(meta["label"])
+    if "is_profile" in meta:
+        frontal = ~np.asarray(meta["is_profile"], bool)
+        rule = "CFP folder flag: frontal/"
+    elif "abs_yaw" in meta:
+        frontal = np.asarray(meta["abs_yaw"]) <= float(cfg.verification.frontal_max_yaw)
+        rule = f"|yaw| <= {float(cfg.verification.frontal_max_yaw)}"
+    else:
+        frontal = np.ones(len(labels), bool)
+        rule = "all images (no pose metadata)"
+    rows = np.flatnonzero(frontal)[: int(max_images)]
+    transform = functools.partial(task.transform, train=False)
+    source = Subset(task.source(split), rows)
+    predict = jax.jit(task.predict)
+    emb, emb_f = [], []
+    for batch in pipeline.eval_batches(source, batch_size, transform):
+        valid = np.asarray(batch.pop("_valid"), bool)
+        batch.pop("label", None)
+        out = jax.device_get(predict(recognizer.variables, batch))
+        emb.append(np.asarray(out["embedding"])[valid])
+        emb_f.append(np.asarray(out["embedding_flip"])[valid])
+    fused = verif.fuse_flip(np.concatenate(emb), np.concatenate(emb_f))
+    lab = labels[rows]
+    sims = fused @ fused.T
+    iu, ju = np.triu_indices(len(rows), 1)
+    same = lab[iu] == lab[ju]
+    s = sims[iu, ju].astype(np.float32)
+    genuine, impostor = np.sort(s[same]), np.sort(s[~same])
+    out_dir = os.path.join(recognizer.workdir, CALIBRATION_DIR)
+    os.makedirs(out_dir, exist_ok=True)
+    np.save(os.path.join(out_dir, "impostor_scores.npy"), impostor)
+    np.save(os.path.join(out_dir, "genuine_scores.npy"), genuine)
+    info = {
+        "source": (
+            f"{cfg.data.builder} split {split!r} (identities unseen in training"
+            + (
+                f"; CFP protocol splits {list(cfg.cfp.eval_splits)}"
+                if cfg.data.builder == "cfp_manual"
+                else ""
+            )
+            + f"), frontal images ({rule}), every pair"
+        ),
+        "crops": f"the task's evaluation transform (config.data.crop={cfg.data.get('crop', 'center')!r})",
+        "score": "cosine similarity of flip-fused L2-normalised embeddings",
+        "checkpoint_step": recognizer.step,
+        "num_images": int(len(rows)),
+        "num_identities": int(len(np.unique(lab))),
+        "num_genuine": int(len(genuine)),
+        "num_impostor": int(len(impostor)),
+        "thresholds": {
+            f"{far:g}": threshold_at_far(impostor, far, genuine) for far in (1e-1, 1e-2, 1e-3, 1e-4)
+        },
+    }
+    with open(os.path.join(out_dir, "verification.json"), "w") as f:
+        json.dump(info, f, indent=1)
+    return info
+
+
+def threshold_at_far(impostor: np.ndarray, far: float, genuine=None) -> dict:
+    """The lowest threshold t with FAR(t) = #(impostor >= t) / n <= far (``same`` iff
+    ``score >= t``), with the FAR and (given genuine scores) TAR achieved there."""
+    imp = np.sort(np.asarray(impostor, np.float64))[::-1]
+    n = len(imp)
+    if n == 0:
+        raise ValueError("threshold_at_far: no impostor scores")
+    k = int(np.floor(far * n))  # at most k impostors may reach t
+    t = float(np.nextafter(imp[k], np.inf)) if k < n else float(imp[-1])
+    achieved = float(np.mean(imp >= t))
+    out = {
+        "threshold": t,
+        "far": achieved,
+        "far_resolution": 1.0 / n,
+    }
+    if genuine is not None and len(genuine):
+        out["tar"] = float(np.mean(np.asarray(genuine) >= t))
+    return out
+
+
+def load_calibration(recognizer_workdir: str) -> Optional[tuple[dict, np.ndarray, np.ndarray]]:
+    d = os.path.join(recognizer_workdir, CALIBRATION_DIR)
+    path = os.path.join(d, "verification.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        info = json.load(f)
+    return (
+        info,
+        np.load(os.path.join(d, "impostor_scores.npy")),
+        np.load(os.path.join(d, "genuine_scores.npy")),
+    )
+
+
+def _largest_face_embedding(analyzer, path):
+    from jaxface.analyzer import largest_face  # pylint: disable=import-outside-toplevel
+
+    image = read_image(path)
+    det = analyzer.detect(image)
+    i = largest_face(det)
+    if i is None:
+        return None, None
+    lm = det["landmarks"][i : i + 1]
+    emb = analyzer.embed(analyzer.align(image, lm), landmarks=lm)
+    face = {
+        "box": [round(float(v), 1) for v in det["boxes"][i]],
+        "score": round(float(det["scores"][i]), 4),
+        "yaw": round(float(emb["yaw"][0]), 1),
+        "gate": round(float(emb["gate"][0]), 3),
+        "faces_detected": int(len(det["scores"])),
+    }
+    return emb["embedding"][0], face
+
+
+def _calibration_for(analyzer, rebuild=False):
+    cal = None if rebuild else load_calibration(analyzer.recognizer.workdir)
+    if cal is None or cal[0].get("checkpoint_step") != analyzer.recognizer.step:
+        print(
+            f"jaxface: calibrating {analyzer.recognizer.workdir} (held-out impostor scores; "
+            "written to its calibration/ folder) ...",
+            file=sys.stderr,
+        )
+        calibrate(analyzer.recognizer)
+        cal = load_calibration(analyzer.recognizer.workdir)
+    return cal
+
+
+def cmd_verify(argv) -> int:
+    p = argparse.ArgumentParser(
+        prog="jaxface verify", description="Same person? The largest face of each image."
+    )
+    p.add_argument("image_a")
+    p.add_argument("image_b")
+    p.add_argument("--far", type=float, default=1e-3, help="false-accept rate of the threshold")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _common(p, recognizer=True)
+    args = p.parse_args(argv)
+    analyzer = _load_analyzer(args, recognizer=True)
+    info, impostor, genuine = _calibration_for(analyzer)
+    thr = threshold_at_far(impostor, args.far, genuine)
+    embs, faces = [], []
+    for path in (args.image_a, args.image_b):
+        try:
+            e, face = _largest_face_embedding(analyzer, path)
+        except ValueError as err:
+            print(f"jaxface verify: {err}", file=sys.stderr)
+            return 2
+        if e is None:
+            print(f"jaxface verify: no face found in {path}", file=sys.stderr)
+            return 2
+        embs.append(e)
+        faces.append(face)
+    score = float(np.dot(embs[0], embs[1]))
+    same = score >= thr["threshold"]
+    result = {
+        "image_a": args.image_a,
+        "image_b": args.image_b,
+        "face_a": faces[0],
+        "face_b": faces[1],
+        "score": round(score, 4),
+        "threshold": round(thr["threshold"], 4),
+        "far_requested": args.far,
+        "far_at_threshold": thr["far"],
+        "tar_at_threshold": thr.get("tar"),
+        "decision": "same" if same else "different",
+        "threshold_source": info["source"] + f"; {info['num_impostor']} impostor pairs",
+        "recognizer": {
+            "workdir": os.path.abspath(args.recognizer),
+            "step": analyzer.recognizer.step,
+        },
+    }
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(f"A: {args.image_a}  face {faces[0]}")
+        print(f"B: {args.image_b}  face {faces[1]}")
+        print(f"score (cosine): {score:.4f}")
+        print(
+            f"threshold: {thr['threshold']:.4f} at FAR {args.far:g} (achieved FAR "
+            f"{thr['far']:.2e}, TAR {thr.get('tar', float('nan')):.3f}; resolution "
+            f"{thr['far_resolution']:.1e})"
+        )
+        print(f"  from: {result['threshold_source']}")
+        print(f"decision: {result['decision'].upper()}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------
+# attributes, identify
+# ---------------------------------------------------------------------------------
+
+
+def cmd_attributes(argv) -> int:
+    p = argparse.ArgumentParser(prog="jaxface attributes", description="Attributes of every face.")
+    p.add_argument("image")
+    p.add_argument("--json", action="store_true")
+    _common(p, attributes=True)
+    args = p.parse_args(argv)
+    analyzer = _load_analyzer(args, attributes=True)
+    try:
+        image = read_image(args.image)
+    except ValueError as err:
+        print(f"jaxface attributes: {err}", file=sys.stderr)
+        return 2
+    faces = analyzer.analyze(image)
+    cfg = analyzer.attribute_model.config
+    data = f"{cfg.data.builder}/{cfg.data.get('config', '')}".rstrip("/")
+    out = {
+        "image": args.image,
+        "attribute_model": {
+            "workdir": os.path.abspath(args.attributes),
+            "step": analyzer.attribute_model.step,
+            "trained_on": data,
+            "loss": cfg.loss,
+        },
+        "faces": [
+            {
+                "box": [round(float(v), 1) for v in f["box"]],
+                "score": round(f["score"], 4),
+                "present": [k for k, v in f["attributes"].items() if v["present"]],
+                "probabilities": {
+                    k: round(v["probability"], 4) for k, v in f["attributes"].items()
+                },
+            }
+            for f in faces
+        ],
+    }
+    if args.json:
+        print(json.dumps(out, indent=1))
+    else:
+        print(f"{args.image}: {len(faces)} face(s); attribute model trained on {data} ({cfg.loss})")
+        if data.startswith("synthetic"):
+            print("  note: trained on synthetic faces only; not meaningful on real photos")
+        for i, f in enumerate(out["faces"]):
+            print(f"face {i}: box {f['box']} score {f['score']}")
+            print(f"  present: {', '.join(f['present']) or '(none)'}")
+    return 0
+
+
+def _gallery(root) -> list[tuple[str, pathlib.Path]]:
+    """(identity, image) pairs: ``<identity>/<image>`` subfolders, or images named
+    ``<identity>.<ext>`` at the top level."""
+    root = pathlib.Path(root)
+    out = []
+    for path in list_images(root):
+        rel = path.relative_to(root)
+        ident = rel.parts[0] if len(rel.parts) > 1 else path.stem
+        out.append((ident, path))
+    return out
+
+
+def cmd_identify(argv) -> int:
+    p = argparse.ArgumentParser(
+        prog="jaxface identify", description="Rank gallery identities for a query face."
+    )
+    p.add_argument("query")
+    p.add_argument("--gallery", required=True, help="folder of <identity>/<image> or images")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--json", action="store_true")
+    _common(p, recognizer=True)
+    args = p.parse_args(argv)
+    analyzer = _load_analyzer(args, recognizer=True)
+    items = _gallery(args.gallery)
+    if not items:
+        print(f"jaxface identify: no gallery images under {args.gallery}", file=sys.stderr)
+        return 2
+    progress = Progress(len(items), "gallery")
+    embs, idents, skipped = [], [], []
+    for k, (ident, path) in enumerate(items):
+        try:
+            e, _ = _largest_face_embedding(analyzer, path)
+        except ValueError as err:
+            skipped.append(str(err))
+            e = None
+        if e is None:
+            if not skipped or not skipped[-1].startswith(str(path)):
+                skipped.append(f"{path}: no face found")
+        else:
+            embs.append(e)
+            idents.append(ident)
+        progress.update(k + 1)
+    for s in skipped:
+        print(f"jaxface identify: skipped {s}", file=sys.stderr)
+    if not embs:
+        print("jaxface identify: no usable gallery face", file=sys.stderr)
+        return 2
+    try:
+        q, qface = _largest_face_embedding(analyzer, args.query)
+    except ValueError as err:
+        print(f"jaxface identify: {err}", file=sys.stderr)
+        return 2
+    if q is None:
+        print(f"jaxface identify: no face found in {args.query}", file=sys.stderr)
+        return 2
+    sims = np.asarray(embs) @ q
+    best: dict[str, float] = {}
+    for ident, s in zip(idents, sims):
+        best[ident] = max(best.get(ident, -np.inf), float(s))
+    ranked = sorted(best.items(), key=lambda kv: -kv[1])[: args.top_k]
+    result = {
+        "query": args.query,
+        "query_face": qface,
+        "gallery": {"identities": len(best), "images": len(embs), "skipped": len(skipped)},
+        "top": [{"identity": i, "score": round(s, 4)} for i, s in ranked],
+        "score": "cosine similarity, best image of each identity",
+    }
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(f"query {args.query}: {len(best)} identities, {len(embs)} gallery faces")
+        for r, (i, s) in enumerate(ranked, 1):
+            print(f"  {r}. {i}  {s:.4f}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------
+# calibrate, export
+# ---------------------------------------------------------------------------------
+
+
+def cmd_calibrate(argv) -> int:
+    p = argparse.ArgumentParser(
+        prog="jaxface calibrate",
+        description="Held-out impostor / genuine scores of a recogniser (verify's thresholds).",
+    )
+    p.add_argument("--recognizer", required=True)
+    p.add_argument("--max-images", type=int, default=2000)
+    args = p.parse_args(argv)
+    from jaxface.analyzer import load_model  # pylint: disable=import-outside-toplevel
+
+    info = calibrate(load_model(args.recognizer), max_images=args.max_images)
+    print(json.dumps(info, indent=1))
+    return 0
+
+
+def cmd_export(argv) -> int:
+    p = argparse.ArgumentParser(
+        prog="jaxface export",
+        description="Serialise the inference functions with jax.export (symbolic batch).",
+    )
+    p.add_argument("--detector", required=True)
+    p.add_argument("--recognizer", required=True)
+    p.add_argument("--attributes", default=None)
+    p.add_argument("--out", required=True)
+    p.add_argument("--score-threshold", type=float, default=0.5)
+    args = p.parse_args(argv)
+    from jaxface import export  # pylint: disable=import-outside-toplevel
+    from jaxface.analyzer import FaceAnalyzer  # pylint: disable=import-outside-toplevel
+
+    analyzer = FaceAnalyzer.from_checkpoints(
+        detector=args.detector,
+        recognizer=args.recognizer,
+        attributes=args.attributes,
+        score_threshold=args.score_threshold,
+    )
+    manifest = export.export_analyzer(analyzer, args.out)
+    for name, info in manifest["functions"].items():
+        size = os.path.getsize(os.path.join(args.out, info["file"]))
+        shapes = ", ".join(f"{i['name']}{i['shape']}" for i in info["inputs"])
+        print(f"{name}: {info['file']} ({size / 1e6:.1f} MB) inputs {shapes}")
+    print(f"manifest: {os.path.join(args.out, 'manifest.json')}")
+    return 0
+
+
+COMMANDS = {
+    "detect": cmd_detect,
+    "verify": cmd_verify,
+    "attributes": cmd_attributes,
+    "identify": cmd_identify,
+    "calibrate": cmd_calibrate,
+    "export": cmd_export,
+}

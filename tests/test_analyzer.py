@@ -1,0 +1,166 @@
+"""FaceAnalyzer on tiny trained checkpoints, against independent references."""
+
+import numpy as np
+import pytest
+
+import _tiny_models
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    return _tiny_models.workdirs(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def analyzer(tiny):
+    from jaxface import FaceAnalyzer  # the lazy top-level export
+
+    return FaceAnalyzer.from_checkpoints(
+        detector=tiny["detector"],
+        recognizer=tiny["recognizer"],
+        attributes=tiny["attributes"],
+        score_threshold=0.0,
+        detect_batch=2,
+    )
+
+
+def test_detect_matches_task_predict_and_is_batch_invariant(analyzer, tiny):
+    import jax
+
+    image, _ = _tiny_models.synthetic_scene(tiny["data_dir"], 0)
+    image2, _ = _tiny_models.synthetic_scene(tiny["data_dir"], 1)
+    det = analyzer.detect(image)
+    n = len(det["scores"])
+    assert det["boxes"].shape == (n, 4) and det["landmarks"].shape == (n, 5, 2) and n > 0
+    assert np.all(np.diff(det["scores"]) <= 0)
+    # Reference: the detection task's own prepare + predict on a batch of one.
+    task = analyzer.detector.task
+    p = task.prepare(image, None, None, train=False)
+    ref = jax.device_get(
+        jax.jit(task.predict)(
+            analyzer.detector.variables, {k: p[k][None] for k in ("image", "image_hw", "scale")}
+        )
+    )
+    keep = ref["valid"][0]
+    np.testing.assert_allclose(np.sort(det["scores"]), np.sort(ref["scores"][0][keep]), atol=1e-5)
+    # A list of images (batched, padded) gives the same as one by one.
+    both = analyzer.detect([image2, image, image2])
+    np.testing.assert_allclose(both[1]["boxes"], det["boxes"], atol=1e-3)
+    np.testing.assert_allclose(both[0]["scores"], both[2]["scores"], atol=1e-6)
+    # The threshold filters.
+    hi = analyzer.detect(image, score_threshold=float(np.median(det["scores"])))
+    assert len(hi["scores"]) <= n and np.all(hi["scores"] >= np.median(det["scores"]))
+
+
+def test_align_matches_opencv(analyzer):
+    cv2 = pytest.importorskip("cv2")
+    from jaxface.ops import align as align_ops
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (70, 90, 3)).astype(np.uint8)
+    tpl = align_ops.ARCFACE_TEMPLATE_112
+    lm = np.stack([tpl * 0.4 + [10, 5], tpl * 0.3 + [50, 30]]).astype(np.float32)
+    crops = analyzer.align(image, lm)
+    s = analyzer.crop_size
+    assert crops.shape == (2, s, s, 3)
+    settings = analyzer.align_settings
+    assert settings["supersample"] == 2  # the recogniser's default
+    dst = align_ops.arcface_template(s, settings["zoom"])
+    for i in range(2):
+        # Reference: least-squares similarity (NumPy) + OpenCV warp at 2x, box-averaged.
+        a = []
+        b = []
+        for (x, y), (u, v) in zip(lm[i].astype(np.float64), dst.astype(np.float64)):
+            a += [[x, -y, 1, 0], [y, x, 0, 1]]
+            b += [u, v]
+        (p, q, tx, ty), *_ = np.linalg.lstsq(np.array(a), np.array(b), rcond=None)
+        M = np.array([[p, -q, tx], [q, p, ty]])
+        # Output pixel j of the 2x grid samples at j/2 - 1/4 in crop pixels.
+        up = np.array([[2.0, 0, 0.5], [0, 2.0, 0.5]])
+        M2 = up @ np.vstack([M, [0, 0, 1]])
+        big = cv2.warpAffine(
+            image.astype(np.float32),
+            M2,
+            (2 * s, 2 * s),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT
+            if settings["border"] == "constant"
+            else cv2.BORDER_REPLICATE,
+        )
+        ref = big.reshape(s, 2, s, 2, 3).mean(axis=(1, 3))
+        diff = np.abs(crops[i] - ref)
+        assert diff.mean() < 1.0 and diff.max() < 8.0, (diff.mean(), diff.max())
+
+
+def test_embed_matches_task_predict_fused(analyzer, tiny):
+    import jax
+
+    from jaxface.evaluation.verification import fuse_flip
+    from jaxface.models import pose
+
+    images, _ = _tiny_models.identity_images(tiny["data_dir"], 3)
+    s = analyzer.crop_size
+    crops = images.astype(np.float32)
+    assert crops.shape[1:3] == (s, s)
+    lm = np.tile(
+        np.float32([[10, 12], [21, 12], [16, 17], [11, 23], [21, 23]]), (3, 1, 1)
+    ) + np.float32([[[0, 0]], [[1, 0]], [[-1, 1]]])
+    out = analyzer.embed(crops, landmarks=lm)
+    yaw_ref = np.asarray(pose.yaw_from_landmarks(lm))
+    np.testing.assert_allclose(out["yaw"], yaw_ref, atol=1e-3)
+    # Reference: the recognition task's predict (embedding + mirrored embedding) and the
+    # evaluators' flip fusion, in NumPy.
+    task = analyzer.recognizer.task
+    batch = {"image": crops * (2 / 255) - 1, "landmarks": lm}
+    ref = jax.device_get(jax.jit(task.predict)(analyzer.recognizer.variables, batch))
+    fused = fuse_flip(ref["embedding"], ref["embedding_flip"])
+    np.testing.assert_allclose(out["embedding"], fused, atol=2e-4)
+    np.testing.assert_allclose(np.linalg.norm(out["embedding"], axis=1), 1.0, atol=1e-5)
+    # Batch size (padding to 4) does not change a face's embedding.
+    one = analyzer.embed(crops[1:2], yaw=out["yaw"][1:2])
+    np.testing.assert_allclose(one["embedding"][0], out["embedding"][1], atol=1e-5)
+
+
+def test_attributes_match_cluster_knn(analyzer, tiny):
+    import jax
+
+    from jaxface.tasks.attributes import knn_predict_all_attributes
+
+    images, _ = _tiny_models.identity_images(tiny["data_dir"], 3)
+    crops = images.astype(np.float32)  # 32 px, the attribute model's size
+    res = analyzer.attributes(crops)
+    assert len(res["names"]) == 40 and res["names"][0] == "5_o_Clock_Shadow"
+    assert res["decisions"].shape == (3, 40) and set(np.unique(res["decisions"])) <= {0, 1}
+    assert res["rule"] == "cluster_knn"
+    m = analyzer.attribute_model
+    out = jax.device_get(jax.jit(m.task.predict)(m.variables, {"image": crops * (2 / 255) - 1}))
+    ts = m.task_state
+    ref = knn_predict_all_attributes(
+        out["embedding"], ts["centroids"], ts["centroid_valid"], k=int(m.config.knn_k)
+    )
+    np.testing.assert_array_equal(res["decisions"], np.asarray(ref))
+    assert int(ts["clustered_at"]) == 7  # the saved task state, not a fresh init
+
+
+def test_analyze_every_face(analyzer, tiny):
+    image, _ = _tiny_models.synthetic_scene(tiny["data_dir"], 0)
+    faces = analyzer.analyze(image, score_threshold=0.0)
+    det = analyzer.detect(image)
+    assert len(faces) == len(det["scores"]) > 0
+    f = faces[0]
+    assert set(f) >= {"box", "score", "landmarks", "embedding", "yaw", "gate", "attributes"}
+    assert f["embedding"].shape == (int(analyzer.recognizer.config.model.embed_dim),)
+    assert len(f["attributes"]) == 40
+    # Every face of the image in one batch == each face alone.
+    crops = analyzer.align(image, det["landmarks"])
+    alone = analyzer.embed(crops[-1:], landmarks=det["landmarks"][-1:])
+    np.testing.assert_allclose(faces[-1]["embedding"], alone["embedding"][0], atol=1e-5)
+
+
+def test_wrong_workdir_kind_is_an_error(tiny):
+    from jaxface.analyzer import FaceAnalyzer
+
+    with pytest.raises(ValueError, match="expected a 'detection'"):
+        FaceAnalyzer.from_checkpoints(detector=tiny["recognizer"], recognizer=tiny["recognizer"])
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        FaceAnalyzer.from_checkpoints(detector="/nonexistent", recognizer=tiny["recognizer"])

@@ -1,0 +1,162 @@
+"""The inference commands: detect (folder, corrupt file), verify, attributes, identify,
+calibrate, export -- on tiny trained checkpoints and synthetic images."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import _tiny_models
+from jaxface import infer_cli
+from jaxface import main as cli
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    return _tiny_models.workdirs(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def images(tiny, tmp_path_factory):
+    """A folder with two synthetic scenes (one in a subfolder) and one corrupt file."""
+    root = tmp_path_factory.mktemp("images")
+    (root / "sub").mkdir()
+    a, _ = _tiny_models.synthetic_scene(tiny["data_dir"], 0)
+    b, _ = _tiny_models.synthetic_scene(tiny["data_dir"], 1)
+    Image.fromarray(a).save(root / "a.png")
+    Image.fromarray(b).save(root / "sub" / "b.jpg")
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    faces, labels = _tiny_models.identity_images(tiny["data_dir"], 6)
+    gallery = tmp_path_factory.mktemp("gallery")
+    for i, (im, lab) in enumerate(zip(faces, labels)):
+        d = gallery / f"id{lab:03d}"
+        d.mkdir(exist_ok=True)
+        # Faces upscaled onto a larger canvas: something for the detector to find.
+        Image.fromarray(im).resize((96, 96)).save(d / f"{i}.png")
+    return root, gallery
+
+
+def test_detect_folder_with_corrupt_file(tiny, images, tmp_path, capsys):
+    root, _ = images
+    out = tmp_path / "det"
+    args = ["--detector", tiny["detector"], "--score-threshold", "0.0"]
+    rc = cli.main(["detect", str(root), "--out", str(out), *args])
+    captured = capsys.readouterr()
+    assert rc == 0
+    assert "2 of 3 images processed" in captured.out and "1 unreadable" in captured.out
+    assert "broken.jpg" in captured.out and "broken.jpg" in captured.err
+    assert "[detect] |" in captured.err  # the progress bar
+    for stem in ("a", "sub/b"):
+        rec = json.loads((out / f"{stem}.json").read_text())
+        with Image.open(root / (stem + (".png" if stem == "a" else ".jpg"))) as im:
+            assert (rec["width"], rec["height"]) == im.size
+        assert rec["faces"] and set(rec["faces"][0]) == {"box", "score", "landmarks"}
+        assert len(rec["faces"][0]["landmarks"]) == 5
+        scores = [f["score"] for f in rec["faces"]]
+        assert scores == sorted(scores, reverse=True) and min(scores) >= 0.0
+        with Image.open(out / f"{stem}.png") as drawn:
+            assert drawn.format == "PNG" and drawn.size == (rec["width"], rec["height"])
+    assert not (out / "broken.json").exists()
+    # Every image unreadable: a non-zero exit.
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.png").write_bytes(b"nope")
+    assert cli.main(["detect", str(bad), "--out", str(tmp_path / "o2"), *args]) == 1
+
+
+def test_threshold_at_far_against_numpy():
+    rng = np.random.default_rng(0)
+    imp = rng.normal(0, 1, 10_000)
+    gen = rng.normal(2, 1, 1_000)
+    for far in (1e-1, 1e-2, 1e-3):
+        t = infer_cli.threshold_at_far(imp, far, gen)
+        assert np.mean(imp >= t["threshold"]) <= far  # never above the requested FAR
+        # and the next lower impostor score would exceed it (the lowest such threshold)
+        below = np.max(imp[imp < t["threshold"]])
+        assert np.mean(imp >= below) > far
+        np.testing.assert_allclose(t["tar"], np.mean(gen >= t["threshold"]))
+
+
+def test_verify_calibrates_then_decides(tiny, images, capsys):
+    _, gallery = images
+    files = sorted(gallery.rglob("*.png"))
+    args = [
+        "--detector",
+        tiny["detector"],
+        "--recognizer",
+        tiny["recognizer"],
+        "--score-threshold",
+        "0.0",
+    ]
+    rc = cli.main(["verify", str(files[0]), str(files[1]), "--far", "0.01", "--json", *args])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    assert out["decision"] in ("same", "different")
+    assert (out["score"] >= out["threshold"]) == (out["decision"] == "same")
+    assert out["far_at_threshold"] <= 0.01
+    cal = json.loads(
+        (
+            __import__("pathlib").Path(tiny["recognizer"]) / "calibration" / "verification.json"
+        ).read_text()
+    )
+    assert cal["num_impostor"] > 0 and "split 'test'" in cal["source"]
+    # The threshold is the one the held-out impostor scores give at that FAR.
+    imp = np.load(
+        __import__("pathlib").Path(tiny["recognizer"]) / "calibration" / "impostor_scores.npy"
+    )
+    assert abs(out["threshold"] - infer_cli.threshold_at_far(imp, 0.01)["threshold"]) < 1e-4
+    # Same image twice: score 1.
+    rc = cli.main(["verify", str(files[0]), str(files[0]), "--json", *args])
+    assert rc == 0 and json.loads(capsys.readouterr().out)["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_attributes_and_identify(tiny, images, capsys):
+    root, gallery = images
+    det = ["--detector", tiny["detector"], "--score-threshold", "0.0"]
+    rc = cli.main(
+        ["attributes", str(root / "a.png"), "--attributes", tiny["attributes"], "--json", *det]
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["faces"]
+    assert len(out["faces"][0]["probabilities"]) == 40
+    assert out["attribute_model"]["trained_on"].startswith("synthetic_faces")
+    query = sorted(gallery.rglob("*.png"))[0]
+    rc = cli.main(
+        [
+            "identify",
+            str(query),
+            "--gallery",
+            str(gallery),
+            "--recognizer",
+            tiny["recognizer"],
+            "--top-k",
+            "3",
+            "--json",
+            *det,
+        ]
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    assert len(out["top"]) <= 3 and out["gallery"]["images"] == 6
+    # The query is itself in the gallery: its identity ranks first with score ~1.
+    assert out["top"][0]["identity"] == query.parent.name
+    assert out["top"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_export_command(tiny, tmp_path, capsys):
+    out = tmp_path / "exp"
+    rc = cli.main(
+        [
+            "export",
+            "--detector",
+            tiny["detector"],
+            "--recognizer",
+            tiny["recognizer"],
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "embed: embed.jaxexport" in printed and (out / "manifest.json").exists()
