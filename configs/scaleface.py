@@ -124,7 +124,7 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
     c.eval_split = "validation"
     c.wider_gt_dir = ""  # eval_tools/ground_truth (the four .mat files) for "wider_official"
     c.evals = ["wider_official"]  # also writes the prediction folder for `jaxface widerface-eval`
-    # The "wider" evaluator draws its first N eval images with their detections (score >=
+    # The WIDER evaluators draw their first N eval images with their detections (score >=
     # the threshold) to TensorBoard (eval/sample_detections) and to the workdir as PNG.
     c.eval_sample_images = 0
     c.eval_sample_threshold = 0.5

@@ -42,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import os
 from typing import Any, Optional
 
@@ -140,14 +141,83 @@ def load_model(workdir: str, step: Optional[int] = None) -> LoadedModel:
     finally:
         mngr.close()
     variables = {"params": restored["params"], **restored["model_state"]}
+    task_state = dict(restored.get("task_state", {}))
+    if metric_attrs:
+        task_state = _fresh_centroids(workdir, int(step), task_state)
     return LoadedModel(
         workdir=workdir,
         config=config,
         task=task,
         variables=variables,
-        task_state=dict(restored.get("task_state", {})),
+        task_state=task_state,
         step=int(step),
     )
+
+
+CENTROIDS_FILE = os.path.join("calibration", "attribute_centroids.npz")
+
+
+def _fresh_centroids(workdir: str, step: int, task_state: dict) -> dict:
+    """LMLE's centroids: the checkpoint's task state holds those of the last
+    re-clustering *during* training (e.g. step 750 of 1000); `recluster_attributes` writes
+    the clustering of the checkpoint's own embedding (what the ``cluster_knn`` evaluator
+    uses), which replaces them when it was made for this step."""
+    path = os.path.join(workdir, CENTROIDS_FILE)
+    if os.path.isfile(path):
+        with np.load(path) as z:
+            if int(z["step"]) == step:
+                return {
+                    **task_state,
+                    "centroids": jnp.asarray(z["centroids"]),
+                    "centroid_valid": jnp.asarray(z["centroid_valid"]),
+                    "clustered_at": jnp.asarray(step, jnp.int32),
+                }
+    if "clustered_at" in task_state and int(task_state["clustered_at"]) != step:
+        logging.warning(
+            "%s: the LMLE centroids were clustered at step %d, the weights are of step %d; "
+            "run `jaxface calibrate --attributes %s` for the evaluator's clustering",
+            workdir,
+            int(task_state["clustered_at"]),
+            step,
+            workdir,
+        )
+    return task_state
+
+
+def recluster_attributes(model: LoadedModel) -> dict:
+    """Re-clusters an LMLE model's training embeddings at its checkpoint exactly as its
+    ``cluster_knn`` evaluator does (`AttributesTask.cluster`, reading the training data)
+    and writes ``WD/calibration/attribute_centroids.npz``; returns a summary."""
+    import types  # pylint: disable=import-outside-toplevel
+
+    from jaxface import train  # pylint: disable=import-outside-toplevel
+    from jaxface.tasks.base import EvalContext  # pylint: disable=import-outside-toplevel
+
+    if not getattr(model.task, "metric", False):
+        raise ValueError(f"{model.workdir}: not an LMLE / triplet attribute model")
+    ctx = EvalContext(
+        mesh=train.create_mesh(model.config),
+        workdir=model.workdir,
+        step=model.step,
+        process_index=0,
+        process_count=1,
+    )
+    variables = jax.device_put(model.variables, ctx.replicated)  # onto the whole mesh
+    state = types.SimpleNamespace(
+        params=variables["params"],
+        model_state={k: v for k, v in variables.items() if k != "params"},
+    )
+    new = jax.device_get(model.task.cluster(state, ctx))
+    path = os.path.join(model.workdir, CENTROIDS_FILE)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    np.savez(
+        path,
+        step=np.int64(model.step),
+        centroids=np.asarray(new["centroids"]),
+        centroid_valid=np.asarray(new["centroid_valid"]),
+    )
+    model.task_state = {**model.task_state, **new}
+    return {"file": path, "step": model.step, "non_empty_clusters": int((new["counts"] > 0).sum())}
 
 
 # ---------------------------------------------------------------------------------
@@ -344,13 +414,29 @@ class FaceAnalyzer:
         return results[0] if single else results
 
     # -- alignment -------------------------------------------------------------------
-    def align(self, image, landmarks, *, size: Optional[int] = None) -> np.ndarray:
+    def align(
+        self, image, landmarks, *, size: Optional[int] = None, supersample: Optional[int] = None
+    ) -> np.ndarray:
         """float32 ``[N, S, S, 3]`` (0..255) aligned crops of the faces with ``landmarks``
         ``[N, 5, 2]`` (image pixels) in one image; S = ``size`` or the recogniser's input
-        size, cut with the recogniser's alignment settings."""
+        size, cut with the recogniser's alignment settings (template zoom, border).
+
+        Each output pixel is the average of ``k x k`` bilinear samples over its footprint
+        (a box prefilter). The recogniser's training crops were cut at scale ~1 from
+        small dataset crops (``k`` of its settings suffices there); faces in photos are
+        often shrunk several times, so by default ``k`` is raised to the largest
+        shrink factor of the faces (at most `MAX_SUPERSAMPLE`): without it the crop
+        aliases, and its sharpness differs from what the recogniser was trained on.
+        """
         landmarks = np.asarray(landmarks, np.float32).reshape(-1, 5, 2)
         n = len(landmarks)
         size = int(size or self.crop_size)
+        if supersample is None and n:
+            supersample = max(
+                int(self.align_settings["supersample"]),
+                shrink_factor(landmarks, size, self.align_settings["zoom"]),
+            )
+        k = int(supersample or self.align_settings["supersample"])
         if n == 0:
             return np.zeros((0, size, size, 3), np.float32)
         if not self.has_landmarks:
@@ -358,14 +444,15 @@ class FaceAnalyzer:
                 f"detector {self.detector.workdir}: config.model.landmarks is False, so there "
                 "are no landmarks to align faces with; train a detector with landmarks"
             )
-        if size not in self._align_fns:
-            self._align_fns[size] = jax.jit(
-                functools.partial(_align_padded, size=size, **self.align_settings)
+        if (size, k) not in self._align_fns:
+            settings = {**self.align_settings, "supersample": k}
+            self._align_fns[(size, k)] = jax.jit(
+                functools.partial(_align_padded, size=size, **settings)
             )
         img = _pad_image(_rgb(image), border=self.align_settings["border"])
         padded = _pad_rows(landmarks, _pow2(n))
         padded[n:] = landmarks[0]
-        crops = self._align_fns[size](img, padded)
+        crops = self._align_fns[(size, k)](img, padded)
         return np.asarray(crops)[:n]
 
     # -- recognition -----------------------------------------------------------------
@@ -507,6 +594,21 @@ def _yaw_from_landmarks(landmarks):
     from jaxface.models import pose  # pylint: disable=import-outside-toplevel
 
     return pose.yaw_from_landmarks(landmarks)
+
+
+MAX_SUPERSAMPLE = 8
+
+
+def shrink_factor(landmarks, size: int, zoom: float = 1.0) -> int:
+    """``ceil`` of the largest image-to-crop shrink factor of ``[N, 5, 2]`` landmarks
+    (the inverse scale of their similarity transform onto the template), in
+    ``[1, MAX_SUPERSAMPLE]``."""
+    from jaxface.ops import align  # pylint: disable=import-outside-toplevel
+
+    m = np.asarray(align.estimate_similarity(landmarks, align.arcface_template(size, zoom)))
+    scale = np.sqrt(np.abs(np.linalg.det(m[..., :2])))  # crop pixels per image pixel
+    worst = float(np.min(scale)) if scale.size else 1.0
+    return int(np.clip(np.ceil(1.0 / max(worst, 1e-6)), 1, MAX_SUPERSAMPLE))
 
 
 def largest_face(det: dict) -> Optional[int]:

@@ -17,7 +17,8 @@ Functions (all batched over ``b``):
                   scores ``[b, K]``, valid ``[b, K]``, landmarks ``[b, K, 5, 2]`` in original
                   image pixels (after the model's NMS; apply a score threshold yourself).
   ``align``       image ``[h, w, 3]`` float32 (0..255; symbolic h, w), landmarks
-                  ``[b, 5, 2]`` -> crops ``[b, S', S', 3]`` (0..255): the recogniser's crop.
+                  ``[b, 5, 2]`` -> crops ``[b, S', S', 3]`` (0..255): the recogniser's crop
+                  (box prefilter at `jaxface.analyzer.MAX_SUPERSAMPLE` samples per axis).
   ``embed``       crops ``[b, S', S', 3]`` float32 0..255, yaw ``[b]`` degrees ->
                   embedding ``[b, D]`` (L2-normalised, flip fused), yaw, gate.
   ``yaw``         landmarks ``[b, 5, 2]`` -> yaw ``[b]`` degrees (3D mean-face fit).
@@ -129,7 +130,9 @@ def export_analyzer(analyzer, out_dir: str, *, functions=None) -> dict:
         fns["detect"]["output_names"] = ["boxes", "landmarks", "scores", "valid"]
         fns["detect"]["score_threshold"] = analyzer.score_threshold
     if "align" in wanted:
-        settings = dict(analyzer.align_settings)
+        # The analyzer picks the box prefilter's k per call (the faces' shrink factor); a
+        # serialised function is static, so it takes the largest.
+        settings = {**analyzer.align_settings, "supersample": analyzer_lib.MAX_SUPERSAMPLE}
         fns["align"] = _export_one(
             lambda image, landmarks: analyzer_lib._align_padded(  # pylint: disable=protected-access
                 image, landmarks, size=s, **settings
@@ -174,6 +177,10 @@ def export_analyzer(analyzer, out_dir: str, *, functions=None) -> dict:
             [{"name": "crops", "shape": ["b", s, s, 3], "dtype": "float32"}],
             out_dir,
             "attributes",
+        )
+        fns["attributes"]["preprocessing"] = (
+            "the align function's crops (RGB 0..255), resized inside (antialiased) to the "
+            f"attribute model's {int(att.config.image_size)} px input"
         )
         fns["attributes"]["names"] = list(analyzer.attribute_names)
         fns["attributes"]["output_names"] = ["probabilities", "decisions"]

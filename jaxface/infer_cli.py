@@ -4,7 +4,7 @@
   jaxface verify IMG_A IMG_B --detector WD --recognizer WD [--far 1e-3]
   jaxface attributes IMAGE --detector WD --attributes WD
   jaxface identify --gallery DIR QUERY --detector WD --recognizer WD [--top-k 5]
-  jaxface calibrate --recognizer WD [--max-images 2000]
+  jaxface calibrate [--recognizer WD] [--attributes WD] [--max-images 2000]
   jaxface export --detector WD --recognizer WD [--attributes WD] --out DIR
 
 ``WD`` are training workdirs (`jaxface train`); see `jaxface.analyzer`.
@@ -547,13 +547,21 @@ def cmd_calibrate(argv) -> int:
         prog="jaxface calibrate",
         description="Held-out impostor / genuine scores of a recogniser (verify's thresholds).",
     )
-    p.add_argument("--recognizer", required=True)
+    p.add_argument("--recognizer", default=None, help="recogniser workdir: verify thresholds")
+    p.add_argument(
+        "--attributes", default=None, help="LMLE workdir: the evaluator's centroids at its step"
+    )
     p.add_argument("--max-images", type=int, default=2000)
     args = p.parse_args(argv)
-    from jaxface.analyzer import load_model  # pylint: disable=import-outside-toplevel
+    if not args.recognizer and not args.attributes:
+        p.error("give --recognizer and/or --attributes")
+    from jaxface import analyzer  # pylint: disable=import-outside-toplevel
 
-    info = calibrate(load_model(args.recognizer), max_images=args.max_images)
-    print(json.dumps(info, indent=1))
+    if args.recognizer:
+        info = calibrate(analyzer.load_model(args.recognizer), max_images=args.max_images)
+        print(json.dumps(info, indent=1))
+    if args.attributes:
+        print(json.dumps(analyzer.recluster_attributes(analyzer.load_model(args.attributes))))
     return 0
 
 

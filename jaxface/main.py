@@ -10,7 +10,7 @@ Inference with trained workdirs (`jaxface.infer_cli`, `jaxface.analyzer`):
   jaxface verify IMG_A IMG_B --detector WD --recognizer WD [--far 1e-3]
   jaxface attributes IMAGE --detector WD --attributes WD
   jaxface identify --gallery DIR QUERY --detector WD --recognizer WD [--top-k 5]
-  jaxface calibrate --recognizer WD          (verify's held-out thresholds)
+  jaxface calibrate [--recognizer WD] [--attributes WD]   (verify's thresholds; LMLE centroids)
   jaxface export --detector WD --recognizer WD [--attributes WD] --out DIR
 
 ``--config.<field>=<value>`` overrides any declared field; an unknown field is an

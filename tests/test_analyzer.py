@@ -60,11 +60,12 @@ def test_align_matches_opencv(analyzer):
     image = rng.integers(0, 256, (70, 90, 3)).astype(np.uint8)
     tpl = align_ops.ARCFACE_TEMPLATE_112
     lm = np.stack([tpl * 0.4 + [10, 5], tpl * 0.3 + [50, 30]]).astype(np.float32)
-    crops = analyzer.align(image, lm)
+    crops = analyzer.align(image, lm, supersample=2)
     s = analyzer.crop_size
     assert crops.shape == (2, s, s, 3)
     settings = analyzer.align_settings
-    assert settings["supersample"] == 2  # the recogniser's default
+    # By default k follows the faces' shrink factor (here < 2: the recogniser's own k).
+    np.testing.assert_array_equal(analyzer.align(image, lm), crops)
     dst = align_ops.arcface_template(s, settings["zoom"])
     for i in range(2):
         # Reference: least-squares similarity (NumPy) + OpenCV warp at 2x, box-averaged.
@@ -164,3 +165,40 @@ def test_wrong_workdir_kind_is_an_error(tiny):
         FaceAnalyzer.from_checkpoints(detector=tiny["recognizer"], recognizer=tiny["recognizer"])
     with pytest.raises(FileNotFoundError, match="config.json"):
         FaceAnalyzer.from_checkpoints(detector="/nonexistent", recognizer=tiny["recognizer"])
+
+
+def test_align_prefilter_follows_the_shrink_factor(analyzer):
+    from jaxface.analyzer import MAX_SUPERSAMPLE, shrink_factor
+    from jaxface.ops import align as align_ops
+
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (400, 400, 3)).astype(np.uint8)
+    lm = (align_ops.ARCFACE_TEMPLATE_112 * 1.5 + 20).astype(np.float32)[None]
+    s, zoom = analyzer.crop_size, analyzer.align_settings["zoom"]
+    k = shrink_factor(lm, s, zoom)
+    assert k == min(MAX_SUPERSAMPLE, int(np.ceil(1.5 * 112 / s / zoom)))
+    np.testing.assert_array_equal(
+        analyzer.align(image, lm), analyzer.align(image, lm, supersample=k)
+    )
+    # On noise, a 2x2 prefilter at a 5x shrink aliases: far more variance survives.
+    assert analyzer.align(image, lm, supersample=2).std() > 1.3 * analyzer.align(image, lm).std()
+
+
+def test_recluster_attributes_replaces_stale_centroids(tiny, tmp_path):
+    import shutil
+
+    from jaxface import analyzer as analyzer_lib
+
+    wd = tmp_path / "attributes"
+    shutil.copytree(tiny["attributes"], wd)
+    m = analyzer_lib.load_model(str(wd))
+    assert int(m.task_state["clustered_at"]) == 7  # stale: not the checkpoint's step (1)
+    info = analyzer_lib.recluster_attributes(m)
+    assert info["step"] == m.step == 1
+    again = analyzer_lib.load_model(str(wd))
+    assert int(again.task_state["clustered_at"]) == 1
+    # The clustering is the task's own (what its cluster_knn evaluator computes).
+    np.testing.assert_allclose(
+        np.asarray(again.task_state["centroids"]), np.asarray(m.task_state["centroids"])
+    )
+    assert not np.allclose(np.asarray(again.task_state["centroids"]), 0.0)

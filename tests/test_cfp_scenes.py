@@ -325,7 +325,13 @@ def test_sample_detections_are_drawn_and_written(tmp_path):
     ctx = EvalContext(
         mesh=None, workdir=str(tmp_path), step=7, process_index=0, process_count=1, writer=writer
     )
-    src = [{"image": image}, {"image": np.zeros((50, 90, 3), np.uint8)}, {"image": image}]
+    # Ground truth comes from the example's faces when the evaluator passes none.
+    gt_face = {"bbox": np.array([[0.5, 0.5, 0.9, 0.9]], np.float32)}  # ymin xmin ymax xmax
+    src = [
+        {"image": image},
+        {"image": np.zeros((50, 90, 3), np.uint8), "faces": gt_face},
+        {"image": image},
+    ]
     out = {
         "boxes": np.array([[[10, 10, 40, 50]]] * 3, np.float32),
         "scores": np.array([[0.9]] * 3, np.float32),
@@ -335,5 +341,7 @@ def test_sample_detections_are_drawn_and_written(tmp_path):
     task._log_sample_detections(ctx, src, out)  # pylint: disable=protected-access
     grid = writer.images[7]["eval/sample_detections"]
     assert grid.shape == (2, 60, 90, 3) and grid.dtype == np.uint8
+    assert (grid[1, 35, 45] == [0, 255, 0]).all()  # GT box x 45..81, y 25..45: left edge
+    assert not (grid[0] == [0, 255, 0]).all(-1).any()  # no faces: no ground truth drawn
     png = np.asarray(Image.open(tmp_path / "sample_detections_step7.png"))
     assert png.shape == (60, 180, 3)

@@ -377,7 +377,7 @@ def test_identity_folder_source_trains_and_lists_labels(data_dir, tmp_path):
     meta0 = task0.metadata("train")
     n = min(len(src0), 64)
     root = tmp_path / "faces"
-    paths, yaws = [], []
+    paths = []
     for k in range(n):
         ident = f"id_{int(meta0['label'][k]):04d}"
         p = root / "train" / ident / f"{k:05d}.png"

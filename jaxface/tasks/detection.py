@@ -421,6 +421,7 @@ class DetectionTask(Task):
                 os.path.join(ctx.workdir, f"wider_pred_step{ctx.step}"), rels, boxes, scores
             )
         results = wider_eval.evaluate(gt, wider_eval.Predictions.from_lists(per))
+        self._log_sample_detections(ctx, src, out)
         return {f"ap_{k}": float(v.ap) for k, v in results.items()}
 
     def _predict_eval_split(self, state, ctx: EvalContext):
@@ -463,7 +464,7 @@ class DetectionTask(Task):
 
     def _log_sample_detections(self, ctx: EvalContext, src, out, faces=None):
         """The first ``config.eval_sample_images`` eval images with their detections drawn
-        (`draw_detections`; ground truth in green when known): to TensorBoard as
+        (`draw_detections`; ground truth in green when the example has faces): to TensorBoard as
         ``eval/sample_detections`` (``ctx.writer.write_images``) and as
         ``<workdir>/sample_detections_step<N>.png`` (one row)."""
         k = min(int(self.config.get("eval_sample_images", 0)), int(out["boxes"].shape[0]))
@@ -474,13 +475,15 @@ class DetectionTask(Task):
         for i in range(k):
             v = np.asarray(out["valid"][i], bool)
             lm = out.get("landmarks")
+            ex = src[i]
+            gt = faces[i] if faces is not None else (faces_of(ex) if "faces" in ex else None)
             drawn.append(
                 draw_detections(
-                    np.asarray(src[i]["image"]),
+                    np.asarray(ex["image"]),
                     np.asarray(out["boxes"][i])[v],
                     np.asarray(out["scores"][i])[v],
                     landmarks=None if lm is None else np.asarray(lm[i])[v],
-                    gt_boxes=None if faces is None else faces[i]["boxes"],
+                    gt_boxes=None if gt is None else gt["boxes"],
                     threshold=thr,
                 )
             )

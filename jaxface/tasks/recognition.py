@@ -476,7 +476,14 @@ class RecognitionTask(Task):
                         f"split {split!r}: the insightface RecordIO source has only the training split; "
                         "evaluate with the 'cfp' evaluator (config.cfp.manual_dir)"
                     )
-                self._sources[key] = InsightFaceSource(d.manual_dir, d.get("yaw_file", ""))
+                src = InsightFaceSource(d.manual_dir, d.get("yaw_file", ""))
+                if src.ds.num_classes != self.num_classes:
+                    raise ValueError(
+                        f"config.num_classes={self.num_classes} but {d.manual_dir}/property says "
+                        f"{src.ds.num_classes} identities: set --config.num_classes="
+                        f"{src.ds.num_classes}"
+                    )
+                self._sources[key] = src
             elif d.builder == "identity_folder":
                 if not d.manual_dir:
                     raise ValueError(
