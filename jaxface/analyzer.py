@@ -99,9 +99,7 @@ def example_batch(task, config) -> dict:
 
 def load_model(workdir: str, step: Optional[int] = None) -> LoadedModel:
     """The task of ``workdir/config.json`` with the weights of ``step`` (default latest)."""
-    import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-
-    from jaxface import tasks  # pylint: disable=import-outside-toplevel
+    from jaxface import tasks, train  # pylint: disable=import-outside-toplevel
 
     config = read_config(workdir)
     task = tasks.get_task(config.task)(config)
@@ -117,29 +115,7 @@ def load_model(workdir: str, step: Optional[int] = None) -> LoadedModel:
     target = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), target
     )
-    path = os.path.abspath(os.path.join(workdir, "checkpoints"))
-    mngr = ocp.CheckpointManager(path)
-    try:
-        step = mngr.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {path}")
-        restored = mngr.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.PyTreeRestore(
-                    item=target,
-                    restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                    partial_restore=True,
-                )
-            ),
-        )["state"]
-    except (ValueError, KeyError) as err:
-        raise ValueError(
-            f"{path}: the checkpoint of step {step} does not match the model of "
-            f"{workdir}/config.json. Details (truncated): {str(err)[:1000]}"
-        ) from None
-    finally:
-        mngr.close()
+    restored, step = train.restore_partial(workdir, target, step, what="checkpoint")
     variables = {"params": restored["params"], **restored["model_state"]}
     task_state = dict(restored.get("task_state", {}))
     if metric_attrs:

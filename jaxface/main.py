@@ -27,10 +27,16 @@ import sys
 USAGE = __doc__
 
 
-def _setup_logging():
+def _setup_logging(verbose: bool = True):
+    from absl import flags  # pylint: disable=import-outside-toplevel
     from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
 
-    absl_logging.set_verbosity(absl_logging.INFO)
+    # The command line is ours, not absl's: mark its flags parsed so absl does not warn
+    # "Logging before flag parsing" (their defaults are what we want).
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+    # Training logs progress at INFO; inference commands print their own results.
+    absl_logging.set_verbosity(absl_logging.INFO if verbose else absl_logging.WARNING)
     absl_logging.use_absl_handler()
     # orbax logs every step of every save at INFO; keep its warnings and errors only.
     absl_logging.get_absl_handler().addFilter(
@@ -155,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     if cmd not in COMMANDS:
         print(f"jaxface: unknown command {cmd!r}\n{USAGE}", file=sys.stderr)
         return 2
-    _setup_logging()
+    _setup_logging(verbose=cmd in ("train", "eval", "quickstart"))
     if cmd in ("train", "eval", "quickstart"):
         from jaxface import parallel  # pylint: disable=import-outside-toplevel
 

@@ -529,6 +529,41 @@ def _install_sleep_before_commit(workdir: str) -> None:
     cls.finalize = finalize
 
 
+def restore_partial(workdir: str, abstract, step: int | None = None, *, what: str = "init_from"):
+    """``(restored, step)``: the parts of a checkpoint named by ``abstract`` (a pytree of
+    ``jax.ShapeDtypeStruct`` with shardings, e.g. ``{"params": ..., "model_state": ...}``),
+    nothing else (orbax partial restore). ``workdir`` is a run directory (its
+    ``checkpoints/``) or a checkpoints directory; ``step`` defaults to the latest. A
+    structure or shape mismatch is a ValueError naming ``what`` and the step."""
+    path = os.path.abspath(workdir)
+    if os.path.isdir(os.path.join(path, "checkpoints")):
+        path = os.path.join(path, "checkpoints")
+    src = ocp.CheckpointManager(path)
+    try:
+        step = src.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"{what}={workdir!r}: no checkpoint found in {path}")
+        try:
+            restored = src.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.PyTreeRestore(
+                        item=abstract,
+                        restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+                        partial_restore=True,
+                    )
+                ),
+            )["state"]
+        except (ValueError, KeyError) as err:
+            raise ValueError(
+                f"{what}={workdir!r}: the checkpoint of step {step} does not match this "
+                f"config's model. Details (truncated): {str(err)[:1500]}"
+            ) from None
+    finally:
+        src.close()
+    return restored, step
+
+
 def restore_weights(
     workdir: str,
     params,
@@ -545,37 +580,12 @@ def restore_weights(
     structure and shapes must match this config's model; a mismatch is an error.
     ``workdir`` is a run directory (its ``checkpoints/``) or a checkpoints directory.
     """
-    path = os.path.abspath(workdir)
-    if os.path.isdir(os.path.join(path, "checkpoints")):
-        path = os.path.join(path, "checkpoints")
-    src = ocp.CheckpointManager(path)
-    try:
-        step = src.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"init_from={workdir!r}: no checkpoint found in {path}")
-        target = {"params": params, "model_state": model_state}
-        shard = {"params": params_sharding, "model_state": model_state_sharding}
-        abstract = jax.tree.map(
-            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), target, shard
-        )
-        try:
-            restored = src.restore(
-                step,
-                args=ocp.args.Composite(
-                    state=ocp.args.PyTreeRestore(
-                        item=abstract,
-                        restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-                        partial_restore=True,
-                    )
-                ),
-            )["state"]
-        except (ValueError, KeyError) as err:
-            raise ValueError(
-                f"init_from={workdir!r}: the weights of step {step} do not match this "
-                f"config's model. Details (truncated): {str(err)[:1500]}"
-            ) from None
-    finally:
-        src.close()
+    target = {"params": params, "model_state": model_state}
+    shard = {"params": params_sharding, "model_state": model_state_sharding}
+    abstract = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), target, shard
+    )
+    restored, step = restore_partial(workdir, abstract, step)
     return restored["params"], restored["model_state"], step
 
 

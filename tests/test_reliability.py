@@ -22,6 +22,7 @@ import pytest
 from PIL import Image
 
 from jaxface.data import sources, tfds_base
+from test_train import tiny_config  # the trainer tests' tiny LMLE run config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -323,17 +324,6 @@ def test_cfp_malformed_fiducial_line_is_an_error(tmp_path):
 # ------------------------------------------------------------------ training faults
 
 
-def _tiny(tfds_dir, **overrides):
-    from jaxface.quickstart import load_config
-
-    c = load_config(REPO / "configs" / "lmle.py", "tiny")
-    c.data.data_dir = tfds_dir
-    c.async_checkpointing = False
-    for k, v in overrides.items():
-        c[k] = v
-    return c
-
-
 @pytest.fixture(scope="module")
 def tfds_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("tfds"))
@@ -371,7 +361,7 @@ def test_sigkill_during_checkpoint_write_keeps_previous(tfds_dir, tmp_path):
     tmp_dirs = [p.name for p in ckpt.iterdir() if "tmp" in p.name]
     assert tmp_dirs and all(p.startswith("4") for p in tmp_dirs), sorted(os.listdir(ckpt))
     assert not (ckpt / "4").exists() and not (workdir / "result.json").exists()
-    cfg = _tiny(tfds_dir, num_train_steps=4, checkpoint_every=2, evals=[])
+    cfg = tiny_config(tfds_dir, num_train_steps=4, checkpoint_every=2, evals=[])
     mngr = train.make_checkpoint_manager(str(workdir), cfg)
     assert mngr.latest_step() == 2 and mngr.all_steps() == [2]
     saved = ocp.StandardCheckpointer().restore(ckpt / "2" / "state")  # from its own metadata
@@ -403,7 +393,7 @@ def test_checkpoint_with_nonfinite_params_is_never_written(tmp_path):
 
     from jaxface import train
 
-    cfg = _tiny(str(tmp_path / "unused"))
+    cfg = tiny_config(str(tmp_path / "unused"))
     mngr = train.make_checkpoint_manager(str(tmp_path), cfg)
     params = {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.zeros(3)}
     stats = {"mean": jnp.ones(3), "count": jnp.int32(4)}

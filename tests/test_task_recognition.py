@@ -102,19 +102,23 @@ def test_stitching_freezes_stem_and_trains_block(data_dir, tmp_path_factory):
     assert n_frozen > 10 and changed_dream == 4  # fc1/fc2 kernel and bias
 
 
-def test_verification_evaluator_equals_direct_computation(trained):
-    trainer, state, _ = trained
-    task = trainer.task
-    got = task.evaluators()["verification"](state, trainer.ctx)
-    # Direct: embed every test image (and its mirror) with the model, then the evaluation module.
+def _direct_test_embeddings(task, state):
+    """Independent of the evaluators: every test image and its mirror through the model
+    (no batching or sharding), fused as `verification.fuse_flip`."""
     src, _ = task.data("test", train=False)
     transform = functools.partial(task.transform, train=False)
     batch = pipeline.collate([transform(src[i], None) for i in range(len(src))])
     variables = jax.device_get(common.variables_of(state))
-    yaw = batch["yaw"]
-    out = task.model.apply(variables, batch["image"], yaw, train=False)
-    out_f = task.model.apply(variables, batch["image"][:, :, ::-1], yaw, train=False)
-    fused = verif.fuse_flip(np.asarray(out["embedding"]), np.asarray(out_f["embedding"]))
+    out = task.model.apply(variables, batch["image"], batch["yaw"], train=False)
+    out_f = task.model.apply(variables, batch["image"][:, :, ::-1], batch["yaw"], train=False)
+    return verif.fuse_flip(np.asarray(out["embedding"]), np.asarray(out_f["embedding"]))
+
+
+def test_verification_evaluator_equals_direct_computation(trained):
+    trainer, state, _ = trained
+    task = trainer.task
+    got = task.evaluators()["verification"](state, trainer.ctx)
+    fused = _direct_test_embeddings(task, state)
     meta = task.metadata("test")
     v = trainer.config.verification
     pairs = rec.build_verification_pairs(
@@ -418,13 +422,7 @@ def test_identification_evaluator_matches_numpy_and_draws_cmc(trained):
     trainer, state, _ = trained
     task = trainer.task
     got = task.evaluators()["identification"](state, trainer.ctx)
-    src, _ = task.data("test", train=False)
-    transform = functools.partial(task.transform, train=False)
-    batch = pipeline.collate([transform(src[i], None) for i in range(len(src))])
-    variables = jax.device_get(common.variables_of(state))
-    out = task.model.apply(variables, batch["image"], batch["yaw"], train=False)
-    out_f = task.model.apply(variables, batch["image"][:, :, ::-1], batch["yaw"], train=False)
-    fused = verif.fuse_flip(np.asarray(out["embedding"]), np.asarray(out_f["embedding"]))
+    fused = _direct_test_embeddings(task, state)
     meta = task.metadata("test")
     lab, yaw = meta["label"], meta["abs_yaw"]
     # Gallery: the most frontal image of each identity; every other image probes it.

@@ -409,6 +409,11 @@ def test_real_gt_perfect_predictions(real_data, tmp_path, capsys):
     assert payload["hard"]["ap"] == pytest.approx(res["hard"].ap, abs=1e-12)
     for s in ("easy", "medium", "hard"):
         assert (out_dir / f"pr_{s}.png").stat().st_size > 1000
+    from PIL import Image
+
+    one = E.plot_pr(res, tmp_path / "pr_all.png")  # the evaluators' one-picture form
+    with Image.open(one) as im:
+        assert im.format == "PNG" and im.size == (500, 400)
 
 
 def test_real_gt_jittered_matches_official_transcription(real_data):

@@ -432,26 +432,10 @@ if tfds is not None:
             return tfds.core.DatasetInfo(
                 builder=self,
                 description=__doc__,
-                features=tfds.features.FeaturesDict(
-                    {
-                        "image": tfds.features.Image(
-                            shape=(None, None, 3), dtype=np.uint8, encoding_format="png"
-                        ),
-                        "image/id": tfds.features.Scalar(dtype=np.int64),
-                        "background": tfds.features.Scalar(dtype=np.int64),
-                        "faces": tfds.features.Sequence(
-                            {
-                                "bbox": tfds.features.BBoxFeature(),
-                                "landmarks": tfds.features.Tensor(shape=(5, 2), dtype=np.float32),
-                                "blur": tfds.features.Scalar(dtype=np.int32),
-                                "occlusion": tfds.features.Scalar(dtype=np.int32),
-                                "pose": tfds.features.Scalar(dtype=np.int32),
-                                "invalid": tfds.features.Scalar(dtype=np.int32),
-                                "identity": tfds.features.Scalar(dtype=np.int64),
-                                "is_profile": tfds.features.Scalar(dtype=np.bool_),
-                            }
-                        ),
-                    }
+                features=tfds_base.scene_features(
+                    identity=tfds.features.Scalar(dtype=np.int64),
+                    is_profile=tfds.features.Scalar(dtype=np.bool_),
+                    image_fields={"background": tfds.features.Scalar(dtype=np.int64)},
                 ),
                 homepage="http://www.cfpw.io/",
                 metadata=tfds.core.MetadataDict(

@@ -33,6 +33,7 @@ import zipfile
 from typing import Any, Callable, Optional
 
 from etils import epath
+import numpy as np
 import tensorflow_datasets as tfds
 
 SKIP_REPORT = "skipped.json"
@@ -54,6 +55,34 @@ UNREADABLE = (
     SyntaxError,
     UnicodeDecodeError,
 )
+
+
+def scene_features(**extra_face_fields) -> tfds.features.FeaturesDict:
+    """The detection scene layout the detection task reads (``synthetic_faces/detection``,
+    ``cfp_scenes``): a PNG ``image``, ``image/id`` and a ``faces`` sequence of ``bbox``, 5
+    ``landmarks`` and WIDER's per-face labels; ``extra_face_fields`` add per-face features
+    (and ``image_fields`` in them, a dict, adds per-image ones)."""
+    image_fields = extra_face_fields.pop("image_fields", {})
+    return tfds.features.FeaturesDict(
+        {
+            "image": tfds.features.Image(
+                shape=(None, None, 3), dtype=np.uint8, encoding_format="png"
+            ),
+            "image/id": tfds.features.Scalar(dtype=np.int64),
+            **image_fields,
+            "faces": tfds.features.Sequence(
+                {
+                    "bbox": tfds.features.BBoxFeature(),
+                    "landmarks": tfds.features.Tensor(shape=(5, 2), dtype=np.float32),
+                    "blur": tfds.features.Scalar(dtype=np.int32),
+                    "occlusion": tfds.features.Scalar(dtype=np.int32),
+                    "pose": tfds.features.Scalar(dtype=np.int32),
+                    "invalid": tfds.features.Scalar(dtype=np.int32),
+                    **extra_face_fields,
+                }
+            ),
+        }
+    )
 
 
 def _pil_errors():

@@ -70,9 +70,10 @@ def score_bins(scores: jax.Array, n_bins: int) -> jax.Array:
 
 
 # Rows of a tile scattered per inner step: XLA:CPU runs one scatter of a whole
-# block x block tile (4M updates) about 10x slower per update than a scan of scatters of
-# ~64k updates each (measured on this project's CPU; see benchmarks/README.md).
-_SCATTER_ROWS = 32
+# block x block tile (4M updates) several times slower per update than a scan of small
+# scatters (16 rows x 2048 = 32k updates each); 8-128 rows measured within noise of each
+# other on this project's CPU, 2048 x 2048 tiles best (benchmarks/README.md).
+_SCATTER_ROWS = 16
 
 
 def _row_block_hist(emb, lab, valid, bi, *, block: int, n_blocks: int, n_bins: int):
@@ -286,30 +287,39 @@ def _merge(best_s, best_i, s, i, k):
     return top_s, jnp.take_along_axis(cat_i, pos, axis=1)
 
 
-def _chunk_step(best_s, best_i, bad, q, g, n_valid, offset, *, k: int):
+def _rows_bad(g):
+    """True if any row of ``g`` holds NaN/inf: its sum is then non-finite (NaN propagates,
+    inf - inf = NaN). One fused pass over the chunk; zero padding rows are finite. (A row
+    of finite values whose sum overflows float32, |x| ~ 1e35, is reported too.)"""
+    return ~jnp.all(jnp.isfinite(jnp.sum(g, axis=1)))
+
+
+def _chunk_step(best_s, best_i, bad, q, g, n_valid, offset, *, k: int, masked: bool):
     s = jnp.dot(q, g.T, preferred_element_type=jnp.float32)
-    col = jnp.arange(g.shape[0])
-    s = jnp.where(col[None, :] < n_valid, s, -jnp.inf)
+    if masked:  # only the last, padded chunk pays for the mask
+        col = jnp.arange(g.shape[0])
+        s = jnp.where(col[None, :] < n_valid, s, -jnp.inf)
     # NaN/inf in the gallery would otherwise silently win or lose the top-k (a -inf score
     # would pass for padding): check the rows themselves, O(G D) next to the O(Q G D) matmul.
-    bad = bad | ~jnp.all(jnp.isfinite(g) | (col[:, None] >= n_valid))
+    bad = bad | _rows_bad(g)
     cs, ci = _top_k(s, min(k, g.shape[0]))
     return (*_merge(best_s, best_i, cs, ci.astype(jnp.int32) + offset, k), bad)
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled_search(k: int, mesh: Mesh | None):
+def _compiled_search(k: int, mesh: Mesh | None, masked: bool = True):
     if mesh is None:
-        return jax.jit(functools.partial(_chunk_step, k=k), donate_argnums=(0, 1))
+        return jax.jit(functools.partial(_chunk_step, k=k, masked=masked), donate_argnums=(0, 1))
     axis = mesh.axis_names[0]
 
     def per_device(best_s, best_i, bad, q, g, n_valid, offset):
         local = g.shape[0]
         start = jax.lax.axis_index(axis) * local
         s = jnp.dot(q, g.T, preferred_element_type=jnp.float32)
-        col = start + jnp.arange(local)
-        s = jnp.where(col[None, :] < n_valid, s, -jnp.inf)
-        local_bad = (~jnp.all(jnp.isfinite(g) | (col[:, None] >= n_valid))).astype(jnp.int32)
+        if masked:
+            col = start + jnp.arange(local)
+            s = jnp.where(col[None, :] < n_valid, s, -jnp.inf)
+        local_bad = _rows_bad(g).astype(jnp.int32)
         bad = bad | (jax.lax.pmax(local_bad, axis) > 0)
         cs, ci = _top_k(s, min(k, local))
         ci = ci.astype(jnp.int32) + start + offset
@@ -326,6 +336,40 @@ def _compiled_search(k: int, mesh: Mesh | None):
         check_vma=False,
     )
     return jax.jit(sm, donate_argnums=(0, 1))
+
+
+def _aligned_empty(shape, dtype=np.float32, align: int = 64) -> np.ndarray:
+    """An uninitialised host array whose data starts on an ``align``-byte boundary."""
+    n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.empty(n + align, np.uint8)
+    off = (-raw.ctypes.data) % align
+    return raw[off : off + n].view(dtype).reshape(shape)
+
+
+class _HostStager:
+    """Host gallery chunks onto a CPU device without jax's host->device copy: each chunk is
+    copied (and cast to float32) by NumPy into one of two 64-byte-aligned staging buffers,
+    which XLA:CPU then reads in place (``jnp.from_dlpack``, zero copy). A buffer is reused
+    only after the step that read it has finished, so memory stays two chunks."""
+
+    def __init__(self, chunk: int, dim: int):
+        self.bufs = [_aligned_empty((chunk, dim)) for _ in range(2)]
+        self.pending = [None, None]
+        self.turn = 0
+
+    def put(self, rows: np.ndarray):
+        i, self.turn = self.turn, 1 - self.turn
+        if self.pending[i] is not None:
+            jax.block_until_ready(self.pending[i])
+        buf = self.bufs[i]
+        n = rows.shape[0]
+        np.copyto(buf[:n], rows, casting="same_kind")
+        if n < buf.shape[0]:
+            buf[n:] = 0.0
+        return i, jnp.from_dlpack(buf)
+
+    def used_by(self, i: int, result):
+        self.pending[i] = result
 
 
 def search_top_k(
@@ -370,21 +414,29 @@ def search_top_k(
         raise ValueError(f"mesh: expected one axis, got {mesh.axis_names}")
     chunk = min(chunk, g_n)
     chunk = int(math.ceil(chunk / n_dev) * n_dev)
-    step = _compiled_search(k, mesh)
     best_s = jnp.full((q.shape[0], k), -jnp.inf, jnp.float32)
     best_i = jnp.full((q.shape[0], k), -1, jnp.int32)
     bad = jnp.zeros((), bool)
+    stager = None
     if mesh is not None:
         rep = NamedSharding(mesh, P())
         row = NamedSharding(mesh, P(mesh.axis_names[0]))
         q, best_s, best_i, bad = (jax.device_put(x, rep) for x in (q, best_s, best_i, bad))
+    elif not isinstance(gallery, jax.Array) and jax.devices()[0].platform == "cpu":
+        stager = _HostStager(chunk, gallery.shape[1])
     for off in range(0, g_n, chunk):
         g = gallery[off : off + chunk]
         n_valid = g.shape[0]
-        if n_valid < chunk:
+        step = _compiled_search(k, mesh, n_valid < chunk)
+        if stager is not None:
+            slot, g = stager.put(np.asarray(g))
+        elif n_valid < chunk:
             g = jnp.pad(jnp.asarray(g, jnp.float32), ((0, chunk - n_valid), (0, 0)))
-        g = jnp.asarray(g, jnp.float32) if mesh is None else jax.device_put(g, row)
+        if stager is None:
+            g = jnp.asarray(g, jnp.float32) if mesh is None else jax.device_put(g, row)
         best_s, best_i, bad = step(best_s, best_i, bad, q, g, jnp.int32(n_valid), jnp.int32(off))
+        if stager is not None:
+            stager.used_by(slot, bad)  # not donated: alive until the step is done
     if bool(bad):
         raise ValueError("gallery: non-finite value(s) (NaN/inf) -- scores would be meaningless")
     return np.array(best_s), np.array(best_i)

@@ -583,11 +583,6 @@ def save_results(
     results: Mapping[str, SettingResult], out_dir: PathLike, *, label: str = "jaxface"
 ) -> None:
     """Writes ``widerface_results.json`` and ``pr_<setting>.png`` (matplotlib Agg)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -605,19 +600,39 @@ def save_results(
     with open(out / "widerface_results.json", "w", encoding="utf-8") as f:
         json.dump(payload, f)
     for s, r in results.items():
-        fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
+        plot_pr({s: r}, out / f"pr_{s}.png", title=f"WIDER FACE val, {s}", label=label)
+
+
+def plot_pr(
+    results: Mapping[str, SettingResult],
+    path: PathLike,
+    *,
+    title: str = "WIDER FACE protocol",
+    label: str = "",
+) -> pathlib.Path:
+    """One PNG with the precision-recall curve of each setting (legend: setting and AP)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for s, r in results.items():
         ok = np.isfinite(r.precision)
-        ax.plot(r.recall[ok], r.precision[ok], lw=2, label=f"{label}-{r.ap:.3f}")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.01)
-        ax.set_xlabel("Recall")
-        ax.set_ylabel("Precision")
-        ax.set_title(f"WIDER FACE val, {s}")
-        ax.grid(True, alpha=0.3)
-        ax.legend(loc="lower left")
-        fig.tight_layout()
-        fig.savefig(out / f"pr_{s}.png")
-        plt.close(fig)
+        name = f"{label}-{r.ap:.3f}" if label else f"{s} (AP {r.ap:.3f})"
+        ax.plot(r.recall[ok], r.precision[ok], lw=2, label=name)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("Recall")
+    ax.set_ylabel("Precision")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

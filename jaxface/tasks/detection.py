@@ -422,6 +422,15 @@ class DetectionTask(Task):
             )
         results = wider_eval.evaluate(gt, wider_eval.Predictions.from_lists(per))
         self._log_sample_detections(ctx, src, out)
+        if ctx.process_index == 0:
+            wider_eval.save_results(
+                results, os.path.join(ctx.workdir, f"wider_pred_step{ctx.step}_eval")
+            )
+            wider_eval.plot_pr(
+                results,
+                os.path.join(ctx.workdir, f"wider_pr_step{ctx.step}.png"),
+                title=f"WIDER FACE {c.eval_split}, step {ctx.step}",
+            )
         return {f"ap_{k}": float(v.ap) for k, v in results.items()}
 
     def _predict_eval_split(self, state, ctx: EvalContext):
@@ -450,6 +459,11 @@ class DetectionTask(Task):
         summary = {f"ap_{k}": float(v.ap) for k, v in results.items()}
         self._log_sample_detections(ctx, src, out, faces)
         if ctx.process_index == 0:
+            wider_eval.plot_pr(
+                results,
+                os.path.join(ctx.workdir, f"wider_pr_step{ctx.step}.png"),
+                title=f"{c.data.builder} {c.eval_split}: WIDER protocol, step {ctx.step}",
+            )
             with open(os.path.join(ctx.workdir, f"wider_eval_step{ctx.step}.json"), "w") as f:
                 json.dump(
                     {

@@ -254,24 +254,7 @@ class SyntheticFaces(tfds_base.Builder):
             )
             supervised = ("image", "label")
         else:
-            features = tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(
-                        shape=(None, None, 3), dtype=np.uint8, encoding_format="png"
-                    ),
-                    "image/id": tfds.features.Scalar(dtype=np.int64),
-                    "faces": tfds.features.Sequence(
-                        {
-                            "bbox": tfds.features.BBoxFeature(),
-                            "landmarks": tfds.features.Tensor(shape=(5, 2), dtype=np.float32),
-                            "blur": tfds.features.Scalar(dtype=np.int32),
-                            "occlusion": tfds.features.Scalar(dtype=np.int32),
-                            "pose": tfds.features.Scalar(dtype=np.int32),
-                            "invalid": tfds.features.Scalar(dtype=np.int32),
-                        }
-                    ),
-                }
-            )
+            features = tfds_base.scene_features()
             supervised = None
         return tfds.core.DatasetInfo(
             builder=self,
