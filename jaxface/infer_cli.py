@@ -316,6 +316,19 @@ def load_calibration(recognizer_workdir: str) -> Optional[tuple[dict, np.ndarray
     )
 
 
+def _face_embedding_or_report(analyzer, path, command: str):
+    """`_largest_face_embedding`, or ``(None, None)`` after printing why (unreadable image,
+    no face) for ``jaxface <command>``."""
+    try:
+        e, face = _largest_face_embedding(analyzer, path)
+    except ValueError as err:
+        print(f"jaxface {command}: {err}", file=sys.stderr)
+        return None, None
+    if e is None:
+        print(f"jaxface {command}: no face found in {path}", file=sys.stderr)
+    return e, face
+
+
 def _largest_face_embedding(analyzer, path):
     from jaxface.analyzer import largest_face  # pylint: disable=import-outside-toplevel
 
@@ -364,13 +377,8 @@ def cmd_verify(argv) -> int:
     thr = threshold_at_far(impostor, args.far, genuine)
     embs, faces = [], []
     for path in (args.image_a, args.image_b):
-        try:
-            e, face = _largest_face_embedding(analyzer, path)
-        except ValueError as err:
-            print(f"jaxface verify: {err}", file=sys.stderr)
-            return 2
+        e, face = _face_embedding_or_report(analyzer, path, "verify")
         if e is None:
-            print(f"jaxface verify: no face found in {path}", file=sys.stderr)
             return 2
         embs.append(e)
         faces.append(face)
@@ -508,13 +516,8 @@ def cmd_identify(argv) -> int:
     if not embs:
         print("jaxface identify: no usable gallery face", file=sys.stderr)
         return 2
-    try:
-        q, qface = _largest_face_embedding(analyzer, args.query)
-    except ValueError as err:
-        print(f"jaxface identify: {err}", file=sys.stderr)
-        return 2
+    q, qface = _face_embedding_or_report(analyzer, args.query, "identify")
     if q is None:
-        print(f"jaxface identify: no face found in {args.query}", file=sys.stderr)
         return 2
     sims = np.asarray(embs) @ q
     best: dict[str, float] = {}
