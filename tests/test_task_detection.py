@@ -216,3 +216,35 @@ def test_augmentation_keeps_boxes_on_the_pixels():
     assert out["keep"][1] and out["ignore"][1]
     jit = aug.photometric_jitter(rng, img)
     assert jit.shape == img.shape and jit.dtype == np.uint8
+
+
+def test_wider_evaluator_writes_its_report_pr_curve_and_samples(task_and_batch, tmp_path):
+    """The `wider` evaluator end to end (untrained weights: the numbers are not the point):
+    APs in [0, 1] equal to its JSON, the PR-curve PNG and the sample-detection PNG written."""
+    import json
+    import types
+
+    from jaxface.tasks.base import EvalContext
+
+    task, batch = task_and_batch
+    task.config.eval_limit = 16
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()).reshape(-1, 1), ("data", "model"))
+    variables = jax.jit(task.init_variables)(jax.random.key(0), batch)
+    state = types.SimpleNamespace(
+        params=variables["params"],
+        model_state={k: v for k, v in variables.items() if k != "params"},
+    )
+    ctx = EvalContext(mesh=mesh, workdir=str(tmp_path), step=3, process_index=0, process_count=1)
+    got = task.evaluators()["wider"](state, ctx)
+    assert set(got) >= {"ap_easy", "ap_medium", "ap_hard"}
+    saved = json.loads((tmp_path / "wider_eval_step3.json").read_text())
+    for k, ap in got.items():
+        # A setting with no face in these 16 scenes has no AP (NaN); every other is in [0, 1].
+        if saved["num_faces"][k.removeprefix("ap_")] == 0:
+            assert np.isnan(ap) and np.isnan(saved[k])
+        else:
+            assert 0.0 <= ap <= 1.0 and saved[k] == ap
+    assert saved["num_faces"]["hard"] > 0
+    for name in ("wider_pr_step3.png", "sample_detections_step3.png"):
+        with Image.open(tmp_path / name) as im:
+            assert im.format == "PNG" and min(im.size) > 100
