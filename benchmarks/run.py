@@ -536,37 +536,19 @@ def bench_detect(args):
     import numpy as np
     from jaxface.models import scaleface
     from jaxface.quickstart import find_configs_dir, load_config
+    from jaxface.tasks.detection import DetectionTask
 
     cfg = load_config(find_configs_dir() / "scaleface.py", "wider")
     b, size = args.detect_batch, args.detect_size
-    model = scaleface.ScaleFace(
-        branches=scaleface.branch_specs(cfg.model.branches),
-        backbone=dict(cfg.model.backbone),
-        merge_channels=cfg.model.merge_channels,
-        rpn_channels=cfg.model.rpn_channels,
-        head_conv_channels=cfg.model.head_conv_channels,
-        head_fc=tuple(cfg.model.head_fc),
-        roi_size=cfg.model.roi_size,
-        roi_op=cfg.model.roi_op,
-        roi_sampling_ratio=cfg.model.roi_sampling_ratio,
-    )
+    task = DetectionTask(cfg)  # the model and the inference path the trainer evaluates
+    model = task.model
     x = jax.random.normal(jax.random.key(0), (b, size, size, 3), jnp.float32)
     hw = jnp.full((b, 2), size, jnp.float32)
     variables = jax.jit(lambda k, x: model.init(k, x[:1]))(jax.random.key(1), x)
 
     @jax.jit
     def run(variables, x, hw):
-        return scaleface.detect(
-            model,
-            variables,
-            x,
-            hw,
-            pre_nms_topk=int(cfg.test_pre_nms_topk),
-            post_nms_topk=int(cfg.test_post_nms_topk),
-            rpn_nms_iou=float(cfg.rpn_nms_iou),
-            max_detections=int(cfg.max_detections),
-            nms_iou=float(cfg.nms_iou),
-        )
+        return task.predict(variables, {"image": x, "image_hw": hw, "scale": jnp.ones(b)})
 
     trunk = jax.jit(lambda v, x: model.apply(v, x, method=scaleface.ScaleFace.backbone_features))
 

@@ -32,7 +32,6 @@ from typing import Optional
 
 import numpy as np
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 CALIBRATION_DIR = "calibration"
 
 
@@ -78,32 +77,28 @@ def read_image(path) -> np.ndarray:
 
 
 def list_images(root) -> list[pathlib.Path]:
+    """``root`` itself if it is a file, else every image below it (sorted)."""
+    from jaxface.tasks.detection import list_images as relative_images  # pylint: disable=import-outside-toplevel
+
     root = pathlib.Path(root)
     if root.is_file():
         return [root]
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such file or folder")
-    return sorted(
-        p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
+    return [root / rel for rel in relative_images(root)]
 
 
 def draw_faces(image: np.ndarray, det: dict, path) -> None:
-    """PNG of the image with boxes, 5 landmarks and scores drawn."""
-    from PIL import Image, ImageDraw  # pylint: disable=import-outside-toplevel
+    """PNG of the image with every face of ``det`` drawn: box, score and 5 landmarks
+    (`jaxface.tasks.detection.draw_detections`, the picture the evaluators log)."""
+    from PIL import Image  # pylint: disable=import-outside-toplevel
 
-    im = Image.fromarray(image)
-    d = ImageDraw.Draw(im)
-    lw = max(1, round(max(image.shape[:2]) / 300))
-    colours = [(255, 0, 0), (0, 255, 0), (0, 128, 255), (255, 255, 0), (255, 0, 255)]
-    for box, score, lm in zip(det["boxes"], det["scores"], det["landmarks"]):
-        x1, y1, x2, y2 = (float(v) for v in box)
-        d.rectangle([x1, y1, x2, y2], outline=(0, 255, 0), width=lw)
-        r = max(1.5, lw * 1.5)
-        for (x, y), c in zip(np.asarray(lm, float), colours):
-            d.ellipse([x - r, y - r, x + r, y + r], fill=c)
-        d.text((x1 + 2, max(0.0, y1 - 12)), f"{float(score):.2f}", fill=(255, 255, 0))
-    im.save(path, format="png")
+    from jaxface.tasks.detection import draw_detections  # pylint: disable=import-outside-toplevel
+
+    drawn = draw_detections(
+        image, det["boxes"], det["scores"], landmarks=det["landmarks"], threshold=-np.inf
+    )
+    Image.fromarray(drawn).save(path, format="png")
 
 
 def faces_json(det: dict) -> list[dict]:

@@ -106,7 +106,9 @@ def run(workdir: str, *, configs_dir: str | None = None, only=None) -> list[dict
             }
         )
     write_table(rows, workdir)
-    if jax_process_index() == 0:
+    import jax  # pylint: disable=import-outside-toplevel
+
+    if jax.process_index() == 0:
         from jaxface import report  # pylint: disable=import-outside-toplevel
 
         out = report.write_html_report(
@@ -118,12 +120,6 @@ def run(workdir: str, *, configs_dir: str | None = None, only=None) -> list[dict
         )
         print(f"report: {out}")
     return rows
-
-
-def jax_process_index() -> int:
-    import jax  # pylint: disable=import-outside-toplevel
-
-    return jax.process_index()
 
 
 def markdown_table(rows: list[dict]) -> str:

@@ -433,8 +433,10 @@ if tfds is not None:
                 builder=self,
                 description=__doc__,
                 features=tfds_base.scene_features(
-                    identity=tfds.features.Scalar(dtype=np.int64),
-                    is_profile=tfds.features.Scalar(dtype=np.bool_),
+                    face_fields={
+                        "identity": tfds.features.Scalar(dtype=np.int64),
+                        "is_profile": tfds.features.Scalar(dtype=np.bool_),
+                    },
                     image_fields={"background": tfds.features.Scalar(dtype=np.int64)},
                 ),
                 homepage="http://www.cfpw.io/",

@@ -49,7 +49,19 @@ __all__ = [
     "IMAGE_EXTENSIONS",
 ]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff")
+# The image files jaxface reads from folders (identity folders, detection inputs), one list.
+IMAGE_EXTENSIONS = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".gif",
+    ".webp",
+    ".ppm",
+    ".pgm",
+    ".tif",
+    ".tiff",
+)
 
 
 # --------------------------------------------------------------------------- identity folders

@@ -57,19 +57,18 @@ UNREADABLE = (
 )
 
 
-def scene_features(**extra_face_fields) -> tfds.features.FeaturesDict:
+def scene_features(face_fields=None, image_fields=None) -> tfds.features.FeaturesDict:
     """The detection scene layout the detection task reads (``synthetic_faces/detection``,
     ``cfp_scenes``): a PNG ``image``, ``image/id`` and a ``faces`` sequence of ``bbox``, 5
-    ``landmarks`` and WIDER's per-face labels; ``extra_face_fields`` add per-face features
-    (and ``image_fields`` in them, a dict, adds per-image ones)."""
-    image_fields = extra_face_fields.pop("image_fields", {})
+    ``landmarks`` and WIDER's per-face labels; ``face_fields`` / ``image_fields`` (dicts of
+    tfds features) add per-face / per-image features."""
     return tfds.features.FeaturesDict(
         {
             "image": tfds.features.Image(
                 shape=(None, None, 3), dtype=np.uint8, encoding_format="png"
             ),
             "image/id": tfds.features.Scalar(dtype=np.int64),
-            **image_fields,
+            **(image_fields or {}),
             "faces": tfds.features.Sequence(
                 {
                     "bbox": tfds.features.BBoxFeature(),
@@ -78,7 +77,7 @@ def scene_features(**extra_face_fields) -> tfds.features.FeaturesDict:
                     "occlusion": tfds.features.Scalar(dtype=np.int32),
                     "pose": tfds.features.Scalar(dtype=np.int32),
                     "invalid": tfds.features.Scalar(dtype=np.int32),
-                    **extra_face_fields,
+                    **(face_fields or {}),
                 }
             ),
         }

@@ -47,6 +47,7 @@ import numpy as np
 from PIL import Image
 
 from jaxface.data import detection_aug, sources
+from jaxface.data.recognition_formats import IMAGE_EXTENSIONS
 from jaxface.data.synthetic.render import difficulty_subsets
 from jaxface.data.widerface import WiderFaceAnnotations
 from jaxface.evaluation import widerface as wider_eval
@@ -61,8 +62,6 @@ from jaxface.ops.targets import (
 )
 from jaxface.tasks import common
 from jaxface.tasks.base import EvalContext, Task
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 def _smooth_l1(x, beta: float):

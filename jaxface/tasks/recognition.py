@@ -302,9 +302,13 @@ def build_verification_pairs(
     return out
 
 
-def verification_report(emb, emb_flip, pairs: dict[str, tuple]) -> dict[str, Any]:
+def verification_report(
+    emb, emb_flip, pairs: dict[str, tuple], *, far: float | None = None
+) -> dict[str, Any]:
     """Per protocol: `verification.evaluate_folds` on squared L2 distances of the
-    flip-fused, L2-normalised embeddings, plus the pooled ROC (fpr, tpr)."""
+    flip-fused, L2-normalised embeddings, plus the pooled ROC (fpr, tpr) and, with ``far``,
+    the k-fold TAR at that FAR (`verification.kfold_tar_at_far`: ``tar_at_far`` per fold,
+    ``tar_at_far_mean`` / ``_std``)."""
     fused = verif.fuse_flip(emb, emb_flip)
     out = {}
     for name, (i, j, same, fold) in pairs.items():
@@ -312,6 +316,14 @@ def verification_report(emb, emb_flip, pairs: dict[str, tuple]) -> dict[str, Any
         rep = verif.evaluate_folds(dist, same, fold, kind="distance")
         fpr, tpr, _ = verif.roc_curve(dist, same, kind="distance")
         out[name] = {**rep, "roc": (fpr, tpr), "num_pairs": len(same)}
+        if far is not None:
+            val = verif.kfold_tar_at_far(dist, same, fold, far, kind="distance")
+            out[name].update(
+                far_target=far,
+                tar_at_far=val["tar"],
+                tar_at_far_mean=val["tar_mean"],
+                tar_at_far_std=val["tar_std"],
+            )
     return out
 
 

@@ -31,7 +31,6 @@ landmarks to fit).
 from __future__ import annotations
 
 import io
-import json
 import os
 import pathlib
 from typing import Any, Sequence
@@ -144,6 +143,8 @@ def _transform(task, set_config):
 
 
 def _evaluate_pairs(task, state, ctx: EvalContext, name: str, set_config, data, title: str):
+    from jaxface.tasks.recognition import verification_report  # pylint: disable=import-outside-toplevel
+
     src, i, j, same, fold = data
     out = common.predict_split(
         ctx,
@@ -155,38 +156,19 @@ def _evaluate_pairs(task, state, ctx: EvalContext, name: str, set_config, data, 
     )
     if len(out["embedding"]) != len(src):
         raise RuntimeError(f"{name}: embedded {len(out['embedding'])} of {len(src)} images")
-    fused = verif.fuse_flip(out["embedding"], out["embedding_flip"])
-    dist = verif.pair_distances(fused[i], fused[j])
-    rep = verif.evaluate_folds(dist, same, fold, kind="distance")
     far = float(set_config.get("far", 1e-3))
-    val = verif.kfold_tar_at_far(dist, same, fold, far, kind="distance")
-    fpr, tpr, _ = verif.roc_curve(dist, same, kind="distance")
-    if ctx.process_index == 0:
-        verif.plot_roc(
-            {name: (fpr, tpr)},
-            os.path.join(ctx.workdir, f"{name}_roc_step{ctx.step}.png"),
-            title=title,
-        )
-        with open(os.path.join(ctx.workdir, f"{name}_eval_step{ctx.step}.json"), "w") as f:
-            json.dump(
-                {
-                    "num_pairs": int(len(same)),
-                    "num_images": len(src),
-                    **{k: np.asarray(v).tolist() for k, v in rep.items()},
-                    "tar_at_far": {k: np.asarray(v).tolist() for k, v in val.items()},
-                    "far_target": far,
-                },
-                f,
-                indent=1,
-            )
-    tag = f"tar_at_far_{far:g}"
+    report = verification_report(
+        out["embedding"], out["embedding_flip"], {name: (i, j, same, fold)}, far=far
+    )
+    task._write(ctx, name, report, title)  # pylint: disable=protected-access
+    rep, tag = report[name], f"tar_at_far_{far:g}"
     return {
         f"{name}_accuracy_mean": rep["accuracy_mean"],
         f"{name}_accuracy_std": rep["accuracy_std"],
         f"{name}_eer_mean": rep["eer_mean"],
         f"{name}_auc_mean": rep["auc_mean"],
-        f"{name}_{tag}_mean": val["tar_mean"],
-        f"{name}_{tag}_std": val["tar_std"],
+        f"{name}_{tag}_mean": rep["tar_at_far_mean"],
+        f"{name}_{tag}_std": rep["tar_at_far_std"],
     }
 
 
