@@ -31,11 +31,7 @@ def _mesh():
     return jax.sharding.Mesh(np.array(jax.devices()), ("x",))
 
 
-def test_histograms_match_exact_counts(pairs_set):
-    e, lab, s, same = pairs_set
-    n_bins = 2**16
-    # block does not divide N: exercises the padding mask and the diagonal tiles.
-    gen, imp = I.all_pairs_histograms(e, lab, n_bins=n_bins, block=256)
+def _assert_histograms_match(gen, imp, s, same, n_bins):
     assert gen.sum() == same.sum() and imp.sum() == (~same).sum()
     bins = np.clip(np.floor((s + 1) * n_bins / 2).astype(np.int64), 0, n_bins - 1)
     ref_gen = np.bincount(bins[same], minlength=n_bins)
@@ -46,10 +42,33 @@ def test_histograms_match_exact_counts(pairs_set):
         cg, cr = np.cumsum(got), np.cumsum(ref)
         assert np.all(cg[:-1] <= cr[1:]) and np.all(cr[:-1] <= cg[1:])
         assert np.abs(got - ref).sum() <= 0.02 * ref.sum()
+
+
+def test_histograms_match_exact_counts(pairs_set):
+    e, lab, s, same = pairs_set
+    n_bins = 2**16
+    # block does not divide N: exercises the padding mask, the diagonal tiles and the
+    # label-free tiles far from the diagonal (120 identities over 5 blocks).
+    gen, imp = I.all_pairs_histograms(e, lab, n_bins=n_bins, block=256)
+    _assert_histograms_match(gen, imp, s, same, n_bins)
     # Sharded over the 8 host devices: the identical histograms.
     gen8, imp8 = I.all_pairs_histograms(e, lab, n_bins=n_bins, block=128, mesh=_mesh())
     np.testing.assert_array_equal(gen8, gen)
     np.testing.assert_array_equal(imp8, imp)
+
+
+def test_histograms_identity_spanning_blocks_and_string_labels():
+    # One identity of 400 members spans four 128-row blocks once sorted, so genuine pairs
+    # sit off the diagonal tiles too; labels are strings, in no particular order.
+    e, ids = _clustered(700, 16, 40, noise=0.5)
+    ids[RNG.permutation(700)[:400]] = 7
+    lab = np.array([f"person_{i:03d}" for i in ids])
+    iu = np.triu_indices(len(e), 1)
+    s = (e.astype(np.float64) @ e.T.astype(np.float64))[iu]
+    same = (ids[:, None] == ids[None, :])[iu]
+    n_bins = 2**12
+    gen, imp = I.all_pairs_histograms(e, lab, n_bins=n_bins, block=128)
+    _assert_histograms_match(gen, imp, s, same, n_bins)
 
 
 def test_histogram_tar_at_far_agrees_with_exact_roc(pairs_set):
@@ -88,12 +107,92 @@ def test_search_top_k_matches_argsort(chunk, use_mesh):
     np.testing.assert_allclose(s, rs, rtol=1e-5, atol=1e-5)
 
 
-def test_grouped_top_k_exact():
-    x = jnp.asarray(RNG.normal(size=(5, 64 * 256)).astype(np.float32))
-    v, i = jax.jit(lambda a: I._top_k(a, 30))(x)
-    rv, ri = jax.lax.top_k(x, 30)
-    np.testing.assert_array_equal(v, rv)
+@pytest.mark.parametrize(
+    "gallery_kind,k,chunk,window",
+    [
+        ("numpy", 45, 700, None),
+        ("numpy", 5, 4096, None),
+        ("numpy", 45, 700, 1),  # a selection after every chunk
+        (
+            "numpy",
+            45,
+            700,
+            3 * 23 * 96,
+        ),  # windows of 3 chunks (23 queries, 96 groups each): the last one part-filled
+        ("memmap", 45, 700, None),
+        ("npy_readonly", 45, 768, None),
+        ("device", 45, 700, None),
+        ("mesh", 45, 700, None),
+    ],
+)
+def test_search_top_k_exact_ties(gallery_kind, k, chunk, window, tmp_path, monkeypatch):
+    """Small-integer embeddings: every score is an exact integer, so the top-k is full of
+    exact ties, within and across groups of rows and chunks. The result must be the stable
+    argsort's (lower gallery index first), whatever holds the gallery."""
+    g = RNG.integers(-2, 3, size=(3001, 16)).astype(np.float32)
+    g[1500:1540] = g[7]  # a run of duplicates: whole groups tied with a row of another chunk
+    q = RNG.integers(-2, 3, size=(23, 16)).astype(np.float32)
+    q[0] = g[7]
+    mesh = None
+    if window is not None:
+        monkeypatch.setattr(I, "_WINDOW_VALUES", window)
+    if gallery_kind == "memmap":
+        mm = np.lib.format.open_memmap(
+            tmp_path / "g.npy", mode="w+", dtype=np.float32, shape=g.shape
+        )
+        mm[:] = g
+        g_in = mm
+    elif gallery_kind == "npy_readonly":  # chunks read in place from the mapping
+        np.save(tmp_path / "g.npy", g)
+        g_in = np.load(tmp_path / "g.npy", mmap_mode="r")
+        assert I._in_place_source(g_in) is not None
+    elif gallery_kind == "device":
+        g_in = jnp.asarray(g)
+    else:
+        g_in = g
+        mesh = _mesh() if gallery_kind == "mesh" else None
+    s, i = I.search_top_k(q, g_in, k=k, chunk=chunk, mesh=mesh)
+    rs, ri = _ref_topk(q, g, k)
+    np.testing.assert_array_equal(s, rs)
     np.testing.assert_array_equal(i, ri)
+
+
+def test_search_in_place_tail_pieces(tmp_path):
+    """A gallery read in place whose tail holds whole sub-blocks: the tail runs as an unpadded
+    step of its own size plus one padded sub-block; the result is still the stable argsort."""
+    sub = I._sub_rows(9)
+    g_n = 2 * sub + sub + 37
+    assert list(I._pieces(g_n, 2 * sub, sub, True)) == [
+        (0, 2 * sub, 2 * sub),
+        (2 * sub, sub, sub),
+        (3 * sub, 37, sub),
+    ]
+    assert list(I._pieces(g_n, 2 * sub, sub, False)) == [
+        (0, 2 * sub, 2 * sub),
+        (2 * sub, sub + 37, 2 * sub),
+    ]
+    g = RNG.integers(-2, 3, size=(g_n, 8)).astype(np.float32)
+    q = RNG.integers(-2, 3, size=(9, 8)).astype(np.float32)
+    np.save(tmp_path / "g.npy", g)
+    s, i = I.search_top_k(q, np.load(tmp_path / "g.npy", mmap_mode="r"), k=10, chunk=2 * sub)
+    rs, ri = _ref_topk(q, g, 10)
+    np.testing.assert_array_equal(s, rs)
+    np.testing.assert_array_equal(i, ri)
+
+
+def test_in_place_source_rules(tmp_path):
+    g = np.zeros((256, 32), np.float32)
+    np.save(tmp_path / "g.npy", g)
+    ro = np.load(tmp_path / "g.npy", mmap_mode="r")
+    src = I._in_place_source(ro)
+    assert src is not None and src.flags.writeable and src.ctypes.data % 64 == 0
+    assert I._in_place_source(ro[8:]) is None  # a view of a read-only mapping
+    raw = np.zeros(256 * 32 + 32, np.float32)
+    start = (-raw.ctypes.data % 64) // 4 + 1  # 4 bytes past a 64-byte boundary
+    unaligned = raw[start : start + 256 * 32].reshape(256, 32)
+    assert unaligned.ctypes.data % 64 == 4 and I._in_place_source(unaligned) is None
+    assert I._in_place_source(g.astype(np.float64)) is None
+    assert I._in_place_source(np.asfortranarray(g)) is None
 
 
 def test_cmc_rank_k_and_dir_at_fpir():
