@@ -22,7 +22,8 @@ everything else) and the DREAM ones ``X_stitch`` (stitching, started from ``X``)
   cfp_aligned  ``cfp`` on 48 px crops aligned to the ArcFace 5-point template
            (``config.data.crop = "aligned"``: CFP's fiducials -> 5 points ->
            `jaxface.ops.align`), the crops `jaxface.analyzer` cuts from detected faces;
-           the recogniser for ``jaxface verify`` / ``identify`` on real photos.
+           the recogniser for ``jaxface verify`` / ``identify`` on real photos;
+           ``cfp_aligned_naive`` is its twin without the block.
 
 Run (the paper's best: end-to-end, then re-train the block by stitching):
   jaxface train --config configs/dream.py:cfp --workdir /tmp/jaxface/dream_cfp
@@ -42,7 +43,10 @@ import ml_collections
 from jaxface import config as jf_config
 
 BASES = ("msceleb", "cfp", "synthetic", "tiny")
-VARIANTS = tuple(b + s for b in BASES for s in ("", "_naive", "_stitch")) + ("cfp_aligned",)
+VARIANTS = tuple(b + s for b in BASES for s in ("", "_naive", "_stitch")) + (
+    "cfp_aligned",
+    "cfp_aligned_naive",
+)
 SMALL_VARIANT = "tiny"
 
 # ../shared/data/cfp beside the repository (the real data never lives inside it).
@@ -126,7 +130,7 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
         c.optimizer.warmup_steps = 50
         c.log_every, c.eval_every, c.checkpoint_every = 50, 1200, 1200
         c.evals = ["cfp", "identification"]
-        if variant == "cfp_aligned":
+        if variant.startswith("cfp_aligned"):
             # The same run on crops aligned to the ArcFace template from the fiducials'
             # 5 points: what `jaxface verify` / `FaceAnalyzer` feed it on real photos.
             c.data.crop = "aligned"
