@@ -663,8 +663,7 @@ def _stream_windows(q, gallery, best_s, best_i, bad, k: int, chunk: int, sub: in
         if slot is not None:
             stager.used_by(slot, bad)  # not donated: alive until the step is done
         filled += size // sub
-    end = g_n
-    best_s, best_i = sel(gm, sm, best_s, best_i, jnp.int32(end - row0), jnp.int32(row0 // _GROUP))
+    best_s, best_i = sel(gm, sm, best_s, best_i, jnp.int32(g_n - row0), jnp.int32(row0 // _GROUP))
     return best_s, best_i, bad
 
 
