@@ -104,8 +104,7 @@ def alternate(jax_fn, peer_fn, repeats: int, warmup: int = 1):
     """Median seconds of jax_fn and peer_fn, timed alternately after warm-up."""
     if peer_fn is None:
         return alternate_all([jax_fn], repeats, warmup)[0], None
-    tj, tp = alternate_all([jax_fn, peer_fn], repeats, warmup)
-    return tj, tp
+    return tuple(alternate_all([jax_fn, peer_fn], repeats, warmup))
 
 
 # ----------------------------------------------------------------------------- rows
@@ -311,6 +310,11 @@ def bench_search(args):
     array in RAM (each chunk copied into a staging buffer); faiss holds its own copy."""
     import tempfile
 
+    with tempfile.TemporaryDirectory(prefix="jaxface-bench-") as tmp:
+        return _bench_search(args, pathlib.Path(tmp) / "gallery.npy")
+
+
+def _bench_search(args, npy_path):
     import numpy as np
     from jaxface.evaluation import identification as ident
 
@@ -319,9 +323,8 @@ def bench_search(args):
     gal = _unit(rng.standard_normal((g, d), dtype=np.float32))
     qry = _unit(gal[rng.integers(0, g, q)] + 0.05 * rng.standard_normal((q, d), dtype=np.float32))
     chunk = args.search_chunk
-    tmp = tempfile.TemporaryDirectory(prefix="jaxface-bench-")
-    np.save(pathlib.Path(tmp.name) / "gallery.npy", gal)
-    gal_npy = np.load(pathlib.Path(tmp.name) / "gallery.npy", mmap_mode="r")
+    np.save(npy_path, gal)
+    gal_npy = np.load(npy_path, mmap_mode="r")
     fns = {
         "npy": lambda: ident.search_top_k(qry, gal_npy, k=k, chunk=chunk),
         "ram": lambda: ident.search_top_k(qry, gal, k=k, chunk=chunk),
@@ -359,7 +362,6 @@ def bench_search(args):
             f"max |score diff| {np.abs(sj - sp).max():.1e}"
         )
     *tj, tp = alternate_all([*fns.values(), peer_fn], args.repeats)
-    tmp.cleanup()
     peer = f"faiss {faiss.__version__} IndexFlatIP (exact; index built once)"
     return [
         Row("search", f"{what}; {where[n]}", t, tp, peer=peer, note=notes[n])

@@ -523,13 +523,12 @@ def _take_rows(buf: np.ndarray, gallery, ids: np.ndarray) -> None:
     if not (isinstance(gallery, np.ndarray) and gallery.dtype == buf.dtype):
         np.copyto(buf, np.take(gallery, ids, axis=0), casting="same_kind")
         return
-    parts = np.array_split(np.arange(len(ids)), min(_GATHER_THREADS, len(ids)))
+    cuts = np.linspace(0, len(ids), min(_GATHER_THREADS, len(ids)) + 1).astype(int)
 
-    def take(part):
-        sl = slice(part[0], part[-1] + 1)
+    def take(sl):
         np.take(gallery, ids[sl], axis=0, out=buf[sl], mode="clip")  # "clip": unbuffered
 
-    list(_gather_pool().map(take, [pt for pt in parts if len(pt)]))
+    list(_gather_pool().map(take, [slice(a, b) for a, b in zip(cuts[:-1], cuts[1:])]))
 
 
 _GATHER_THREADS = min(4, os.cpu_count() or 1)
@@ -574,8 +573,9 @@ def search_top_k(
       chunk: gallery rows per step; per device rounded up to a multiple of 128 rows, and
         above a sub-block (`_sub_rows`: 4,096 rows for 1,000 queries) to whole sub-blocks;
         capped at the (rounded-up) gallery size.
-        Memory: two staging chunks (unless read in place) plus the window's group maxima,
-        ``Q * max(chunk, 2^25 / Q * _GROUP) / _GROUP`` float32 values at most (128 MiB).
+        Memory: two staging chunks (unless read in place), the window's group maxima
+        (``2^25`` float32 values, 128 MiB, or one chunk's ``Q * chunk / 8`` if more) and
+        two rescoring batches of at most 64 MiB each.
       mesh: optional 1-axis mesh to shard each chunk over (per-device top-k groups, then an
         ``all_gather`` of the candidates and the merge, once per chunk).
 
