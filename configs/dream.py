@@ -19,6 +19,12 @@ everything else) and the DREAM ones ``X_stitch`` (stitching, started from ``X``)
            test identities x 10 images at 48 px, a ResNet-10 at width 1/4; FF / FP
            verification and rank-1 identification on the held-out identities.
   tiny     for tests (a few steps, 32 px, a handful of identities).
+  msceleb_1m  ``msceleb`` scaled to a 1,000,000-identity training set (e.g. a
+           Glint360K / WebFace-sized RecordIO): 512-d embeddings, ArcFace, the classifier
+           split by class over 8 devices of the mesh's ``model`` axis
+           (``model_parallel=8``, 64 class groups, so 8, 16, 32 or 64 devices work with
+           one checkpoint layout) and Partial FC keeping 10 % of the centres per step
+           (``head.sample_rate=0.1``). Set ``num_classes`` to your property file's count.
   cfp_aligned  ``cfp`` on 48 px crops aligned to the ArcFace 5-point template
            (``config.data.crop = "aligned"``: CFP's fiducials -> 5 points ->
            `jaxface.ops.align`), the crops `jaxface.analyzer` cuts from detected faces;
@@ -46,6 +52,7 @@ BASES = ("msceleb", "cfp", "synthetic", "tiny")
 VARIANTS = tuple(b + s for b in BASES for s in ("", "_naive", "_stitch")) + (
     "cfp_aligned",
     "cfp_aligned_naive",
+    "msceleb_1m",
 )
 SMALL_VARIANT = "tiny"
 
@@ -77,7 +84,13 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict(
         dict(backbone="resnet10", width=0.25, stem="small", embed_dim=256, use_dream=not naive)
     )
-    c.head = ml_collections.ConfigDict(dict(type="softmax", dropout=0.7, scale=64.0, margin=0.35))
+    # sample_rate < 1: Partial FC; class_groups: the classifier's columns are padded to a
+    # multiple of it and Partial FC samples per group (a multiple of model_parallel).
+    c.head = ml_collections.ConfigDict(
+        dict(
+            type="softmax", dropout=0.7, scale=64.0, margin=0.35, sample_rate=1.0, class_groups=8
+        )
+    )
     c.deepid2 = ml_collections.ConfigDict(
         dict(weight=0.0, margin=1.0, learn_margin=False, normalize=True)
     )
@@ -113,6 +126,12 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
         c.log_every, c.eval_every, c.checkpoint_every = 100, 10_000, 5_000
         c.evals = ["cfp"]
         c.data_workers = 16
+        if variant == "msceleb_1m":
+            c.num_classes = 1_000_000
+            c.model.embed_dim = 512
+            c.head.update(type="arcface", dropout=0.0, scale=64.0, margin=0.5)
+            c.head.update(sample_rate=0.1, class_groups=64)
+            c.model_parallel = 8
     elif base == "cfp":
         c.data.builder = "cfp_manual"
         c.data.manual_dir = CFP_DIR

@@ -5,14 +5,27 @@
   ``NamedSharding`` (replicated unless the task says otherwise), the batch sharded
   on ``data``;
 * one jitted train step with donated state; optional gradient accumulation over
-  ``config.grad_accum_steps`` microbatches and bf16 compute with fp32 parameters
-  (``config.compute_dtype``: float params and batch are cast inside the step, so
-  modules built with ``dtype=None`` compute in bf16; gradients, optimizer, model state
-  and stored params stay fp32; tasks compute their loss in fp32 from the outputs); per-host / per-device batch sizes are derived from
-  the global ``config.batch_size``; a non-finite loss or gradient skips the
+  ``config.grad_accum_steps`` microbatches; per-host / per-device batch sizes are
+  derived from the global ``config.batch_size``; a non-finite loss or gradient skips the
   update (params, optimizer and model state are kept) and is counted; after
   ``config.max_consecutive_nonfinite`` in a row the run stops with the last good
   checkpoint intact;
+* **precision contract** (``config.compute_dtype``, ``float32`` or ``bfloat16``), the
+  same for every task:
+
+  - cast to the compute dtype inside the step: the floating parameters (a bf16 copy of
+    the fp32 master params) and only the batch fields the task names in
+    ``Task.compute_fields`` (its image inputs). Nothing else in the batch is cast:
+    geometry (boxes, landmarks, yaw, sizes, scales), labels, masks and targets keep
+    their fp32 / integer dtype;
+  - logits are promoted to fp32 before any softmax, log-sum-exp, margin or sigmoid,
+    and every loss and metric reduction runs in fp32 (each task does this on its
+    model outputs; tests read the lowered step's HLO to hold them to it);
+  - BatchNorm statistics, gradients, optimizer state and stored params stay fp32;
+* model parallelism: ``config.model_parallel`` devices form the mesh's ``model`` axis;
+  the task says which parameters are split over it (`Task.param_partition`, e.g. the
+  recognition classifier by class), their optimizer state is split the same way, and
+  a task with nothing to split refuses ``model_parallel > 1``;
 * ``clu.metrics`` averages inside the step, ``clu.metric_writers`` (TensorBoard +
   log), ``clu.periodic_actions.ReportProgress`` (steps/s, ETA);
 * evaluators from ``config.evals`` every ``config.eval_every`` steps and at the end;
@@ -39,6 +52,7 @@ the worst moment of a checkpoint write, deterministically
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -242,6 +256,27 @@ def make_checkpoint_manager(
     )
 
 
+def _cast_floating(x, dtype):
+    return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+
+def cast_params(params, dtype):
+    """The precision contract's parameter cast: every floating leaf to ``dtype`` (the
+    train state keeps the fp32 master copy)."""
+    if jnp.dtype(dtype) == jnp.float32:
+        return params
+    return jax.tree.map(lambda x: _cast_floating(x, dtype), params)
+
+
+def cast_batch(batch: Mapping[str, Any], fields: tuple[str, ...], dtype) -> dict[str, Any]:
+    """The precision contract's batch cast: only ``fields`` (a task's
+    ``compute_fields``, its image inputs) go to ``dtype``; geometry, labels, masks and
+    targets keep their dtype."""
+    if jnp.dtype(dtype) == jnp.float32:
+        return dict(batch)
+    return {k: (_cast_floating(v, dtype) if k in fields else v) for k, v in batch.items()}
+
+
 class Trainer:
     """Builds the task, mesh, state and step for a config. Used by
     :func:`train_and_evaluate` and by ``jaxface eval``; rarely needed directly."""
@@ -251,6 +286,7 @@ class Trainer:
         self.workdir = workdir
         self.mesh = create_mesh(config)
         self.task: Task = tasks_lib.get_task(config.task)(config)
+        self.task.mesh = self.mesh
         data_parallel = jax.device_count() // int(config.get("model_parallel", 1))
         self.global_batch = int(config.batch_size)
         accum = int(config.get("grad_accum_steps", 1))
@@ -330,7 +366,52 @@ class Trainer:
         )
 
     def state_sharding(self, abstract_state):
-        return jax.tree.map(lambda _: self.replicated, abstract_state)
+        """Replicated, except the parameters the task splits over the ``model`` axis
+        (`Task.param_partition`) and their optimizer state, which is split the same way."""
+        P = jax.sharding.PartitionSpec
+        specs = self.task.param_partition(abstract_state.params)
+        mp = int(self.config.get("model_parallel", 1))
+        uses_model = any("model" in jax.tree.leaves(tuple(s)) for s in jax.tree.leaves(
+            specs, is_leaf=lambda x: isinstance(x, P)
+        ))
+        if mp > 1 and not uses_model:
+            raise ValueError(
+                f"config.model_parallel={mp}: task {self.task.name!r} has no parameter to split "
+                "over the 'model' axis (only the recognition classifier is); set model_parallel=1"
+            )
+        param_sh = jax.tree.map(
+            lambda s: jax.sharding.NamedSharding(self.mesh, s),
+            specs,
+            is_leaf=lambda x: isinstance(x, P),
+        )
+        # An optimizer-state leaf whose key path ends with a parameter's path and has its
+        # shape (momentum, Adam moments, under any chain / mask) is split like it.
+        by_path = {
+            tuple(path): (leaf.shape, sh)
+            for (path, leaf), sh in zip(
+                jax.tree_util.tree_leaves_with_path(abstract_state.params),
+                jax.tree.leaves(param_sh),
+            )
+        }
+
+        def opt_leaf_sharding(path, leaf):
+            for start in range(len(path)):
+                hit = by_path.get(tuple(path[start:]))
+                if hit is not None and hit[0] == getattr(leaf, "shape", None):
+                    return hit[1]
+            return self.replicated
+
+        opt_sh = jax.tree_util.tree_map_with_path(opt_leaf_sharding, abstract_state.opt_state)
+        rep = lambda tree: jax.tree.map(lambda _: self.replicated, tree)
+        return abstract_state.replace(
+            step=self.replicated,
+            params=param_sh,
+            model_state=rep(abstract_state.model_state),
+            opt_state=opt_sh,
+            task_state=rep(abstract_state.task_state),
+            nonfinite_consecutive=self.replicated,
+            nonfinite_total=self.replicated,
+        )
 
     def init_state(self, example_batch: Mapping[str, np.ndarray]):
         batch = self.ctx.to_global(example_batch)
@@ -348,14 +429,10 @@ class Trainer:
         accum = int(self.config.get("grad_accum_steps", 1))
         compute_dtype = jnp.dtype(self.config.get("compute_dtype", "float32"))
 
-        def to_compute(tree):
-            """Float leaves -> compute dtype (fp32 master params stay in the state)."""
-            if compute_dtype == jnp.float32:
-                return tree
-            return jax.tree.map(
-                lambda x: x.astype(compute_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
-                tree,
-            )
+        params_to_compute = functools.partial(cast_params, dtype=compute_dtype)
+        batch_to_compute = functools.partial(
+            cast_batch, fields=tuple(task.compute_fields), dtype=compute_dtype
+        )
 
         def like(tree, ref):
             return jax.tree.map(lambda x, r: x.astype(r.dtype), tree, ref)
@@ -364,9 +441,14 @@ class Trainer:
             def loss_fn(p):
                 # Model state (BatchNorm statistics) stays fp32: flax promotes where it meets it.
                 loss, (ms, aux) = task.loss(
-                    to_compute(p), model_state, to_compute(batch), rng, task_state
+                    params_to_compute(p), model_state, batch_to_compute(batch), rng, task_state
                 )
-                return loss.astype(jnp.float32), (like(ms, model_state), aux)
+                if loss.dtype != jnp.float32:
+                    raise TypeError(
+                        f"task {task.name!r} returned a {loss.dtype} loss; the precision "
+                        "contract (jaxface.train) wants every loss reduction in float32"
+                    )
+                return loss, (like(ms, model_state), aux)
 
             (loss, (ms, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
             return loss, ms, {k: jnp.asarray(v, jnp.float32) for k, v in aux.items()}, grads

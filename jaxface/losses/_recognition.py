@@ -250,17 +250,20 @@ def arcface_logits(
     """
     cos = _cosine(embeddings, weights, normalize)
     target = _target_mask(labels, cos.shape[1])
+    return scale * jnp.where(target, arcface_target(cos, margin, easy_margin), cos)
+
+
+def arcface_target(cos: jax.Array, margin: float, easy_margin: bool = False) -> jax.Array:
+    """``cos(theta + m)`` of target cosines with insightface's fallbacks (see
+    `arcface_logits`); shared by the dense and the sharded classifier."""
     sin_sq = 1.0 - jnp.square(cos)
     positive = sin_sq > 0
     sin = jnp.where(positive, jnp.sqrt(jnp.where(positive, sin_sq, 1.0)), 0.0)
     cos_m = cos * math.cos(margin) - sin * math.sin(margin)
     if easy_margin:
-        final = jnp.where(cos > 0, cos_m, cos)
-    else:
-        threshold = math.cos(math.pi - margin)
-        sinmm = math.sin(math.pi - margin) * margin
-        final = jnp.where(cos > threshold, cos_m, cos - sinmm)
-    return scale * jnp.where(target, final, cos)
+        return jnp.where(cos > 0, cos_m, cos)
+    threshold = math.cos(math.pi - margin)
+    return jnp.where(cos > threshold, cos_m, cos - math.sin(math.pi - margin) * margin)
 
 
 def dream_stitching_mse(

@@ -61,6 +61,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxface.losses._recognition import _l2_normalize, arcface_target
+
 __all__ = [
     "sharded_classifier_loss",
     "partial_fc_sample",
@@ -141,24 +143,6 @@ def partial_fc_num_sampled(local_classes: int, global_batch: int, sample_rate: f
     return min(local_classes, max(math.ceil(sample_rate * local_classes), global_batch))
 
 
-def _l2_normalize(x: jax.Array, axis: int, eps: float = 1e-12) -> jax.Array:
-    # Same form as `_recognition._l2_normalize`, so the sharded and unsharded losses agree.
-    sq = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
-    return x * jax.lax.rsqrt(jnp.maximum(sq, eps * eps))
-
-
-def _arcface_target(cos: jax.Array, margin: float, easy_margin: bool) -> jax.Array:
-    """``cos(theta + m)`` with insightface's fallbacks (see `arcface_logits`)."""
-    sin_sq = 1.0 - jnp.square(cos)
-    positive = sin_sq > 0
-    sin = jnp.where(positive, jnp.sqrt(jnp.where(positive, sin_sq, 1.0)), 0.0)
-    cos_m = cos * math.cos(margin) - sin * math.sin(margin)
-    if easy_margin:
-        return jnp.where(cos > 0, cos_m, cos)
-    threshold = math.cos(math.pi - margin)
-    return jnp.where(cos > threshold, cos_m, cos - math.sin(math.pi - margin) * margin)
-
-
 def _sample_shard(labels_all, key, offset, local_classes, num_sampled, num_classes):
     """Sorted local row indices ``[S]`` of one shard: its positives, then random negatives."""
     local = labels_all - offset
@@ -203,6 +187,31 @@ def _shard_geometry(mesh, weights, class_axes, batch_axes, num_classes):
     return cax, bax, n, c // n, num_classes
 
 
+def _groups_per_shard(total_classes: int, n: int, groups: int | None) -> tuple[int, int]:
+    """(groups per shard, classes per group); ``groups=None`` is one group per shard."""
+    g = n if groups is None else int(groups)
+    if g < 1 or g % n:
+        raise ValueError(f"groups: expected a positive multiple of the {n} class shards, got {g}")
+    if total_classes % g:
+        raise ValueError(f"total_classes: {total_classes} does not divide into {g} groups")
+    return g // n, total_classes // g
+
+
+def _sample_local(y_all, key, shard, lc, gps, gl, s_g, num_classes):
+    """Sorted local row indices ``[gps * s_g]`` of one shard: each of its ``gps`` groups
+    (global group id ``shard * gps + g``) keeps its positives, then random negatives,
+    drawn with ``fold_in(key, group id)`` -- so the sample does not depend on how many
+    shards hold the groups."""
+    offset = shard * lc
+
+    def one(g):
+        gid = shard * gps + g
+        idx = _sample_shard(y_all, jax.random.fold_in(key, gid), offset + g * gl, gl, s_g, num_classes)
+        return g * gl + idx
+
+    return jax.vmap(one)(jnp.arange(gps)).reshape(-1)
+
+
 def partial_fc_sample(
     labels: jax.Array,
     rng: jax.Array,
@@ -213,6 +222,7 @@ def partial_fc_sample(
     class_axes: AxisNames = "model",
     num_classes: int | None = None,
     where: jax.Array | None = None,
+    groups: int | None = None,
 ) -> jax.Array:
     """The global class ids Partial FC keeps for this batch and ``rng``.
 
@@ -222,13 +232,17 @@ def partial_fc_sample(
       labels: ``[B]`` global-batch integer labels (all of them are positives).
       rng: a PRNG key.
       total_classes: rows of the centre matrix (``C``, padded).
-      sample_rate: fraction of each shard's centres to keep (positives always kept).
+      sample_rate: fraction of each group's centres to keep (positives always kept).
       num_classes: the true class count (``<= C``); rows beyond it are padding.
       where: optional ``[B]`` mask; masked-out labels are not positives.
+      groups: the classes are cut into this many equal groups of consecutive ids, each
+        sampled with its own key (``fold_in(rng, group)``); a multiple of the number of
+        shards. None = one group per shard. A fixed ``groups`` makes the sample the same
+        for every number of shards that divides it.
 
     Returns:
-      ``[n * S]`` int32 class ids, ascending, sharded over ``class_axes``
-      (``n`` shards, ``S = partial_fc_num_sampled(C/n, B, sample_rate)`` each).
+      ``[G * S]`` int32 class ids, ascending, sharded over ``class_axes``
+      (``G`` groups, ``S = partial_fc_num_sampled(C/G, B, sample_rate)`` each).
     """
     labels = jnp.asarray(labels).astype(jnp.int32)
     cax = _axes(class_axes)
@@ -236,22 +250,20 @@ def partial_fc_sample(
     if total_classes % n:
         raise ValueError(f"total_classes: {total_classes} does not divide over {n} shards")
     lc = total_classes // n
+    gps, gl = _groups_per_shard(total_classes, n, groups)
     num_classes = total_classes if num_classes is None else int(num_classes)
-    s = partial_fc_num_sampled(lc, labels.shape[0], sample_rate)
+    s_g = partial_fc_num_sampled(gl, labels.shape[0], sample_rate)
     if where is not None:
         labels = jnp.where(jnp.asarray(where, bool), labels, -1)
 
     def per_device(y_all, key):
         shard = jax.lax.axis_index(cax)
-        offset = shard * lc
-        return offset + _sample_shard(
-            y_all, jax.random.fold_in(key, shard), offset, lc, s, num_classes
-        )
+        return shard * lc + _sample_local(y_all, key, shard, lc, gps, gl, s_g, num_classes)
 
     f = jax.shard_map(
         per_device, mesh=mesh, in_specs=(P(), P()), out_specs=P(_spec_axes(cax)), check_vma=False
     )
-    return f(labels, rng)
+    return f(labels, rng).astype(jnp.int32)
 
 
 def sharded_classifier_loss(
@@ -271,15 +283,22 @@ def sharded_classifier_loss(
     sample_rate: float = 1.0,
     rng: jax.Array | None = None,
     where: jax.Array | None = None,
-) -> jax.Array:
+    groups: int | None = None,
+    bias: jax.Array | None = None,
+    return_correct: bool = False,
+):
     """Per-example softmax / CosFace / ArcFace cross-entropy against sharded class centres.
 
-    ``kind="softmax"``: logits ``x W^T`` (unnormalised unless ``normalize=True``;
-    ``scale`` defaults to 1). ``"cosface"``: ``s (cos theta_j - m [j = y])``.
+    ``kind="softmax"``: logits ``x W^T + b`` (unnormalised unless ``normalize=True``;
+    ``scale`` defaults to 1, ``bias`` optional). ``"cosface"``: ``s (cos theta_j - m [j = y])``.
     ``"arcface"``: ``s cos(theta_y + m)`` for the target with insightface's fallback
     (``easy_margin`` as in `arcface_logits`), ``s cos theta_j`` otherwise. Equal in
     value and gradient to ``softmax_identity_cross_entropy(cosface_logits(x, W.T, y))``
     (resp. arcface / plain logits) computed on one device.
+
+    Precision: normalisation, logits, margins, the log-sum-exp and the loss are fp32
+    whatever the input dtype; the ``x W^T`` product runs in the inputs' dtype (bf16
+    under bf16 compute) with fp32 accumulation.
 
     Args:
       embeddings: ``[B, D]`` features, batch sharded over ``batch_axes`` (the axes
@@ -297,14 +316,19 @@ def sharded_classifier_loss(
         kinds, False for softmax); margin kinds always clip cosines to [-1, 1].
       num_classes: the true class count when ``C`` is padded; rows ``>= num_classes``
         get ``-inf`` logits.
-      sample_rate: Partial-FC fraction of centres per shard, in ``(0, 1]``;
+      sample_rate: Partial-FC fraction of centres per group, in ``(0, 1]``;
         1 is the exact full softmax.
       rng: PRNG key for the Partial-FC sample (required when ``sample_rate < 1``).
       where: optional ``[B]`` bool; masked-out examples get loss 0 and are not
         Partial-FC positives.
+      groups: Partial-FC sampling groups (see `partial_fc_sample`); None = one per shard.
+      bias: optional ``[C]`` per-class bias (softmax only), sharded like the rows.
+      return_correct: also return ``[B]`` bool, whether the target logit is the
+        largest (over the sampled classes under Partial FC): the training accuracy.
 
     Returns:
-      ``[B]`` per-example loss (float32), sharded like ``embeddings`` over the batch axes.
+      ``[B]`` per-example loss (float32), sharded like ``embeddings`` over the batch
+      axes; with ``return_correct``, ``(loss, correct)``.
     """
     if kind not in _KINDS:
         raise ValueError(f"kind: expected one of {_KINDS}, got {kind!r}")
@@ -315,12 +339,20 @@ def sharded_classifier_loss(
     cax, bax, n, lc, num_classes = _shard_geometry(
         mesh, weights, class_axes, batch_axes, num_classes
     )
+    if bias is not None:
+        if kind != "softmax":
+            raise ValueError(f"bias: only the softmax kind has a class bias, got kind={kind!r}")
+        bias = jnp.asarray(bias)
+        if bias.shape != weights.shape[:1]:
+            raise ValueError(f"bias: expected shape {weights.shape[:1]}, got {bias.shape}")
     if normalize is None:
         normalize = kind != "softmax"
     scale = (1.0 if kind == "softmax" else 64.0) if scale is None else float(scale)
     margin = _DEFAULT_MARGIN[kind] if margin is None else float(margin)
     sampled = sample_rate < 1.0
-    s = partial_fc_num_sampled(lc, labels.shape[0], sample_rate)
+    gps, gl = _groups_per_shard(n * lc, n, groups)
+    s_g = partial_fc_num_sampled(gl, labels.shape[0], sample_rate)
+    s = gps * s_g
     if sampled and rng is None:
         raise ValueError("rng: required when sample_rate < 1 (Partial FC samples centres)")
     mask = None if where is None else jnp.asarray(where, bool)
@@ -329,14 +361,17 @@ def sharded_classifier_loss(
     positives = labels if mask is None else jnp.where(mask, labels, -1)
     if rng is None:
         rng = jax.random.key(0)  # unused: no sampling
+    mm_dtype = jnp.result_type(embeddings.dtype, weights.dtype)
+    f32 = jnp.float32
 
-    def per_device(x, w, y, y_all, key):
+    def per_device(x, w, b, y, y_all, key):
         shard = jax.lax.axis_index(cax)
         offset = shard * lc
         local = y - offset
         if sampled:
-            idx = _sample_shard(y_all, jax.random.fold_in(key, shard), offset, lc, s, num_classes)
+            idx = _sample_local(y_all, key, shard, lc, gps, gl, s_g, num_classes)
             w = jnp.take(w, idx, axis=0)
+            b = jnp.take(b, idx, axis=0)
             class_ids = offset + idx
             pos = jnp.clip(jnp.searchsorted(idx, local), 0, s - 1).astype(jnp.int32)
             owned = (local >= 0) & (local < lc) & (jnp.take(idx, pos) == local)
@@ -345,38 +380,43 @@ def sharded_classifier_loss(
             owned = (local >= 0) & (local < lc)
             pos = jnp.clip(local, 0, lc - 1)
         if normalize:
-            x = _l2_normalize(x, axis=1)
-            w = _l2_normalize(w, axis=1)
-        logits = jnp.dot(x, w.T, preferred_element_type=jnp.float32)  # [b, S]
+            x = _l2_normalize(x.astype(f32), axis=1)
+            w = _l2_normalize(w.astype(f32), axis=1)
+        logits = jnp.dot(x.astype(mm_dtype), w.astype(mm_dtype).T, preferred_element_type=f32)
         if kind != "softmax":
             logits = jnp.clip(logits, -1.0, 1.0)
         t_raw = jnp.take_along_axis(logits, pos[:, None], axis=1)[:, 0]  # [b]
         if kind == "cosface":
             t_new = t_raw - margin
         elif kind == "arcface":
-            t_new = _arcface_target(t_raw, margin, easy_margin)
+            t_new = arcface_target(t_raw, margin, easy_margin)
         else:
             t_new = t_raw
         is_target = owned[:, None] & (jnp.arange(logits.shape[1])[None, :] == pos[:, None])
-        logits = scale * logits
+        logits = scale * logits + b.astype(f32)[None, :]
+        t_logit = scale * t_new + jnp.take(b, pos).astype(f32)
         if kind != "softmax":
             # Margin on the target entry only: s*cos + s*(f(cos_y) - cos_y) there.
             logits = logits + jnp.where(is_target, (scale * (t_new - t_raw))[:, None], 0.0)
         if num_classes < n * lc:
             logits = jnp.where((class_ids < num_classes)[None, :], logits, -jnp.inf)
-        m = jax.lax.stop_gradient(jax.lax.pmax(jax.lax.stop_gradient(jnp.max(logits, axis=1)), cax))
+        row_max = jax.lax.pmax(jax.lax.stop_gradient(jnp.max(logits, axis=1)), cax)
+        m = jax.lax.stop_gradient(row_max)
         z = jax.lax.psum(jnp.sum(jnp.exp(logits - m[:, None]), axis=1), cax)
-        target = jax.lax.psum(jnp.where(owned, scale * t_new, 0.0), cax)
-        return jnp.log(z) + m - target
+        target = jax.lax.psum(jnp.where(owned, t_logit, 0.0), cax)
+        return jnp.log(z) + m - target, jax.lax.stop_gradient(target) >= m
 
     bspec = _spec_axes(bax)
+    cspec = _spec_axes(cax)
     f = jax.shard_map(
         per_device,
         mesh=mesh,
-        in_specs=(P(bspec, None), P(_spec_axes(cax), None), P(bspec), P(), P()),
-        out_specs=P(bspec),
+        in_specs=(P(bspec, None), P(cspec, None), P(cspec), P(bspec), P(), P()),
+        out_specs=(P(bspec), P(bspec)),
     )
-    loss = f(embeddings, weights, labels, positives, rng)
+    b = jnp.zeros(weights.shape[:1], f32) if bias is None else bias
+    loss, correct = f(embeddings, weights, b, labels, positives, rng)
     if mask is not None:
         loss = jnp.where(mask, loss, jnp.zeros_like(loss))
-    return loss
+        correct = correct & mask
+    return (loss, correct) if return_correct else loss

@@ -315,6 +315,7 @@ class ClassBalancedSource:
 
 class AttributesTask(Task):
     name = "attributes"
+    compute_fields = ("image",)
 
     def __init__(self, config):
         super().__init__(config)
@@ -470,6 +471,8 @@ class AttributesTask(Task):
             train=True,
             mutable=list(model_state.keys()),
         )
+        # Precision contract: logits and embeddings enter the losses in fp32.
+        out = {k: v.astype(jnp.float32) for k, v in out.items()}
         labels = batch["attributes"]
         if not self.metric:
             per_example = losses.sigmoid_binary_cross_entropy(

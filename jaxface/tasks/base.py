@@ -16,6 +16,11 @@ Contract (all arrays are host NumPy on the way in; everything inside `loss` and
 * ``loss(params, model_state, batch, rng, task_state)`` ->
   ``(scalar_loss, (new_model_state, metrics))`` with ``metrics`` a dict of scalars
   averaged over steps by the trainer (``clu.metrics.Average``).
+* ``compute_fields``: the batch fields the trainer casts to ``config.compute_dtype``
+  (the image inputs); ``loss`` promotes logits to fp32 before any softmax,
+  log-sum-exp, margin or sigmoid and returns an fp32 loss (`jaxface.train`).
+* ``param_partition(params)``: optional `PartitionSpec` per parameter over the mesh's
+  ``model`` axis (default replicated).
 * ``evaluators()`` -> ``{name: fn(state, ctx) -> dict of scalars}``; which of them
   run is chosen by ``config.evals`` (a list of names).
 * ``init_task_state(...)`` / ``hooks()``: optional non-gradient state (e.g. LMLE's
@@ -76,9 +81,17 @@ class Task(abc.ABC):
     """Base class of every task plug-in; see the module docstring for the contract."""
 
     name: str = ""
+    #: Batch fields cast to ``config.compute_dtype`` inside the train step (the model's
+    #: image inputs); every other field keeps its dtype. See `jaxface.train`'s precision
+    #: contract.
+    compute_fields: tuple[str, ...] = ()
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
+        #: The trainer's ``("data", "model")`` mesh, set by the trainer before any step is
+        #: traced (losses that run collectives over it, e.g. a class-sharded classifier,
+        #: need it); None outside training.
+        self.mesh: jax.sharding.Mesh | None = None
 
     # -- data -----------------------------------------------------------------
     @abc.abstractmethod
@@ -109,6 +122,13 @@ class Task(abc.ABC):
 
     def evaluators(self) -> dict[str, Callable[[Any, EvalContext], dict[str, float]]]:
         return {}
+
+    def param_partition(self, params) -> Any:
+        """Pytree of `jax.sharding.PartitionSpec` (same structure as ``params``) over the
+        trainer's ``("data", "model")`` mesh. Default: everything replicated; a task that
+        splits parameters over ``model`` (e.g. a classifier by class) says so here, and the
+        trainer splits their optimizer state the same way."""
+        return jax.tree.map(lambda _: jax.sharding.PartitionSpec(), params)
 
     def trainable_mask(self, params) -> Any:
         """Pytree of bools (same structure as params): False = frozen. Default: all."""

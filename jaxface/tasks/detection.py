@@ -98,6 +98,7 @@ def faces_of(example: Mapping) -> dict:
 
 class DetectionTask(Task):
     name = "detection"
+    compute_fields = ("image",)
 
     def __init__(self, config):
         super().__init__(config)
@@ -197,17 +198,15 @@ class DetectionTask(Task):
     def init_variables(self, rng, batch):
         return self.model.init(rng, batch["image"], train=False)
 
-    def _branch_losses(self, mdl, stages, batch, i, rng):
-        c = self.config
+    def rpn_branch_targets(self, batch, i, feature_hw):
+        """Branch ``i``'s anchors ``[A, 4]``, in-range mask ``[B, G]`` and RPN targets
+        (labels ``[B, A]``, deltas ``[B, A, 4]``) for a ``feature_hw`` feature map, from
+        the batch's fp32 ground truth (the train step computes them exactly so)."""
         spec = self.specs[i]
-        feat = mdl.branch_features(stages, i)
-        logits, deltas = mdl.branch_rpn(feat, i)
-        # Losses and targets in fp32 whatever the compute dtype (config.compute_dtype).
-        logits, deltas = logits.astype(jnp.float32), deltas.astype(jnp.float32)
-        anchors = jnp.asarray(scaleface.branch_anchors(spec, feat.shape[1:3]))
-        gt_boxes, gt_valid, gt_ignore = batch["gt_boxes"], batch["gt_valid"], batch["gt_ignore"]
+        anchors = jnp.asarray(scaleface.branch_anchors(spec, tuple(feature_hw)))
+        gt_boxes = batch["gt_boxes"]
         in_range = in_size_range(gt_boxes, spec.size_range)
-        t = c.targets
+        t = self.config.targets
         labels, tdeltas = jax.vmap(
             lambda g, v, r, ig: rpn_targets(
                 anchors,
@@ -219,7 +218,19 @@ class DetectionTask(Task):
                 neg_iou=float(t.rpn_neg_iou),
                 ignore_ioa=float(t.ignore_ioa),
             )
-        )(gt_boxes, gt_valid, in_range, gt_ignore)
+        )(gt_boxes, batch["gt_valid"], in_range, batch["gt_ignore"])
+        return anchors, in_range, labels, tdeltas
+
+    def _branch_losses(self, mdl, stages, batch, i, rng):
+        c = self.config
+        spec = self.specs[i]
+        feat = mdl.branch_features(stages, i)
+        logits, deltas = mdl.branch_rpn(feat, i)
+        # Losses and targets in fp32 whatever the compute dtype (config.compute_dtype).
+        logits, deltas = logits.astype(jnp.float32), deltas.astype(jnp.float32)
+        anchors, in_range, labels, tdeltas = self.rpn_branch_targets(batch, i, feat.shape[1:3])
+        gt_boxes, gt_valid, gt_ignore = batch["gt_boxes"], batch["gt_valid"], batch["gt_ignore"]
+        t = c.targets
         b = labels.shape[0]
         rng_rpn, _ = jax.random.split(rng)
         pos, neg = jax.vmap(
@@ -316,16 +327,6 @@ class DetectionTask(Task):
     def loss(self, params, model_state, batch, rng, task_state):
         del task_state
         c = self.config
-
-        # Boxes, landmarks and sizes stay fp32 even when the trainer casts the batch to bf16.
-        batch = {
-            k: (
-                v.astype(jnp.float32)
-                if k != "image" and jnp.issubdtype(v.dtype, jnp.floating)
-                else v
-            )
-            for k, v in batch.items()
-        }
 
         def fn(mdl, batch):
             stages = mdl.backbone_features(batch["image"], train=True)

@@ -160,6 +160,9 @@ class RecognitionNet(nn.Module):
     embed_dim: int = 256
     use_dream: bool = True
     num_classes: int = 10
+    #: Classifier columns (``>= num_classes``); the extra ones are zero padding so the
+    #: classes split evenly over devices (`RecognitionTask.classifier_columns`).
+    padded_classes: int | None = None
     head_type: str = "softmax"
     yaw_head: bool = False
     learn_margin: bool = False
@@ -179,13 +182,20 @@ class RecognitionNet(nn.Module):
             if self.head_type != "softmax"
             else nn.initializers.lecun_normal()
         )
+        cols = self.padded_classes or self.num_classes
+        if cols < self.num_classes:
+            raise ValueError(f"padded_classes={cols} < num_classes={self.num_classes}")
+
+        def kernel_init(key, shape, dtype=jnp.float32):
+            # The real classes' columns do not depend on the padding.
+            w = init(key, (shape[0], self.num_classes), dtype)
+            return jnp.pad(w, ((0, 0), (0, shape[1] - self.num_classes)))
+
         self.classifier_kernel = self.param(
-            "classifier_kernel", init, (self.embed_dim, self.num_classes)
+            "classifier_kernel", kernel_init, (self.embed_dim, cols)
         )
         if self.head_type == "softmax":
-            self.classifier_bias = self.param(
-                "classifier_bias", nn.initializers.zeros, (self.num_classes,)
-            )
+            self.classifier_bias = self.param("classifier_bias", nn.initializers.zeros, (cols,))
         if self.learn_margin:
             self.verif_margin = self.param(
                 "verif_margin", nn.initializers.constant(self.margin_init), ()
@@ -430,6 +440,7 @@ class IdentityFolderSource:
 
 class RecognitionTask(Task):
     name = "recognition"
+    compute_fields = ("image",)
 
     def __init__(self, config):
         super().__init__(config)
@@ -453,6 +464,21 @@ class RecognitionTask(Task):
                 "config.mode='stitching' trains the DREAM block: set config.model.use_dream=True"
             )
         self.num_classes = int(c.num_classes)
+        self.model_parallel = int(c.get("model_parallel", 1))
+        self.sample_rate = float(c.head.get("sample_rate", 1.0))
+        self.class_groups = int(c.head.get("class_groups", 8))
+        if not 0.0 < self.sample_rate <= 1.0:
+            raise ValueError(
+                f"config.head.sample_rate={self.sample_rate}: expected a value in (0, 1]"
+            )
+        # The class-sharded classifier (`jaxface.losses.sharded_classifier_loss`) runs
+        # whenever the classes are split over devices or Partial FC samples them.
+        self.sharded = self.model_parallel > 1 or self.sample_rate < 1.0
+        if self.sharded and (self.class_groups < 1 or self.class_groups % self.model_parallel):
+            raise ValueError(
+                f"config.head.class_groups={self.class_groups} must be a positive multiple of "
+                f"config.model_parallel={self.model_parallel}"
+            )
         self.deepid2_on = float(c.deepid2.weight) > 0
         self.model = RecognitionNet(
             backbone=c.model.backbone,
@@ -461,6 +487,7 @@ class RecognitionTask(Task):
             embed_dim=int(c.model.embed_dim),
             use_dream=bool(c.model.use_dream),
             num_classes=self.num_classes,
+            padded_classes=self.classifier_columns,
             head_type=c.head.type,
             yaw_head=c.yaw_source == "learned",
             learn_margin=self.deepid2_on and bool(c.deepid2.learn_margin),
@@ -755,22 +782,78 @@ class RecognitionTask(Task):
             names += ["yaw_mae"]
         return tuple(names)
 
-    def _logits(self, variables, emb, labels, rng, train):
+    @property
+    def classifier_columns(self) -> int:
+        """Classifier width: the classes, padded to a multiple of
+        ``config.head.class_groups`` when the class-sharded classifier runs (the padding
+        columns are zero and masked out of the softmax). With a fixed ``class_groups``
+        the layout -- and so the checkpoint -- is the same for every ``model_parallel``
+        that divides it."""
+        if not self.sharded:
+            return self.num_classes
+        g = self.class_groups
+        return -(-self.num_classes // g) * g
+
+    def param_partition(self, params):
+        """The classifier is split by class over the mesh's ``model`` axis (kernel
+        ``[D, C]`` by column, bias by class); everything else is replicated."""
+        P = jax.sharding.PartitionSpec
+        sharded = {"classifier_kernel": P(None, "model"), "classifier_bias": P("model")}
+
+        def spec(path, _):
+            key = getattr(path[0], "key", None) if len(path) == 1 else None
+            return sharded.get(key, P()) if self.sharded else P()
+
+        return jax.tree_util.tree_map_with_path(spec, params)
+
+    def _classify(self, variables, emb, labels, rng, train):
+        """Per-example identity cross-entropy and whether the target class scored highest.
+
+        Precision contract: logits, margins and the log-sum-exp are fp32 (the dense path
+        promotes the embedding and the classifier to fp32; the sharded one accumulates
+        its product in fp32)."""
         kernel, bias = self.model.apply(variables, method=RecognitionNet.classifier_params)
         h = self.config.head
+        rng_drop, rng_sample = rng, jax.random.fold_in(rng, 1)
         if h.type == "softmax":
             rate = float(h.dropout) if train else 0.0
             if rate > 0:
-                keep = jax.random.bernoulli(rng, 1.0 - rate, emb.shape)
-                emb = jnp.where(keep, emb / (1.0 - rate), 0.0)
-            return emb @ kernel + bias
-        if h.type == "cosface":
-            return losses.cosface_logits(
+                keep = jax.random.bernoulli(rng_drop, 1.0 - rate, emb.shape)
+                emb = jnp.where(keep, emb / (1.0 - rate), 0.0).astype(emb.dtype)
+        if self.sharded:
+            if self.mesh is None:
+                raise ValueError(
+                    "the class-sharded classifier needs the trainer's mesh (task.mesh)"
+                )
+            softmax = h.type == "softmax"
+            return losses.sharded_classifier_loss(
+                emb,
+                kernel.T,
+                labels,
+                mesh=self.mesh,
+                kind=h.type,
+                scale=None if softmax else float(h.scale),
+                margin=None if softmax else float(h.margin),
+                num_classes=self.num_classes,
+                sample_rate=self.sample_rate if train else 1.0,
+                rng=rng_sample,
+                groups=self.class_groups,
+                bias=bias if softmax else None,
+                return_correct=True,
+            )
+        emb, kernel = emb.astype(jnp.float32), kernel.astype(jnp.float32)
+        if h.type == "softmax":
+            logits = emb @ kernel + bias.astype(jnp.float32)
+        elif h.type == "cosface":
+            logits = losses.cosface_logits(
                 emb, kernel, labels, scale=float(h.scale), margin=float(h.margin)
             )
-        return losses.arcface_logits(
-            emb, kernel, labels, scale=float(h.scale), margin=float(h.margin)
-        )
+        else:
+            logits = losses.arcface_logits(
+                emb, kernel, labels, scale=float(h.scale), margin=float(h.margin)
+            )
+        ce = losses.softmax_identity_cross_entropy(logits, labels)
+        return ce, jnp.argmax(logits, -1) == labels
 
     def loss(self, params, model_state, batch, rng, task_state):
         variables = {"params": params, **model_state}
@@ -784,13 +867,13 @@ class RecognitionTask(Task):
             mutable=list(model_state.keys()),
         )
         labels = batch["label"]
-        logits = self._logits(variables, out["embedding"], labels, rng, train=True)
-        ce = jnp.mean(losses.softmax_identity_cross_entropy(logits, labels))
+        per_example, correct = self._classify(variables, out["embedding"], labels, rng, train=True)
+        ce = jnp.mean(per_example)
         loss = ce
-        metrics = {"identity_ce": ce, "train_accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
+        metrics = {"identity_ce": ce, "train_accuracy": jnp.mean(correct.astype(jnp.float32))}
         if self.deepid2_on:
             d = self.config.deepid2
-            emb = out["embedding"]
+            emb = out["embedding"].astype(jnp.float32)
             if d.normalize:
                 emb = emb * jax.lax.rsqrt(jnp.maximum(jnp.sum(emb * emb, -1, keepdims=True), 1e-12))
             b = emb.shape[0]
@@ -813,7 +896,7 @@ class RecognitionTask(Task):
             if d.learn_margin:
                 metrics["margin"] = jnp.asarray(margin, jnp.float32)
         if self.config.yaw_source == "learned":
-            err = out["yaw_pred"] - batch["yaw"]
+            err = out["yaw_pred"].astype(jnp.float32) - batch["yaw"]
             loss = loss + float(self.config.yaw_head_weight) * jnp.mean(jnp.square(err / 90.0))
             metrics["yaw_mae"] = jnp.mean(jnp.abs(err))
         return loss, (new_state, metrics)
@@ -829,7 +912,7 @@ class RecognitionTask(Task):
         labels = batch["label"]
         target = jax.lax.stop_gradient(task_state["frontal_mean"][labels])
         valid = task_state["has_target"][labels]
-        per = losses.dream_stitching_mse(out["embedding"], target, where=valid)
+        per = losses.dream_stitching_mse(out["embedding"].astype(jnp.float32), target, where=valid)
         loss = jnp.sum(per) / jnp.maximum(jnp.sum(valid), 1)
         return loss, (model_state, {"stitch_mse": loss, "gate_mean": jnp.mean(out["gate"])})
 
