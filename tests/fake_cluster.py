@@ -209,7 +209,11 @@ def sbatch(argv: list[str]) -> int:
     else:
         ntasks = _int("sbatch", "ntasks", opts.get("ntasks", nodes))
         if ntasks % nodes:
-            die("sbatch", f"--ntasks={ntasks} over --nodes={nodes}: uneven layouts are not emulated", 2)
+            die(
+                "sbatch",
+                f"--ntasks={ntasks} over --nodes={nodes}: uneven layouts are not emulated",
+                2,
+            )
         per_node = ntasks // nodes
     requeue = bool(opts.get("requeue")) and not opts.get("no_requeue")
     job = _new_job_id()
@@ -246,7 +250,8 @@ def sbatch(argv: list[str]) -> int:
         env["SLURM_CPUS_PER_TASK"] = str(_int("sbatch", "cpus_per_task", opts["cpus_per_task"]))
     out_pattern = str(opts.get("output", "slurm-%j.out"))
     out_path = _expand(
-        out_pattern, {"x": name, "j": str(job), "N": HOST, "u": os.environ.get("USER", ""), "%": "%"}
+        out_pattern,
+        {"x": name, "j": str(job), "N": HOST, "u": os.environ.get("USER", ""), "%": "%"},
     )
     print(f"Submitted batch job {job}", flush=True)
     max_runs = int(os.environ.get("FAKE_SLURM_MAX_RUNS", "5"))
@@ -336,8 +341,15 @@ def srun(argv: list[str]) -> int:
         if "output" in opts:
             path = _expand(
                 str(opts["output"]),
-                {"t": str(t), "n": str(node), "N": HOST, "j": job, "J": f"{job}.{step}",
-                 "s": str(step), "%": "%"},
+                {
+                    "t": str(t),
+                    "n": str(node),
+                    "N": HOST,
+                    "j": job,
+                    "J": f"{job}.{step}",
+                    "s": str(step),
+                    "%": "%",
+                },
             )
             dest = open(path, open_mode)  # noqa: SIM115 (closed after the step)
             files.append(dest)
@@ -483,7 +495,8 @@ def gcloud(argv: list[str]) -> int:
     workers = range(n) if worker == "all" else [int(worker)]
     extra = json.loads(os.environ.get("FAKE_TPU_ENV", "{}"))
     path = os.pathsep.join(
-        [p for p in os.environ.get("FAKE_TPU_PATH", "").split(os.pathsep) if p] + ["/usr/bin", "/bin"]
+        [p for p in os.environ.get("FAKE_TPU_PATH", "").split(os.pathsep) if p]
+        + ["/usr/bin", "/bin"]
     )
     procs = []
     for k in workers:
@@ -514,7 +527,7 @@ def install(bin_dir: str) -> None:
         f = d / name
         f.write_text(
             f"#!/bin/sh\nexec {shlex.quote(sys.executable)} "
-            f"{shlex.quote(str(pathlib.Path(__file__).resolve()))} {name} \"$@\"\n"
+            f'{shlex.quote(str(pathlib.Path(__file__).resolve()))} {name} "$@"\n'
         )
         f.chmod(0o755)
 
@@ -524,7 +537,11 @@ def main(argv: list[str]) -> int:
         install(argv[1])
         return 0
     if not argv or argv[0] not in COMMANDS:
-        die("fake_cluster", f"usage: fake_cluster.py {{install BIN_DIR | {' | '.join(COMMANDS)}}} ...", 2)
+        die(
+            "fake_cluster",
+            f"usage: fake_cluster.py {{install BIN_DIR | {' | '.join(COMMANDS)}}} ...",
+            2,
+        )
     return globals()[argv[0]](argv[1:])
 
 

@@ -244,7 +244,14 @@ def _fake_slurm(tmp_path, plan, *options, env=(), stale=None):
         **dict(env),
     )
     r = subprocess.run(
-        ["sbatch", *options, str(LAUNCH / "slurm.sbatch"), "configs/x.py:tiny", str(wd), "--config.seed=3"],
+        [
+            "sbatch",
+            *options,
+            str(LAUNCH / "slurm.sbatch"),
+            "configs/x.py:tiny",
+            str(wd),
+            "--config.seed=3",
+        ],
         env=run_env,
         cwd=tmp_path,
         capture_output=True,

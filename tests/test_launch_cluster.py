@@ -66,7 +66,10 @@ def cluster(tmp_path_factory):
     assert r.status == "finished" and r.step == STEPS
     step, params = _params(tfds_dir, str(root / "one"))
     assert step == STEPS
-    subprocess.run([sys.executable, str(REPO / "tests" / "fake_cluster.py"), "install", str(root / "bin")], check=True)
+    subprocess.run(
+        [sys.executable, str(REPO / "tests" / "fake_cluster.py"), "install", str(root / "bin")],
+        check=True,
+    )
     env = dict(
         os.environ,
         PATH=f"{root / 'bin'}{os.pathsep}{os.environ['PATH']}",
@@ -96,8 +99,15 @@ def _sbatch(cluster, tmp_path, *options, env=()):
     """Starts `sbatch OPTIONS launch/slurm.sbatch tiny WORKDIR ...`; returns (process, job, workdir)."""
     wd = tmp_path / "wd"
     p = subprocess.Popen(
-        ["sbatch", *options, str(REPO / "launch" / "slurm.sbatch"), CONFIG, str(wd),
-         f"--config.data.data_dir={cluster['tfds']}", *OVERRIDES],
+        [
+            "sbatch",
+            *options,
+            str(REPO / "launch" / "slurm.sbatch"),
+            CONFIG,
+            str(wd),
+            f"--config.data.data_dir={cluster['tfds']}",
+            *OVERRIDES,
+        ],
         env=dict(cluster["env"], **dict(env)),
         cwd=tmp_path,
         stdout=subprocess.PIPE,
@@ -118,7 +128,12 @@ def _wait_for_checkpoint(p, wd, step, timeout=600):
 
 
 def _task_pids(cluster, job, run=0, step=0):
-    f = pathlib.Path(cluster["env"]["FAKE_CLUSTER_STATE"]) / "slurm" / job / f"run{run}-step{step}.pids"
+    f = (
+        pathlib.Path(cluster["env"]["FAKE_CLUSTER_STATE"])
+        / "slurm"
+        / job
+        / f"run{run}-step{step}.pids"
+    )
     return {int(t): int(pid) for t, pid in (line.split() for line in f.read_text().splitlines())}
 
 
@@ -146,13 +161,21 @@ def test_slurm_per_gpu_killed_task_ends_step_and_requeued_run_matches(cluster, t
     # The step ended (task 0 was not left hanging in a collective), with a non-zero code;
     # the script saw no result.json and requeued; the second run resumed and finished.
     runs = batch.split("jaxface: job ")[1:]
-    assert len(runs) == 2 and runs[0].startswith(f"{job} restart 0") and runs[1].startswith(f"{job} restart 1")
+    assert (
+        len(runs) == 2
+        and runs[0].startswith(f"{job} restart 0")
+        and runs[1].startswith(f"{job} restart 1")
+    )
     assert "task 1: Killed by signal 9" in runs[0]
     first_rc = int(runs[0].split("srun exit code ")[1].split(",")[0])
     assert first_rc != 0 and "status 'none'" in runs[0] and "requeueing" in runs[0]
-    assert "srun exit code 0, result.json status 'finished'" in runs[1] and "requeueing" not in runs[1]
+    assert (
+        "srun exit code 0, result.json status 'finished'" in runs[1] and "requeueing" not in runs[1]
+    )
     assert _requeues(cluster, job) == ["restart=0"]
-    print(f"SIGKILL to task 1 at {killed_at:.1f}; " + runs[0].split("srun: step ")[1].splitlines()[0])
+    print(
+        f"SIGKILL to task 1 at {killed_at:.1f}; " + runs[0].split("srun: step ")[1].splitlines()[0]
+    )
     log0 = (wd / "logs" / f"slurm-{job}-task0.log").read_text()
     assert "resuming from" in log0
     # The per-process start-up line, labelled by srun -l, once per run.
@@ -170,7 +193,11 @@ def test_slurm_per_gpu_killed_task_ends_step_and_requeued_run_matches(cluster, t
 def test_slurm_per_node_preempted_requeues_resumes_and_matches(cluster, tmp_path):
     # One task per node driving all of its 4 "GPUs" (JAX_LOCAL_DEVICE_IDS=0,1,2,3).
     p, job, wd = _sbatch(
-        cluster, tmp_path, "--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=4",
+        cluster,
+        tmp_path,
+        "--nodes=2",
+        "--ntasks-per-node=1",
+        "--gpus-per-node=4",
         env={"JAXFACE_TASKS": "per-node"},
     )
     _wait_for_checkpoint(p, wd, CKPT_EVERY)
@@ -182,7 +209,9 @@ def test_slurm_per_node_preempted_requeues_resumes_and_matches(cluster, tmp_path
     runs = batch.split("jaxface: job ")[1:]
     assert len(runs) == 2 and "restart 1" in runs[1] and "(per-node)" in runs[0]
     assert "srun exit code 0, result.json status 'preempted'" in runs[0] and "requeueing" in runs[0]
-    assert "srun exit code 0, result.json status 'finished'" in runs[1] and "requeueing" not in runs[1]
+    assert (
+        "srun exit code 0, result.json status 'finished'" in runs[1] and "requeueing" not in runs[1]
+    )
     assert _requeues(cluster, job) == ["restart=0"]
     log0 = (wd / "logs" / f"slurm-{job}-task0.log").read_text()
     preempted_at = int(log0.split("preempted (SIGTERM) at step ")[1].split(";")[0])
@@ -223,15 +252,29 @@ def test_tpu_pod_run_matches(cluster, tmp_path):
         FAKE_TPU_ENV=json.dumps(vm_env),
     )
     r = subprocess.run(
-        [str(REPO / "launch" / "tpu_pod.sh"), "run", "jf-v4", "us-central2-b", CONFIG, str(wd),
-         f"--config.data.data_dir={cluster['tfds']}", *OVERRIDES],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        [
+            str(REPO / "launch" / "tpu_pod.sh"),
+            "run",
+            "jf-v4",
+            "us-central2-b",
+            CONFIG,
+            str(wd),
+            f"--config.data.data_dir={cluster['tfds']}",
+            *OVERRIDES,
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
     for k in range(2):
         log = (state / "tpu" / "jf-v4" / f"worker{k}" / "jaxface_train.log").read_text()
         assert f"jax.distributed initialised (tpu): process {k} of 2" in log
-        assert f"cluster: process {k} of 2 on " in log and "TPU_WORKER_HOSTNAMES/TPU_WORKER_ID" in log
+        assert (
+            f"cluster: process {k} of 2 on " in log and "TPU_WORKER_HOSTNAMES/TPU_WORKER_ID" in log
+        )
     assert json.loads((wd / "result.json").read_text())["status"] == "finished"
     _assert_matches(cluster, str(wd))
 
@@ -239,7 +282,11 @@ def test_tpu_pod_run_matches(cluster, tmp_path):
 def test_slurm_device_mismatch_is_an_error(cluster, tmp_path):
     # SLURM gave each node 8 GPUs, but each task's JAX sees 2 devices: 4 in all, not 8.
     p, job, wd = _sbatch(
-        cluster, tmp_path, "--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=8",
+        cluster,
+        tmp_path,
+        "--nodes=1",
+        "--ntasks-per-node=2",
+        "--gpus-per-node=8",
         env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAXFACE_REQUEUE": "0"},
     )
     out, batch = _finish(p, tmp_path, job)

@@ -91,7 +91,9 @@ def test_cluster_line(env):
     line = parallel.cluster_line(mesh)
     n = jax.device_count()
     assert line.startswith("cluster: process 0 of 1 on ")
-    assert line.endswith(f"(single process), {n} local / {n} global cpu devices, mesh data={n // 2} x model=2")
+    assert line.endswith(
+        f"(single process), {n} local / {n} global cpu devices, mesh data={n // 2} x model=2"
+    )
     _slurm(env, tasks=1, procid=0, nodes=1, gpus=n)
     assert parallel.cluster_line(mesh).endswith(
         f"; SLURM job 4242 step 0 asked for 1 processes, {n} devices (1 node(s) x SLURM_GPUS_ON_NODE={n})"
