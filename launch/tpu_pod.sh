@@ -13,8 +13,8 @@
 # jaxface.parallel.maybe_initialize calls jax.distributed.initialize with the first
 # worker as coordinator (port 8482, or JAX_COORDINATOR_PORT), that many processes and
 # that process id -- what JAX's own TPU detection derives from them; without them
-# (they are GCE metadata there), libtpu forms the slice itself. Each worker's log starts
-# with its "cluster: process k of N ..." line. The workdir must be a gs:// path (or
+# the TPU runtime forms the slice itself. Each worker logs a "cluster: process k of N ..."
+# line at start-up. The workdir must be a gs:// path (or
 # another filesystem all workers share): orbax writes the checkpoint from every host.
 # `train` runs the trainer under nohup so it survives the ssh session (pid in
 # ~/jaxface_train.pid, log in ~/jaxface_train.log on each worker); `run` keeps the ssh
