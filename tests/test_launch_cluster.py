@@ -13,8 +13,8 @@ with 8 devices:
 * a job whose devices do not add up (SLURM asked for 8 GPUs, JAX formed 4 devices) fails
   at start-up with an error naming both.
 
-Every run uses configs/lmle.py:tiny for 16 steps; the tfds data and JAX's compilation
-cache are shared by all runs of this module.
+Every run uses configs/lmle.py:tiny for 16 steps without evaluators; the tfds data and
+JAX's compilation cache are shared by all runs of this module.
 """
 
 import json
@@ -41,6 +41,7 @@ OVERRIDES = [
     f"--config.num_train_steps={STEPS}",
     f"--config.checkpoint_every={CKPT_EVERY}",
     f"--config.eval_every={STEPS}",
+    "--config.evals=()",  # what is launched and trained is under test here, not evaluation
 ]
 
 
@@ -48,6 +49,7 @@ def _config(tfds_dir):
     c = load_config(REPO / "configs" / "lmle.py", "tiny")
     c.data.data_dir = tfds_dir
     c.num_train_steps, c.checkpoint_every, c.eval_every = STEPS, CKPT_EVERY, STEPS
+    c.evals = ()
     return c
 
 
