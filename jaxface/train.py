@@ -71,6 +71,7 @@ from clu import metric_writers, metrics as clu_metrics, periodic_actions
 import orbax.checkpoint as ocp
 
 from jaxface import tasks as tasks_lib
+from jaxface import parallel
 from jaxface.data import pipeline
 from jaxface.tasks.base import EvalContext, Task
 
@@ -676,6 +677,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     t_start = time.time()
     os.makedirs(workdir, exist_ok=True)
     trainer = Trainer(config, workdir)
+    parallel.log_cluster(trainer.mesh)
     is_chief = jax.process_index() == 0
     writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
     if is_chief:

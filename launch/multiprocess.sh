@@ -11,6 +11,8 @@
 #   JAXFACE_PORT: coordinator port (default: a free port on 127.0.0.1).
 #   JAXFACE_PYTHON: the interpreter (default: python3 on PATH).
 #
+# Every process checks that JAX formed NPROC x DEVICES_PER_PROC global devices
+# (JAXFACE_EXPECTED_DEVICES) and logs a "cluster: process k of N ..." line at start.
 # Logs: WORKDIR/logs/process_<k>.log (process 0 is also echoed to this terminal).
 # If any process fails, the others are stopped and the exit code is the first failure's.
 # SIGTERM/SIGINT to this script are forwarded to every process, so the trainer saves a
@@ -38,7 +40,8 @@ trap 'forward TERM' TERM
 trap 'forward INT' INT
 
 for ((k = 0; k < nproc; k++)); do
-  env_args=(JAXFACE_COORDINATOR="127.0.0.1:$port" JAXFACE_NUM_PROCESSES="$nproc" JAXFACE_PROCESS_ID="$k")
+  env_args=(JAXFACE_COORDINATOR="127.0.0.1:$port" JAXFACE_NUM_PROCESSES="$nproc" JAXFACE_PROCESS_ID="$k"
+            JAXFACE_EXPECTED_DEVICES=$((nproc * ndev)))
   if [ "$platform" = cpu ]; then
     env_args+=(JAX_PLATFORMS=cpu XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=$ndev")
   elif [ "$platform" = gpu ]; then

@@ -8,10 +8,13 @@
 #   launch/tpu_pod.sh stop  NAME ZONE                      # SIGTERM the trainers (they checkpoint, then exit)
 #   launch/tpu_pod.sh logs  NAME ZONE [WORKER]             # tail a worker's log (default worker 0)
 #
-# Every worker runs one process that drives its local chips. On a TPU VM
-# jax.distributed.initialize() finds the coordinator and process ids from the TPU
-# metadata; jaxface.parallel.maybe_initialize calls it when TPU_WORKER_HOSTNAMES lists
-# more than one worker (set on pod-slice VMs). The workdir must be a gs:// path (or
+# Every worker runs one process that drives its local chips. When the worker's
+# environment has TPU_WORKER_HOSTNAMES (more than one worker) and TPU_WORKER_ID,
+# jaxface.parallel.maybe_initialize calls jax.distributed.initialize with the first
+# worker as coordinator (port 8482, or JAX_COORDINATOR_PORT), that many processes and
+# that process id -- what JAX's own TPU detection derives from them; without them
+# the TPU runtime forms the slice itself. Each worker logs a "cluster: process k of N ..."
+# line at start-up. The workdir must be a gs:// path (or
 # another filesystem all workers share): orbax writes the checkpoint from every host.
 # `train` runs the trainer under nohup so it survives the ssh session (pid in
 # ~/jaxface_train.pid, log in ~/jaxface_train.log on each worker); `run` keeps the ssh
