@@ -1,6 +1,8 @@
 """Two processes x 4 CPU devices on loopback train to the same parameters as one
 process with 8 devices (data slices per host, gloo collectives, checkpoints from all
-hosts)."""
+hosts), with the recognition classifier split over a ``model`` axis of 4 devices inside
+each process and Partial FC sampling. (tests/test_launch_cluster.py runs the same
+comparison through the SLURM and TPU launch scripts.)"""
 
 import os
 import pathlib
@@ -23,10 +25,28 @@ def _free_port():
         return s.getsockname()[1]
 
 
+OVERRIDES = {
+    "num_classes": 512,
+    "model_parallel": 4,
+    "head.sample_rate": 0.5,
+    "head.class_groups": 8,
+    "num_train_steps": 6,
+    "checkpoint_every": 3,
+    "keep_checkpoints": 2,
+    "async_checkpointing": False,
+}
+
+
 def _config(tfds_dir):
-    c = load_config(REPO / "configs" / "lmle.py", "tiny")
+    c = load_config(REPO / "configs" / "dream.py", "tiny")
     c.data.data_dir = tfds_dir
-    c.async_checkpointing = False
+    c.evals = ()
+    for key, value in OVERRIDES.items():
+        node = c
+        *path, last = key.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = value
     return c
 
 
@@ -44,12 +64,12 @@ def test_two_processes_match_one_process(tmp_path):
         "jaxface.main",
         "train",
         "--config",
-        str(REPO / "configs" / "lmle.py") + ":tiny",
+        str(REPO / "configs" / "dream.py") + ":tiny",
         "--workdir",
         two,
         f"--config.data.data_dir={tfds_dir}",
-        "--config.async_checkpointing=False",
-    ]
+        "--config.evals=()",
+    ] + [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
     procs = []
     for pid in range(2):
         env = dict(
