@@ -82,7 +82,15 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
     c.image_size = 64
     c.random_flip = True
     c.model = ml_collections.ConfigDict(
-        dict(backbone="resnet10", width=0.25, stem="small", embed_dim=256, use_dream=not naive)
+        dict(
+            # pretrained: a torchvision ResNet file (`jaxface.models.pretrained`); its 7x7
+            # conv1 needs stem="imagenet".
+            backbone=dict(name="resnet10", pretrained=""),
+            width=0.25,
+            stem="small",
+            embed_dim=256,
+            use_dream=not naive,
+        )
     )
     # sample_rate < 1: Partial FC; class_groups: the classifier's columns are padded to a
     # multiple of it and Partial FC samples per group (a multiple of model_parallel).
@@ -119,7 +127,8 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
         c.data.builder = "insightface_rec"
         c.num_classes = 85742  # MS1MV2 (faces_emore); set to your property file's count
         c.image_size = 112
-        c.model.update(backbone="resnet50", width=1.0, stem="small")
+        c.model.backbone.name = "resnet50"
+        c.model.update(width=1.0, stem="small")
         c.batch_size = 256
         c.eval_batch_size = 256
         c.num_train_steps = 150_000
@@ -142,7 +151,8 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
         c.yaw_source = "profile_flag"
         # Sized for a shared 2-core CPU (~0.5 core each when busy): 48 px input, ResNet-10 at 1/4 width.
         c.image_size = 48
-        c.model.update(backbone="resnet10", width=0.25)
+        c.model.backbone.name = "resnet10"
+        c.model.update(width=0.25)
         c.head.dropout = 0.5
         c.batch_size = 64
         c.num_train_steps = 1200
@@ -188,7 +198,8 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
         )
         c.num_classes = 16
         c.image_size = 32
-        c.model.update(backbone="resnet10", width=0.125, embed_dim=32)
+        c.model.backbone.name = "resnet10"
+        c.model.update(width=0.125, embed_dim=32)
         c.head.dropout = 0.0
         c.batch_size = 16
         c.eval_batch_size = 16

@@ -1,13 +1,18 @@
 """ScaleFace face detection (METHODS.md §3): scale-variant detectors on one backbone, OHEM.
 
 Variants (``get_config(arg)``):
-  wider          — the paper's setting on WIDER FACE (ResNet-50, three branches
+  wider          — the paper's setting on WIDER FACE (ImageNet ResNet-50, three branches
                    10-40 / 40-140 / 140-1300 px on res2+res3 / res3+res4 / res4+res5
                    at strides 8 / 16 / 32, anchors from the method card), for GPUs.
                    Needs the original WIDER FACE layout in --config.data.manual_dir
                    (`jaxface.data.widerface_builder`) and the eval_tools ground truth in
                    --config.wider_gt_dir; the evaluator writes the standard prediction
                    folder and reports the official easy / medium / hard AP.
+                   The backbone starts from torchvision's ImageNet ResNet-50: put
+                   resnet50-0676ba61.pth (downloaded beforehand) into $JAXFACE_WEIGHTS
+                   (default ~/.cache/jaxface/weights) or point
+                   --config.model.backbone.pretrained at it; an empty
+                   --config.model.backbone.pretrained= trains from scratch.
   synthetic      — the quickstart's: three branches on a narrow ResNet at 320 px on the
                    synthetic scenes (256-320 px), exact WIDER protocol on the validation
                    split; a few minutes on a 2-core CPU.
@@ -38,6 +43,10 @@ import os
 import ml_collections
 
 from jaxface import config as jf_config
+from jaxface.models import pretrained
+
+# torchvision's ResNet50_Weights.IMAGENET1K_V1 file (the `wider` variant's backbone).
+IMAGENET_RESNET50 = "resnet50-0676ba61.pth"
 
 # ../shared/data/cfp beside the repository (the real data never lives inside it).
 CFP_DIR = os.path.normpath(
@@ -72,7 +81,15 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
     c.max_faces = 512
     c.model = ml_collections.ConfigDict(
         dict(
-            backbone=dict(stage_sizes=[3, 4, 6, 3], block="bottleneck", width=1.0, stem="imagenet"),
+            # torchvision's ImageNet ResNet-50 (ResNet50_Weights.IMAGENET1K_V1), downloaded
+            # beforehand into $JAXFACE_WEIGHTS (default ~/.cache/jaxface/weights); "" = scratch.
+            backbone=dict(
+                stage_sizes=[3, 4, 6, 3],
+                block="bottleneck",
+                width=1.0,
+                stem="imagenet",
+                pretrained=pretrained.weights_file(IMAGENET_RESNET50),
+            ),
             # The paper's three-way split (METHODS.md §3).
             branches=[
                 _branch("small", (10, 40), ("res2", "res3"), 8, (12, 16, 24, 40)),
@@ -160,7 +177,9 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
             detection_max_face=240,
         )
     )
-    c.model.backbone = dict(stage_sizes=[1, 1, 1, 1], block="basic", width=0.25, stem="imagenet")
+    c.model.backbone = dict(
+        stage_sizes=[1, 1, 1, 1], block="basic", width=0.25, stem="imagenet", pretrained=""
+    )
     c.model.branches = [
         _branch("small", (8, 28), ("res2", "res3"), 8, (12, 20)),
         _branch("medium", (28, 80), ("res3", "res4"), 16, (32, 48, 64)),
@@ -234,7 +253,7 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
             )
         )
         c.model.backbone = dict(
-            stage_sizes=[1, 1, 1, 1], block="basic", width=0.125, stem="imagenet"
+            stage_sizes=[1, 1, 1, 1], block="basic", width=0.125, stem="imagenet", pretrained=""
         )
         c.model.merge_channels = 16
         c.model.rpn_channels = 16

@@ -31,7 +31,8 @@
 * evaluators from ``config.evals`` every ``config.eval_every`` steps and at the end;
 * orbax checkpoints every ``config.checkpoint_every`` steps keeping
   ``config.keep_checkpoints``; resume order: the workdir's latest checkpoint, then
-  ``config.init_from`` (params and model state only), then scratch. The data order
+  ``config.init_from`` (params and model state only), then the task's pretrained
+  weights (`Task.load_pretrained`, e.g. a torchvision backbone), then scratch. The data order
   is a function of the step (`jaxface.data.pipeline`), so a resumed run sees
   exactly the batches an uninterrupted run would;
 * SIGTERM / SIGINT: the current step finishes, a checkpoint is written, the run
@@ -522,7 +523,8 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------
     def restore(self, mngr: ocp.CheckpointManager, state, sharding):
-        """Resume order: latest checkpoint in workdir, then config.init_from, then scratch."""
+        """Resume order: latest checkpoint in workdir, then config.init_from, then the task's
+        pretrained weights (`Task.load_pretrained`), then scratch."""
         abstract = jax.tree.map(
             lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, sharding
         )
@@ -549,6 +551,13 @@ class Trainer:
             return state.replace(
                 params=params, model_state=model_state
             ), f"init_from {init_from}@{step}"
+        loaded = self.task.load_pretrained(state.params, state.model_state)
+        if loaded is not None:
+            params, model_state, what = loaded
+            params = jax.tree.map(jax.device_put, params, sharding.params)
+            model_state = jax.tree.map(jax.device_put, model_state, sharding.model_state)
+            logging.info("initialised from %s", what)
+            return state.replace(params=params, model_state=model_state), what
         return state, "from scratch"
 
     def save(

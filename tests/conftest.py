@@ -13,6 +13,14 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import sys  # noqa: E402
+
+# torch (the test extra's reference for pretrained backbones) imports the `triton`
+# package when it is installed, and triton segfaults the process when TensorFlow was
+# imported before it (their bundled LLVMs clash). The suite runs on CPU and never uses
+# triton, so it is blocked: `import triton` raises ImportError and torch goes without.
+sys.modules.setdefault("triton", None)
+
 import pytest  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -212,7 +212,8 @@ def test_msceleb_config_trains_on_an_insightface_recordio(tmp_path):
     with pytest.raises(ValueError, match="property says 4 identities"):
         rec.RecognitionTask(c).source("train")
     c.num_classes = 4
-    c.model.update(backbone="resnet18", width=0.125)
+    c.model.backbone.name = "resnet18"
+    c.model.update(width=0.125)
     c.batch_size, c.num_train_steps, c.data_workers = 8, 2, 0
     c.evals, c.async_checkpointing = (), False
     task = rec.RecognitionTask(c)

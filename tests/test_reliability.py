@@ -410,13 +410,16 @@ def test_checkpoint_with_nonfinite_params_is_never_written(tmp_path):
 
 # ------------------------------------------------------------------ untrusted files
 
-_ALLOWED_UNPICKLERS = {("jaxface/data/recognition_formats.py", "_RestrictedUnpickler")}
+_ALLOWED_UNPICKLERS = {
+    ("jaxface/data/recognition_formats.py", "_RestrictedUnpickler"),
+    ("jaxface/models/pretrained.py", "_RestrictedUnpickler"),
+}
 
 
 def _unsafe_loads(source: str, filename: str) -> list:
     """Calls/classes through which a file's bytes could run code: pickle/dill/cloudpickle/
     marshal/shelve/joblib/torch loads, ``pickle.Unpickler`` subclasses (other than the
-    allow-listed restricted one), ``np.load(allow_pickle=True)``, ``yaml.load`` /
+    allow-listed restricted ones), ``np.load(allow_pickle=True)``, ``yaml.load`` /
     ``unsafe_load`` without a safe loader, ``eval``/``exec``."""
     import ast
 

@@ -22,16 +22,19 @@ its shard.
 
 **Partial FC** (An et al., "Partial FC: Training 10 Million Identities on a
 Single Machine", ICCVW 2021; insightface ``arcface_torch/partial_fc_v2.py``):
-with ``sample_rate < 1`` each shard keeps a fixed number ``S`` of its ``C/n``
-centres -- every positive class of the global batch that lives on the shard,
-then random negatives -- and the softmax runs over the sampled centres only.
-``S = min(C/n, max(ceil(sample_rate * C/n), B_global))``: since a shard can hold
-at most ``min(B_global, C/n)`` distinct positives, every positive is always
+with ``sample_rate < 1`` the classes are cut into ``groups`` equal runs of
+consecutive ids (one per shard by default; a multiple of the shard count), and each
+group keeps a fixed number ``S`` of its ``C/G`` centres -- every positive class of the
+global batch that lives in the group, then random negatives -- and the softmax runs
+over the sampled centres only.
+``S = min(C/G, max(ceil(sample_rate * C/G), B_global))``: since a group can hold
+at most ``min(B_global, C/G)`` distinct positives, every positive is always
 kept (insightface's fixed ``S`` can drop positives when the batch is large; this
-cannot). Shapes are static, the sample is a pure function of ``rng`` (shard ``k``
-uses ``fold_in(rng, k)``), and unsampled centres receive a zero gradient (with a
-momentum or Adam optimiser they still drift by their optimiser state, as in
-insightface; use a per-step mask on the update if that matters).
+cannot). Shapes are static, the sample is a pure function of ``rng`` (group ``g``
+uses ``fold_in(rng, g)``, so with a fixed ``groups`` the sample is the same on 1, 2,
+4 or 8 shards), and unsampled centres receive a zero gradient (with a momentum or
+Adam optimiser they still drift by their optimiser state, as in insightface; use a
+per-step mask on the update if that matters).
 
 Layout: ``weights`` is ``[C, D]`` (one row per class, the Partial-FC layout;
 note `cosface_logits` takes the transposed flax-``Dense`` ``[D, C]`` kernel).

@@ -19,6 +19,11 @@ every stage, including the first, strides 2, so a 112x112 input still ends at a
 7x7 ``res5`` map. (insightface also uses PReLU and a BN-Dropout-FC-BN head; this
 module keeps ReLU and torchvision's blocks so the two stems share one code path.)
 
+``input_norm="imagenet"`` is for torchvision's pretrained weights
+(`jaxface.models.pretrained`): the input, an RGB image in [-1, 1]
+(`jaxface.tasks.common.normalize_image`), is mapped to torchvision's ImageNet
+normalisation ``((x + 1) / 2 - IMAGENET_MEAN) / IMAGENET_STD`` first.
+
 ``width`` (a multiplier on the stage widths), ``stage_sizes`` and ``stage_strides``
 are fields, so tiny CPU-sized variants are one-liners, e.g.
 ``ResNet(stage_sizes=(1, 1, 1, 1), block="basic", width=0.25, stem="small")``.
@@ -36,9 +41,23 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-__all__ = ["ResNet", "ResNet18", "ResNet34", "ResNet50", "BasicBlock", "Bottleneck", "STAGE_NAMES"]
+__all__ = [
+    "ResNet",
+    "ResNet18",
+    "ResNet34",
+    "ResNet50",
+    "BasicBlock",
+    "Bottleneck",
+    "STAGE_NAMES",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+]
 
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
+INPUT_NORMS = ("none", "imagenet")
+# torchvision's ImageNet input statistics (RGB in [0, 1]).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu").
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # untruncated, as torch
@@ -154,6 +173,8 @@ class ResNet(nn.Module):
         the imagenet stem and (2, 2, 2, 2) for the small stem.
       num_classes: add torchvision's ``fc`` (Dense) on the pooled feature when set.
       zero_init_residual: torchvision's option (last BN scale of each block = 0).
+      input_norm: "none" or "imagenet" (a [-1, 1] input mapped to torchvision's ImageNet
+        normalisation; for its pretrained weights).
       dtype: computation dtype.
 
     Call: ``model.apply(variables, x, train=False)`` with ``x`` ``[B, H, W, 3]``
@@ -171,6 +192,7 @@ class ResNet(nn.Module):
     stage_strides: Sequence[int] | None = None
     num_classes: int | None = None
     zero_init_residual: bool = False
+    input_norm: str = "none"
     dtype: Any = None
 
     @nn.compact
@@ -183,12 +205,20 @@ class ResNet(nn.Module):
             raise ValueError(f"ResNet.stage_sizes: expected 4 stages, got {self.stage_sizes}")
         if x.ndim != 4:
             raise ValueError(f"ResNet input: expected NHWC [B, H, W, C], got shape {x.shape}")
+        if self.input_norm not in INPUT_NORMS:
+            raise ValueError(
+                f"ResNet.input_norm: expected one of {INPUT_NORMS}, got {self.input_norm!r}"
+            )
         strides = self.stage_strides
         if strides is None:
             strides = (1, 2, 2, 2) if self.stem == "imagenet" else (2, 2, 2, 2)
         block_cls = _BLOCKS[self.block]
         base = max(1, int(round(64 * self.width)))
         out: dict[str, jax.Array] = {}
+        if self.input_norm == "imagenet":
+            mean = jnp.asarray(IMAGENET_MEAN, x.dtype)
+            std = jnp.asarray(IMAGENET_STD, x.dtype)
+            x = ((x + 1.0) * 0.5 - mean) / std
         if self.dtype is not None:
             x = x.astype(self.dtype)
         if self.stem == "imagenet":

@@ -49,6 +49,9 @@ from jaxface.ops.targets import RCNN_BOX_WEIGHTS, RPN_BOX_WEIGHTS
 
 __all__ = ["BranchSpec", "ScaleFace", "Model", "branch_specs", "stage_strides", "propose"]
 
+# The `ResNet` fields ScaleFace's ``backbone`` dict may set.
+BACKBONE_FIELDS = ("stage_sizes", "block", "width", "stem", "input_norm")
+
 
 @dataclasses.dataclass(frozen=True)
 class BranchSpec:
@@ -236,7 +239,7 @@ class ScaleFace(nn.Module):
 
     Attributes:
       branches: tuple of `BranchSpec`.
-      backbone: dict of `ResNet` fields (stage_sizes, block, width, stem).
+      backbone: dict of `ResNet` fields (stage_sizes, block, width, stem, input_norm).
       merge_channels, rpn_channels, head_conv_channels, head_fc: widths.
       roi_size: RoI template side; roi_op: "align" | "pool"; roi_sampling_ratio.
       landmarks: add the 5-landmark output.
@@ -255,11 +258,17 @@ class ScaleFace(nn.Module):
 
     def setup(self):
         bb = dict(self.backbone)
+        unknown = sorted(set(bb) - set(BACKBONE_FIELDS))
+        if unknown:
+            raise ValueError(
+                f"ScaleFace.backbone: unknown field(s) {unknown}; known {BACKBONE_FIELDS}"
+            )
         self.resnet = ResNet(
             stage_sizes=tuple(bb.get("stage_sizes", (3, 4, 6, 3))),
             block=bb.get("block", "bottleneck"),
             width=float(bb.get("width", 1.0)),
             stem=bb.get("stem", "imagenet"),
+            input_norm=bb.get("input_norm", "none"),
         )
         strides = stage_strides(bb.get("stem", "imagenet"))
         self.heads = [

@@ -23,6 +23,9 @@ Contract (all arrays are host NumPy on the way in; everything inside `loss` and
   ``model`` axis (default replicated).
 * ``evaluators()`` -> ``{name: fn(state, ctx) -> dict of scalars}``; which of them
   run is chosen by ``config.evals`` (a list of names).
+* ``load_pretrained(params, model_state)``: optional pretrained weights (e.g. a
+  torchvision backbone) that the trainer puts into a run that starts with neither a
+  checkpoint nor ``config.init_from``.
 * ``init_task_state(...)`` / ``hooks()``: optional non-gradient state (e.g. LMLE's
   cluster assignments) and periodic host-side hooks ``(state, ctx) -> state`` run
   every ``every_steps`` (e.g. re-clustering), each timed and reported.
@@ -106,6 +109,13 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def loss(self, params, model_state, batch, rng, task_state):
         """Scalar loss and ``(new_model_state, metrics)``."""
+
+    def load_pretrained(self, params, model_state):
+        """Pretrained weights for a fresh run: ``(params, model_state, description)``, the
+        given trees (same structure, shapes and dtypes) with some leaves replaced by
+        host arrays, or None (the default: nothing to load)."""
+        del params, model_state
+        return None
 
     def metric_names(self) -> tuple[str, ...]:
         """Names of the scalar metrics ``loss`` returns (besides ``loss``)."""

@@ -10,6 +10,11 @@ in training, `jaxface.data.detection_aug`; fit-and-pad in evaluation) and its fa
 are padded to ``config.max_faces`` slots with a validity mask, so one compiled step
 serves every batch. Invalid faces, and faces cut by the crop, are ignore regions.
 
+Backbone: ``config.model.backbone`` holds the `jaxface.models.resnet.ResNet` fields and
+``pretrained``, the path of a torchvision ResNet file (`jaxface.models.pretrained`;
+"" = scratch) loaded when a run starts fresh; with it, the model maps its [-1, 1]
+input to torchvision's ImageNet normalisation before the ResNet.
+
 Loss, per branch (each sees only the faces of its size range; the others are
 ignored, `jaxface.ops.targets`): RPN — sigmoid cross-entropy on a balanced random
 sample of anchors + smooth-L1 box regression on its positives; Fast R-CNN — on the
@@ -51,7 +56,7 @@ from jaxface.data.recognition_formats import IMAGE_EXTENSIONS
 from jaxface.data.synthetic.render import difficulty_subsets
 from jaxface.data.widerface import WiderFaceAnnotations
 from jaxface.evaluation import widerface as wider_eval
-from jaxface.models import scaleface
+from jaxface.models import pretrained, scaleface
 from jaxface.ops.boxes import xyxy_to_xywh
 from jaxface.ops.targets import (
     in_size_range,
@@ -104,9 +109,14 @@ class DetectionTask(Task):
         super().__init__(config)
         m = config.model
         self.specs = scaleface.branch_specs([dict(b) for b in m.branches])
+        backbone = dict(m.backbone)
+        # A torchvision file for the ResNet (`jaxface.models.pretrained`); the model then
+        # feeds the ResNet torchvision's ImageNet input normalisation.
+        self.pretrained = str(backbone.pop("pretrained", "") or "")
+        backbone["input_norm"] = "imagenet" if self.pretrained else "none"
         self.model = scaleface.ScaleFace(
             branches=self.specs,
-            backbone=dict(m.backbone),
+            backbone=backbone,
             merge_channels=int(m.merge_channels),
             rpn_channels=int(m.rpn_channels),
             head_conv_channels=int(m.head_conv_channels),
@@ -197,6 +207,19 @@ class DetectionTask(Task):
     # -- model ------------------------------------------------------------------
     def init_variables(self, rng, batch):
         return self.model.init(rng, batch["image"], train=False)
+
+    def load_pretrained(self, params, model_state):
+        """The torchvision ResNet of ``config.model.backbone.pretrained`` in ``params["resnet"]``."""
+        if not self.pretrained:
+            return None
+        params, model_state = pretrained.load_backbone(
+            params,
+            model_state,
+            ("resnet",),
+            self.pretrained,
+            field="config.model.backbone.pretrained",
+        )
+        return params, model_state, f"pretrained backbone {self.pretrained}"
 
     def rpn_branch_targets(self, batch, i, feature_hw):
         """Branch ``i``'s anchors ``[A, 4]``, in-range mask ``[B, G]`` and RPN targets

@@ -4,7 +4,7 @@ Model (`RecognitionNet`): `jaxface.models.dream.FaceEmbedder` -- a ResNet stem, 
 average pool, Dense to ``config.model.embed_dim`` (``phi``), then optionally the DREAM
 block ``f = phi + Y(yaw) R(phi)`` (``config.model.use_dream``; False = the "naive"
 baseline) -- plus an identity classifier and, optionally, a learned yaw head and a
-learned DeepID2 margin. Parameters: ``params["embedder"]["stem" | "embed" | "dream"]``,
+learned DeepID2 margin. Parameters: ``params["embedder"]["backbone" | "embed" | "dream"]``,
 ``params["classifier_kernel"]`` [D, C], ``params["classifier_bias"]`` [C] (softmax),
 ``params["yaw_head"]``, ``params["verif_margin"]``.
 
@@ -84,7 +84,7 @@ from jaxface import losses
 from jaxface.data import sources
 from jaxface.evaluation import identification as ident_eval
 from jaxface.evaluation import verification as verif
-from jaxface.models import pose
+from jaxface.models import pose, pretrained
 from jaxface.models.dream import FaceEmbedder
 from jaxface.models.resnet import ResNet
 from jaxface.ops import align as align_ops
@@ -157,6 +157,7 @@ class RecognitionNet(nn.Module):
     backbone: str = "resnet18"
     width: float = 1.0
     stem: str = "small"
+    input_norm: str = "none"
     embed_dim: int = 256
     use_dream: bool = True
     num_classes: int = 10
@@ -171,7 +172,13 @@ class RecognitionNet(nn.Module):
     def setup(self):
         stages, block = _STAGES[self.backbone]
         self.embedder = FaceEmbedder(
-            backbone=ResNet(stage_sizes=stages, block=block, width=self.width, stem=self.stem),
+            backbone=ResNet(
+                stage_sizes=stages,
+                block=block,
+                width=self.width,
+                stem=self.stem,
+                input_norm=self.input_norm,
+            ),
             embed_dim=self.embed_dim,
             use_dream=self.use_dream,
         )
@@ -455,10 +462,18 @@ class RecognitionTask(Task):
             raise ValueError(
                 f"config.head.type: unknown head {c.head.type!r} (expected one of {HEADS})"
             )
-        if c.model.backbone not in _STAGES:
+        backbone = c.model.backbone
+        if not hasattr(backbone, "keys") or set(backbone.keys()) != {"name", "pretrained"}:
             raise ValueError(
-                f"config.model.backbone: unknown {c.model.backbone!r} (expected one of {sorted(_STAGES)})"
+                f"config.model.backbone: expected dict(name=..., pretrained=...), got {backbone!r}"
             )
+        if backbone.name not in _STAGES:
+            raise ValueError(
+                f"config.model.backbone.name: unknown {backbone.name!r} (expected one of {sorted(_STAGES)})"
+            )
+        # A torchvision file for the stem (`jaxface.models.pretrained`); the model then
+        # feeds the ResNet torchvision's ImageNet input normalisation.
+        self.pretrained = str(backbone.pretrained or "")
         if c.mode == "stitching" and not c.model.use_dream:
             raise ValueError(
                 "config.mode='stitching' trains the DREAM block: set config.model.use_dream=True"
@@ -481,9 +496,10 @@ class RecognitionTask(Task):
             )
         self.deepid2_on = float(c.deepid2.weight) > 0
         self.model = RecognitionNet(
-            backbone=c.model.backbone,
+            backbone=backbone.name,
             width=float(c.model.width),
             stem=c.model.stem,
+            input_norm="imagenet" if self.pretrained else "none",
             embed_dim=int(c.model.embed_dim),
             use_dream=bool(c.model.use_dream),
             num_classes=self.num_classes,
@@ -749,6 +765,19 @@ class RecognitionTask(Task):
     # -- model ------------------------------------------------------------------
     def init_variables(self, rng, batch):
         return self.model.init(rng, batch["image"], self.gate_yaw(batch), train=False)
+
+    def load_pretrained(self, params, model_state):
+        """The torchvision ResNet of ``config.model.backbone.pretrained`` in ``params["embedder"]["backbone"]``."""
+        if not self.pretrained:
+            return None
+        params, model_state = pretrained.load_backbone(
+            params,
+            model_state,
+            ("embedder", "backbone"),
+            self.pretrained,
+            field="config.model.backbone.pretrained",
+        )
+        return params, model_state, f"pretrained backbone {self.pretrained}"
 
     def init_task_state(self, rng, variables):
         del rng, variables
