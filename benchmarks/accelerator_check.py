@@ -173,14 +173,12 @@ def row_resnet50(args, emit):
 
 def row_scaleface(args, emit):
     n = jax.device_count()
-    tiny = (
-        {"image_size": 128, "model.backbone": dict(stage_sizes=[1, 1, 1, 1], block="basic", width=0.125, stem="imagenet")}
-        if args.tiny
-        else {}
-    )
-    c = _config("scaleface.py", "wider", compute_dtype="bfloat16", batch_size=2 * n, **tiny)
+    c = _config("scaleface.py", "wider", compute_dtype="bfloat16", batch_size=2 * n)
     if args.tiny:
+        c.image_size = 128
+        c.model.backbone.update(stage_sizes=[1, 1, 1, 1], block="basic", width=0.125)
         c.model.update(merge_channels=16, rpn_channels=16, head_conv_channels=16, head_fc=[32, 32])
+    # Timing only: random weights (the ImageNet file need not be present).
     c.model.backbone.pretrained = ""
     r = time_step(c, steps=args.steps, workdir=args.workdir)
     emit(
@@ -192,7 +190,7 @@ def row_scaleface(args, emit):
 
 def _msceleb_1m(args, mp: int, rate: float, **extra):
     n = jax.device_count()
-    small = {"image_size": 32, "model.width": 0.25, "model.backbone": "resnet10"}
+    small = {"image_size": 32, "model.width": 0.25, "model.backbone.name": "resnet10"}
     c = _config(
         "dream.py",
         "msceleb_1m",
@@ -211,7 +209,8 @@ def row_recognition(args, emit):
     n = jax.device_count()
     c = _msceleb_1m(args, n, 0.1, compute_dtype="bfloat16")
     if not args.tiny:  # the real stem on an accelerator
-        c.model.update(backbone="resnet50", width=1.0)
+        c.model.backbone.name = "resnet50"
+        c.model.width = 1.0
         c.image_size = 112
     r = time_step(c, steps=args.steps, workdir=args.workdir)
     emit(
