@@ -227,7 +227,11 @@ def cmd_detect(argv) -> int:
         print(f"jaxface detect: no images under {args.input}", file=sys.stderr)
         return EXIT_FAILED
     root = pathlib.Path(args.input)
-    check_output_folder(args.out, root)
+    try:
+        check_output_folder(args.out, root)
+    except ValueError as err:
+        print(f"jaxface detect: {err}", file=sys.stderr)
+        return EXIT_USAGE
     analyzer = _load_analyzer(args)
     os.makedirs(args.out, exist_ok=True)
     progress = Progress(len(paths), "detect")

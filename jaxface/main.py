@@ -23,7 +23,8 @@ on the line) or ``JAXFACE_DEBUG=1`` shows the traceback instead.
 
 Exit status: 0 success; 1 failure (an error, or nothing could be processed); 2 bad
 arguments or an unusable input image; 3 finished, but some inputs were skipped
-(``detect`` and ``identify`` folder runs: each skipped image is named in the summary).
+(``detect`` and ``identify`` folder runs: each skipped image is named in the summary;
+``eval``: an evaluator skipped unreadable images, named in its log and JSON).
 ``widerface-eval`` exits 2 on malformed input and 1 when no prediction file matched
 the ground truth.
 """
@@ -156,7 +157,8 @@ def cmd_eval(argv):
 
     results = train.evaluate_checkpoint(fv.config, fv.workdir, fv.step)
     print(_json(results))
-    return 0
+    skipped = any(k.endswith("_skipped_images") and v > 0 for k, v in results.items())
+    return 3 if skipped else 0
 
 
 def cmd_quickstart(argv):
@@ -213,6 +215,19 @@ def _one_line(err: BaseException) -> str:
     return msg
 
 
+def _quiet_excepthook(previous):
+    """After a failed checkpoint restore, TensorStore's reader threads finish their reads
+    and call back into orbax's already closed event loop; each prints a traceback
+    ("Event loop is closed") that says nothing about the error. Drop those only."""
+
+    def hook(exc_type, exc, tb):
+        if exc_type is RuntimeError and str(exc) == "Event loop is closed":
+            return
+        previous(exc_type, exc, tb)
+
+    return hook
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("JAXFACE_DEBUG", "") not in ("", "0")
@@ -227,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(verbose=cmd in ("train", "eval", "quickstart"))
     if debug:
         return _run(cmd, rest)
+    sys.excepthook = _quiet_excepthook(sys.excepthook)
     try:
         return _run(cmd, rest)
     except KeyboardInterrupt:
