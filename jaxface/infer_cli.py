@@ -32,6 +32,8 @@ from typing import Optional
 
 import numpy as np
 
+from jaxface.data.images import SkipReport
+
 CALIBRATION_DIR = "calibration"
 
 
@@ -64,16 +66,83 @@ class Progress:
         self.stream.flush()
 
 
-def read_image(path) -> np.ndarray:
-    """uint8 RGB [H, W, 3]; raises ValueError naming the file when it cannot be read."""
-    from PIL import Image, UnidentifiedImageError  # pylint: disable=import-outside-toplevel
+# Exit status of the inference commands (`jaxface.main` documents it for every command).
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SKIPPED = 0, 1, 2, 3
 
+
+def read_image(path) -> np.ndarray:
+    """uint8 RGB [H, W, 3] (`jaxface.data.images.read_image`); raises
+    `jaxface.data.images.UnreadableImageError` (a ValueError) naming the file."""
+    from jaxface.data.images import read_image as read  # pylint: disable=import-outside-toplevel
+
+    return read(path, name=os.fspath(path))
+
+
+def _finite_float(lo=None, hi=None):
+    """argparse type: a finite float in ``[lo, hi]``; the error names the allowed range."""
+
+    def parse(text):
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not np.isfinite(v) or (lo is not None and v < lo) or (hi is not None and v > hi):
+            rng = f"in [{lo:g}, {hi:g}]" if lo is not None and hi is not None else "finite"
+            raise argparse.ArgumentTypeError(f"must be a number {rng}, got {text!r}")
+        return v
+
+    return parse
+
+
+def _positive_int(text):
     try:
-        with Image.open(path) as im:
-            im.load()
-            return np.asarray(im.convert("RGB"), np.uint8)
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
-        raise ValueError(f"{path}: unreadable image ({type(err).__name__}: {err})") from None
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return v
+
+
+def check_output_folder(out, input_root) -> None:
+    """Refuses an output folder that is, lies inside or contains the input folder:
+    outputs are written there by relative name, so an input image could be overwritten.
+    (For a single input file the outputs ``<name>.json`` / ``<name>.png`` never equal it.)
+    Raises ValueError naming both."""
+    root = pathlib.Path(input_root).resolve()
+    if not root.is_dir():
+        return
+    o = pathlib.Path(out).resolve()
+    if o == root or root in o.parents or o in root.parents:
+        raise ValueError(
+            f"--out {out} overlaps the input folder {input_root} (equal, inside or containing "
+            "it): outputs written there could overwrite input images; choose an output "
+            "folder outside the input folder"
+        )
+
+
+def output_base(out_dir, rel: str) -> str:
+    """``out_dir/<rel>``: the outputs of input ``rel`` are ``<base>.json`` and ``<base>.png``.
+    The input's full relative name (extension included) keeps them unique per input
+    (``photo.jpg`` and ``photo.png`` do not collide)."""
+    return os.path.join(out_dir, rel)
+
+
+def _dumps(obj, **kw) -> str:
+    """JSON that is JSON: NaN or infinity is an error, never ``NaN`` / ``-Infinity``."""
+    return json.dumps(obj, allow_nan=False, **kw)
+
+
+class NonFiniteScoreError(ValueError):
+    """A score or embedding is NaN/inf: there is no decision to print."""
+
+
+def _check_finite(name: str, x, workdir: str) -> None:
+    if not np.all(np.isfinite(np.asarray(x, np.float64))):
+        raise NonFiniteScoreError(
+            f"{name} is not finite (NaN/inf); the recogniser {workdir} produces non-finite "
+            "embeddings, no decision can be made"
+        )
 
 
 def list_images(root) -> list[pathlib.Path]:
@@ -129,7 +198,12 @@ def _common(p: argparse.ArgumentParser, *, recognizer=False, attributes=False):
         p.add_argument("--recognizer", required=True, help="recogniser training workdir")
     if attributes:
         p.add_argument("--attributes", required=True, help="attribute model training workdir")
-    p.add_argument("--score-threshold", type=float, default=0.5, help="detection score threshold")
+    p.add_argument(
+        "--score-threshold",
+        type=_finite_float(0.0, 1.0),
+        default=0.5,
+        help="detection score threshold, in [0, 1]",
+    )
 
 
 # ---------------------------------------------------------------------------------
@@ -141,33 +215,39 @@ def cmd_detect(argv) -> int:
     p = argparse.ArgumentParser(
         prog="jaxface detect",
         description="Detect faces: JSON per image + the image with boxes, landmarks and "
-        "scores drawn (PNG).",
+        "scores drawn (PNG), as OUT/<relative input name>.json and .png. Exit status: 0 "
+        "every image processed, 3 some skipped (listed), 1 none processed.",
     )
     p.add_argument("input", help="an image or a folder of images (searched recursively)")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder (outside the input folder)")
     _common(p)
     args = p.parse_args(argv)
     paths = list_images(args.input)
     if not paths:
         print(f"jaxface detect: no images under {args.input}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     root = pathlib.Path(args.input)
+    try:
+        check_output_folder(args.out, root)
+    except ValueError as err:
+        print(f"jaxface detect: {err}", file=sys.stderr)
+        return EXIT_USAGE
     analyzer = _load_analyzer(args)
     os.makedirs(args.out, exist_ok=True)
     progress = Progress(len(paths), "detect")
-    failed, n_faces, written = [], 0, 0
+    skipped = SkipReport("images", total=len(paths))
+    n_faces, written = 0, 0
     for k, path in enumerate(paths):
         rel = path.name if root.is_file() else path.relative_to(root).as_posix()
-        stem = os.path.splitext(rel)[0]
         try:
             image = read_image(path)
         except ValueError as err:
-            failed.append((rel, str(err)))
+            skipped.add(rel, str(err))
             print(f"\njaxface detect: skipped {err}", file=sys.stderr)
-            progress.update(k + 1, f"faces {n_faces}, failed {len(failed)}")
+            progress.update(k + 1, f"faces {n_faces}, skipped {len(skipped)}")
             continue
         det = analyzer.detect(image)
-        out_base = os.path.join(args.out, stem)
+        out_base = output_base(args.out, rel)
         os.makedirs(os.path.dirname(out_base) or ".", exist_ok=True)
         record = {
             "image": str(path),
@@ -181,19 +261,21 @@ def cmd_detect(argv) -> int:
             "faces": faces_json(det),
         }
         with open(out_base + ".json", "w") as f:
-            json.dump(record, f, indent=1)
+            f.write(_dumps(record, indent=1))
         draw_faces(image, det, out_base + ".png")
         n_faces += len(det["scores"])
         written += 1
-        progress.update(k + 1, f"faces {n_faces}, failed {len(failed)}")
+        progress.update(k + 1, f"faces {n_faces}, skipped {len(skipped)}")
     el = time.time() - progress.t0
     print(
         f"jaxface detect: {written} of {len(paths)} images processed, {n_faces} faces, "
-        f"{len(failed)} unreadable, {el:.1f}s; results in {args.out}"
+        f"{len(skipped)} skipped (unreadable), {el:.1f}s; results in {args.out}"
     )
-    for rel, err in failed:
-        print(f"  unreadable: {err}")
-    return 1 if written == 0 else 0
+    if skipped:
+        print(skipped.summary())
+    if written == 0:
+        return EXIT_FAILED
+    return EXIT_SKIPPED if skipped else EXIT_OK
 
 
 # ---------------------------------------------------------------------------------
@@ -236,6 +318,7 @@ def calibrate(recognizer, *, max_images: int = 2000, batch_size: int = 64) -> di
     emb, emb_f = [], []
     for batch in pipeline.eval_batches(source, batch_size, transform):
         valid = np.asarray(batch.pop("_valid"), bool)
+        batch.pop("_global_index")
         batch.pop("label", None)
         out = jax.device_get(predict(recognizer.variables, batch))
         emb.append(np.asarray(out["embedding"])[valid])
@@ -363,7 +446,12 @@ def cmd_verify(argv) -> int:
     )
     p.add_argument("image_a")
     p.add_argument("image_b")
-    p.add_argument("--far", type=float, default=1e-3, help="false-accept rate of the threshold")
+    p.add_argument(
+        "--far",
+        type=_finite_float(0.0, 1.0),
+        default=1e-3,
+        help="false-accept rate of the threshold, in [0, 1]",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _common(p, recognizer=True)
     args = p.parse_args(argv)
@@ -377,7 +465,10 @@ def cmd_verify(argv) -> int:
             return 2
         embs.append(e)
         faces.append(face)
+    for path, e in zip((args.image_a, args.image_b), embs):
+        _check_finite(f"the embedding of {path}", e, args.recognizer)
     score = float(np.dot(embs[0], embs[1]))
+    _check_finite("the score", score, args.recognizer)
     same = score >= thr["threshold"]
     result = {
         "image_a": args.image_a,
@@ -397,7 +488,7 @@ def cmd_verify(argv) -> int:
         },
     }
     if args.json:
-        print(json.dumps(result, indent=1))
+        print(_dumps(result, indent=1))
     else:
         print(f"A: {args.image_a}  face {faces[0]}")
         print(f"B: {args.image_b}  face {faces[1]}")
@@ -453,7 +544,7 @@ def cmd_attributes(argv) -> int:
         ],
     }
     if args.json:
-        print(json.dumps(out, indent=1))
+        print(_dumps(out, indent=1))
     else:
         print(f"{args.image}: {len(faces)} face(s); attribute model trained on {data} ({cfg.loss})")
         if data.startswith("synthetic"):
@@ -482,7 +573,7 @@ def cmd_identify(argv) -> int:
     )
     p.add_argument("query")
     p.add_argument("--gallery", required=True, help="folder of <identity>/<image> or images")
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--top-k", type=_positive_int, default=5)
     p.add_argument("--json", action="store_true")
     _common(p, recognizer=True)
     args = p.parse_args(argv)
@@ -492,28 +583,32 @@ def cmd_identify(argv) -> int:
         print(f"jaxface identify: no gallery images under {args.gallery}", file=sys.stderr)
         return 2
     progress = Progress(len(items), "gallery")
-    embs, idents, skipped = [], [], []
+    embs, idents = [], []
+    skipped = SkipReport("gallery images", total=len(items))
     for k, (ident, path) in enumerate(items):
         try:
             e, _ = _largest_face_embedding(analyzer, path)
         except ValueError as err:
-            skipped.append(str(err))
+            skipped.add(str(path), str(err))
+            print(f"\njaxface identify: skipped {err}", file=sys.stderr)
             e = None
-        if e is None:
-            if not skipped or not skipped[-1].startswith(str(path)):
-                skipped.append(f"{path}: no face found")
         else:
+            if e is None:
+                skipped.add(str(path), f"{path}: no face found")
+        if e is not None:
+            _check_finite(f"the embedding of gallery image {path}", e, args.recognizer)
             embs.append(e)
             idents.append(ident)
-        progress.update(k + 1)
-    for s in skipped:
-        print(f"jaxface identify: skipped {s}", file=sys.stderr)
+        progress.update(k + 1, f"skipped {len(skipped)}")
+    if skipped:
+        print(f"jaxface identify: {skipped.summary()}", file=sys.stderr)
     if not embs:
         print("jaxface identify: no usable gallery face", file=sys.stderr)
-        return 2
+        return EXIT_FAILED
     q, qface = _face_embedding_or_report(analyzer, args.query, "identify")
     if q is None:
-        return 2
+        return EXIT_USAGE
+    _check_finite(f"the embedding of {args.query}", q, args.recognizer)
     sims = np.asarray(embs) @ q
     best: dict[str, float] = {}
     for ident, s in zip(idents, sims):
@@ -522,17 +617,25 @@ def cmd_identify(argv) -> int:
     result = {
         "query": args.query,
         "query_face": qface,
-        "gallery": {"identities": len(best), "images": len(embs), "skipped": len(skipped)},
+        "gallery": {
+            "identities": len(best),
+            "images": len(embs),
+            "skipped": len(skipped),
+            "skipped_images": [{"image": n, "reason": r} for n, r in skipped.skipped],
+        },
         "top": [{"identity": i, "score": round(s, 4)} for i, s in ranked],
         "score": "cosine similarity, best image of each identity",
     }
     if args.json:
-        print(json.dumps(result, indent=1))
+        print(_dumps(result, indent=1))
     else:
-        print(f"query {args.query}: {len(best)} identities, {len(embs)} gallery faces")
+        print(
+            f"query {args.query}: {len(best)} identities, {len(embs)} gallery faces, "
+            f"{len(skipped)} of {len(items)} gallery images skipped"
+        )
         for r, (i, s) in enumerate(ranked, 1):
             print(f"  {r}. {i}  {s:.4f}")
-    return 0
+    return EXIT_SKIPPED if skipped else EXIT_OK
 
 
 # ---------------------------------------------------------------------------------
@@ -549,7 +652,7 @@ def cmd_calibrate(argv) -> int:
     p.add_argument(
         "--attributes", default=None, help="LMLE workdir: the evaluator's centroids at its step"
     )
-    p.add_argument("--max-images", type=int, default=2000)
+    p.add_argument("--max-images", type=_positive_int, default=2000)
     args = p.parse_args(argv)
     if not args.recognizer and not args.attributes:
         p.error("give --recognizer and/or --attributes")
@@ -557,9 +660,9 @@ def cmd_calibrate(argv) -> int:
 
     if args.recognizer:
         info = calibrate(analyzer.load_model(args.recognizer), max_images=args.max_images)
-        print(json.dumps(info, indent=1))
+        print(_dumps(info, indent=1))
     if args.attributes:
-        print(json.dumps(analyzer.recluster_attributes(analyzer.load_model(args.attributes))))
+        print(_dumps(analyzer.recluster_attributes(analyzer.load_model(args.attributes))))
     return 0
 
 
@@ -572,7 +675,7 @@ def cmd_export(argv) -> int:
     p.add_argument("--recognizer", required=True)
     p.add_argument("--attributes", default=None)
     p.add_argument("--out", required=True)
-    p.add_argument("--score-threshold", type=float, default=0.5)
+    p.add_argument("--score-threshold", type=_finite_float(0.0, 1.0), default=0.5)
     args = p.parse_args(argv)
     from jaxface import export  # pylint: disable=import-outside-toplevel
     from jaxface.analyzer import FaceAnalyzer  # pylint: disable=import-outside-toplevel

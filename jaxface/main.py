@@ -14,7 +14,19 @@ Inference with trained workdirs (`jaxface.infer_cli`, `jaxface.analyzer`):
   jaxface export --detector WD --recognizer WD [--attributes WD] --out DIR
 
 ``--config.<field>=<value>`` overrides any declared field; an unknown field is an
-error naming it.
+error naming it, and every value is checked before anything runs (ranges, positivity,
+divisibility, NaN: `jaxface.config.validate`). ``jaxface <command> --help`` describes
+each command.
+
+Errors are one line on stderr (``jaxface <command>: <error>``); ``--debug`` (anywhere
+on the line) or ``JAXFACE_DEBUG=1`` shows the traceback instead.
+
+Exit status: 0 success; 1 failure (an error, or nothing could be processed); 2 bad
+arguments or an unusable input image; 3 finished, but some inputs were skipped
+(``detect`` and ``identify`` folder runs: each skipped image is named in the summary;
+``eval``: an evaluator skipped unreadable images, named in its log and JSON).
+``widerface-eval`` exits 2 on malformed input and 1 when no prediction file matched
+the ground truth.
 """
 
 from __future__ import annotations
@@ -25,6 +37,27 @@ import os
 import sys
 
 USAGE = __doc__
+
+_CONFIG_HELP = {
+    "train": "Train (and evaluate) a config in a workdir; resumes from the workdir's latest "
+    "checkpoint. Refused while another run holds the workdir (its LOCK file).",
+    "eval": "Run a config's evaluators on a checkpoint of a workdir (latest by default).",
+}
+
+
+def _config_command_help(cmd: str) -> str:
+    extra = "  --step N           checkpoint step (default: the latest)\n" if cmd == "eval" else ""
+    return (
+        f"usage: jaxface {cmd} --config FILE.py:VARIANT --workdir DIR "
+        f"[--config.<field>=<value> ...]{' [--step N]' if cmd == 'eval' else ''}\n\n"
+        f"{_CONFIG_HELP[cmd]}\n\n"
+        "  --config FILE.py:VARIANT   an experiment file of configs/ and one of its variants\n"
+        "  --workdir DIR              checkpoints, logs, config.json, result.json\n"
+        f"{extra}"
+        "  --config.<field>=<value>   override a declared field (jaxface/config.py and the\n"
+        "                             experiment file declare them); checked before running\n"
+        "  --debug                    show tracebacks\n"
+    )
 
 
 def _setup_logging(verbose: bool = True):
@@ -49,6 +82,9 @@ def _parse_config_flags(prog: str, argv: list[str], extra=()):
     from absl import flags  # pylint: disable=import-outside-toplevel
     from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
 
+    if any(a in ("-h", "--help", "-help", "--helpfull") for a in argv):
+        print(_config_command_help(prog.split()[-1]))
+        raise SystemExit(0)
     fv = flags.FlagValues()
     # sys_argv: the override flags (--config.<field>) are declared from this argv.
     config_flags.DEFINE_config_file(
@@ -76,7 +112,32 @@ def _parse_config_flags(prog: str, argv: list[str], extra=()):
         raise SystemExit("jaxface: --config is required (e.g. --config configs/lmle.py:bce)")
     if fv.workdir is None:
         raise SystemExit("jaxface: --workdir is required")
+    from jaxface import config as config_lib  # pylint: disable=import-outside-toplevel
+
+    try:
+        config_lib.validate(fv.config)
+    except config_lib.ConfigError as err:
+        raise SystemExit(f"jaxface: {err}") from None
     return fv
+
+
+def _json(obj) -> str:
+    """Valid JSON of a result dict: a NaN or infinite metric is written as ``null``."""
+
+    def clean(v):
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            return v
+        if isinstance(v, (bool, int, str)):
+            return v
+        return f if f == f and abs(f) != float("inf") else None
+
+    return json.dumps(clean(obj), indent=2, allow_nan=False)
 
 
 def cmd_train(argv):
@@ -84,13 +145,7 @@ def cmd_train(argv):
     from jaxface import train  # pylint: disable=import-outside-toplevel
 
     result = train.train_and_evaluate(fv.config, fv.workdir)
-    print(
-        json.dumps(
-            {"status": result.status, "step": result.step, **result.eval_results},
-            indent=2,
-            default=float,
-        )
-    )
+    print(_json({"status": result.status, "step": result.step, **result.eval_results}))
     return 0 if result.status in ("finished", "preempted", "stopped") else 1
 
 
@@ -101,8 +156,9 @@ def cmd_eval(argv):
     from jaxface import train  # pylint: disable=import-outside-toplevel
 
     results = train.evaluate_checkpoint(fv.config, fv.workdir, fv.step)
-    print(json.dumps(results, indent=2, default=float))
-    return 0
+    print(_json(results))
+    skipped = any(k.endswith("_skipped_images") and v > 0 for k, v in results.items())
+    return 3 if skipped else 0
 
 
 def cmd_quickstart(argv):
@@ -152,8 +208,30 @@ COMMANDS = {
 }
 
 
+def _one_line(err: BaseException) -> str:
+    msg = str(err).strip() or type(err).__name__
+    if isinstance(err, (KeyError, AttributeError, TypeError, IndexError, ZeroDivisionError)):
+        msg = f"{type(err).__name__}: {msg}"  # internal errors: the type says what it was
+    return msg
+
+
+def _quiet_excepthook(previous):
+    """After a failed checkpoint restore, TensorStore's reader threads finish their reads
+    and call back into orbax's already closed event loop; each prints a traceback
+    ("Event loop is closed") that says nothing about the error. Drop those only."""
+
+    def hook(exc_type, exc, tb):
+        if exc_type is RuntimeError and str(exc) == "Event loop is closed":
+            return
+        previous(exc_type, exc, tb)
+
+    return hook
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("JAXFACE_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0 if argv else 2
@@ -162,6 +240,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"jaxface: unknown command {cmd!r}\n{USAGE}", file=sys.stderr)
         return 2
     _setup_logging(verbose=cmd in ("train", "eval", "quickstart"))
+    if debug:
+        return _run(cmd, rest)
+    sys.excepthook = _quiet_excepthook(sys.excepthook)
+    try:
+        return _run(cmd, rest)
+    except KeyboardInterrupt:
+        print(f"jaxface {cmd}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # pylint: disable=broad-except
+        print(f"jaxface {cmd}: {_one_line(err)}", file=sys.stderr)
+        return 1
+
+
+def _run(cmd: str, rest: list[str]) -> int:
     if cmd in ("train", "eval", "quickstart"):
         from jaxface import parallel  # pylint: disable=import-outside-toplevel
 

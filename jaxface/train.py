@@ -71,8 +71,11 @@ import optax
 from clu import metric_writers, metrics as clu_metrics, periodic_actions
 import orbax.checkpoint as ocp
 
+from jaxface import checkpoint_checks
+from jaxface import config as config_lib
 from jaxface import tasks as tasks_lib
 from jaxface import parallel
+from jaxface import workdir_lock
 from jaxface.data import pipeline
 from jaxface.tasks.base import EvalContext, Task
 
@@ -535,12 +538,18 @@ class Trainer:
                 restored = mngr.restore(
                     latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
                 )
-            except ValueError as err:
+            except Exception as err:  # pylint: disable=broad-except
+                corrupt = checkpoint_checks.corrupt_checkpoint_error(err, mngr.directory, latest)
+                if corrupt is not None:
+                    raise corrupt from None
+                if not isinstance(err, ValueError):
+                    raise
                 raise ValueError(
                     f"the checkpoint of step {latest} in {mngr.directory} does not match the train state "
                     f"of this config (was it written by another model or config?). Use a fresh --workdir "
                     f"or restore the config it was trained with. Details (truncated): {str(err)[:1500]}"
                 ) from None
+            checkpoint_checks.check_finite(restored["state"], mngr.directory, latest)
             return restored["state"], f"resumed from step {latest}"
         init_from = self.config.get("init_from", "")
         if init_from:
@@ -646,13 +655,19 @@ def restore_partial(workdir: str, abstract, step: int | None = None, *, what: st
                     )
                 ),
             )["state"]
-        except (ValueError, KeyError) as err:
+        except Exception as err:  # pylint: disable=broad-except
+            corrupt = checkpoint_checks.corrupt_checkpoint_error(err, path, step, what=what)
+            if corrupt is not None:
+                raise corrupt from None
+            if not isinstance(err, (ValueError, KeyError)):
+                raise
             raise ValueError(
                 f"{what}={workdir!r}: the checkpoint of step {step} does not match this "
                 f"config's model. Details (truncated): {str(err)[:1500]}"
             ) from None
     finally:
         src.close()
+    checkpoint_checks.check_finite(restored, path, step, what=what)
     return restored, step
 
 
@@ -682,7 +697,22 @@ def restore_weights(
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
-    """Trains ``config.task`` for ``config.num_train_steps`` steps in ``workdir``."""
+    """Trains ``config.task`` for ``config.num_train_steps`` steps in ``workdir``.
+
+    The config is validated first (`jaxface.config.validate`), and the run holds the
+    workdir's lock (`jaxface.workdir_lock`): a second run into a live workdir is refused."""
+    config_lib.validate(config)
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise NotADirectoryError(f"--workdir {workdir}: exists and is not a directory")
+    lock = workdir_lock.acquire_for_run(workdir)
+    try:
+        return _train_and_evaluate(config, workdir)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     t_start = time.time()
     os.makedirs(workdir, exist_ok=True)
     trainer = Trainer(config, workdir)
@@ -847,10 +877,18 @@ def load_state(config: ml_collections.ConfigDict, workdir: str, step: int | None
     abstract = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, sharding
     )
-    state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))[
-        "state"
-    ]
-    mngr.close()
+    try:
+        state = mngr.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+        )["state"]
+    except Exception as err:  # pylint: disable=broad-except
+        corrupt = checkpoint_checks.corrupt_checkpoint_error(err, mngr.directory, step)
+        if corrupt is not None:
+            raise corrupt from None
+        raise
+    finally:
+        mngr.close()
+    checkpoint_checks.check_finite(state, mngr.directory, step)
     return trainer, state, step
 
 

@@ -49,18 +49,23 @@ def test_missing_flags_and_unknown_command():
     assert cli.main(["no-such-command"]) == 2
 
 
-def test_eval_without_checkpoint_is_an_error(tmp_path):
+def test_eval_without_checkpoint_is_an_error(tmp_path, capsys):
+    args = [
+        "eval",
+        "--config",
+        CONFIG,
+        "--workdir",
+        str(tmp_path / "empty"),
+        f"--config.data.data_dir={tmp_path / 'tfds'}",
+    ]
+    # One line on stderr, exit 1; the traceback only with --debug.
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err
+    ours = [ln for ln in err.splitlines() if ln.startswith("jaxface eval:")]
+    assert len(ours) == 1 and "no checkpoint" in ours[0], err[-2000:]
+    assert "Traceback" not in err
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        cli.main(
-            [
-                "eval",
-                "--config",
-                CONFIG,
-                "--workdir",
-                str(tmp_path / "empty"),
-                f"--config.data.data_dir={tmp_path / 'tfds'}",
-            ]
-        )
+        cli.main(args + ["--debug"])
 
 
 def test_evaluator_list_and_tuple_fields_override_from_the_command_line(tmp_path):

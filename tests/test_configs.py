@@ -6,6 +6,7 @@ import ml_collections
 import pytest
 
 from jaxface import tasks
+from jaxface.config import validate
 from jaxface.quickstart import ENTRIES, load_config
 
 CONFIGS = sorted((pathlib.Path(__file__).resolve().parents[1] / "configs").glob("*.py"))
@@ -34,6 +35,7 @@ def test_every_variant_loads(path):
         assert c.task in tasks.available(), (path.name, variant, c.task)
         tasks.get_task(c.task)  # the task class imports
         assert c.num_train_steps > 0 and c.batch_size > 0
+        validate(c)  # every shipped variant passes the checks `jaxface train` applies
     with pytest.raises(ValueError, match="unknown variant"):
         m.get_config("no_such_variant")
 

@@ -43,13 +43,13 @@ def test_detect_folder_with_corrupt_file(tiny, images, tmp_path, capsys):
     args = ["--detector", tiny["detector"], "--score-threshold", "0.0"]
     rc = cli.main(["detect", str(root), "--out", str(out), *args])
     captured = capsys.readouterr()
-    assert rc == 0
-    assert "2 of 3 images processed" in captured.out and "1 unreadable" in captured.out
+    assert rc == infer_cli.EXIT_SKIPPED  # finished, but one image was skipped
+    assert "2 of 3 images processed" in captured.out and "1 skipped" in captured.out
     assert "broken.jpg" in captured.out and "broken.jpg" in captured.err
     assert "[detect] |" in captured.err  # the progress bar
-    for stem in ("a", "sub/b"):
+    for stem in ("a.png", "sub/b.jpg"):  # outputs are named after the whole input name
         rec = json.loads((out / f"{stem}.json").read_text())
-        with Image.open(root / (stem + (".png" if stem == "a" else ".jpg"))) as im:
+        with Image.open(root / stem) as im:
             assert (rec["width"], rec["height"]) == im.size
         assert rec["faces"] and set(rec["faces"][0]) == {"box", "score", "landmarks"}
         assert len(rec["faces"][0]["landmarks"]) == 5
@@ -57,7 +57,7 @@ def test_detect_folder_with_corrupt_file(tiny, images, tmp_path, capsys):
         assert scores == sorted(scores, reverse=True) and min(scores) >= 0.0
         with Image.open(out / f"{stem}.png") as drawn:
             assert drawn.format == "PNG" and drawn.size == (rec["width"], rec["height"])
-    assert not (out / "broken.json").exists()
+    assert not (out / "broken.jpg.json").exists()
     # Every image unreadable: a non-zero exit.
     bad = tmp_path / "bad"
     bad.mkdir()

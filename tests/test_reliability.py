@@ -5,6 +5,7 @@ per-module test files). Every fixture is built here, in tmp_path, from scratch.
 """
 
 import io
+import json
 import os
 import pathlib
 import re
@@ -593,3 +594,405 @@ def test_widerface_eval_cli_missing_file_negative_size_and_nan(tmp_path, capsys)
     assert E.main(args) == 2
     err = capsys.readouterr().err
     assert re.search(r"img_a\.txt:4: non-finite value", err), err
+
+
+# ------------------------------------------------------------------ hostile and careless inputs
+
+
+def _png_header_only(w, h) -> bytes:
+    """A valid PNG whose header declares w x h 8-bit grey pixels; a few bytes of data."""
+    import struct
+    import zlib
+
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 8))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_image_reader_skips_bombs_and_junk_and_converts_16bit_and_palette(tmp_path):
+    from jaxface.data import images
+
+    # Decompression bombs: PIL's own limit (20000^2) and ours (between 100 M and PIL's 179 M).
+    for w, h in ((20000, 20000), (12000, 12500)):
+        bomb = _png_header_only(w, h)
+        assert len(bomb) < 80
+        with pytest.raises(images.UnreadableImageError, match="bomb.png"):
+            images.read_image(bomb, name="bomb.png")
+    with pytest.raises(images.UnreadableImageError, match="more than the 100000000"):
+        images.read_image(_png_header_only(12000, 12500), name="b")
+    for bad in (_truncated_jpeg(64, 64), b"", b"not an image"):
+        with pytest.raises(images.UnreadableImageError, match="x.jpg"):
+            images.read_image(bad, name="x.jpg")
+    f = tmp_path / "float.tif"
+    Image.fromarray(np.ones((4, 4), np.float32)).save(f)
+    with pytest.raises(images.UnreadableImageError, match="float.tif.*unsupported"):
+        images.read_image(f)
+    # 16-bit greyscale: scaled like NumPy's round(v * 255 / 65535), not clipped at 255.
+    ramp = (np.arange(256, dtype=np.uint32)[None] * 257 + np.arange(3)[:, None]).astype(np.uint16)
+    p16 = tmp_path / "g16.png"
+    Image.fromarray(ramp).save(p16)
+    with Image.open(p16) as im:
+        assert im.mode.startswith("I;16")
+    got = images.read_image(p16)
+    ref = np.round(ramp.astype(np.float64) * 255 / 65535).astype(np.uint8)
+    assert got.shape == (3, 256, 3) and np.array_equal(got[..., 0], ref)
+    assert np.array_equal(got[..., 0], got[..., 2])
+    # Palette: every pixel is its palette entry.
+    rng = np.random.default_rng(0)
+    palette = rng.integers(0, 256, (256, 3), dtype=np.uint8)
+    idx = rng.integers(0, 256, (8, 9), dtype=np.uint8)
+    pim = Image.fromarray(idx, mode="P")
+    pim.putpalette(palette.ravel().tolist())
+    pp = tmp_path / "p.png"
+    pim.save(pp)
+    assert np.array_equal(images.read_image(pp), palette[idx])
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    import _tiny_models
+
+    return _tiny_models.workdirs(tmp_path_factory)
+
+
+def test_detect_folder_finishes_past_a_bomb_and_never_overwrites_its_input(
+    tiny, tmp_path, capsys
+):
+    import hashlib
+
+    import _tiny_models
+    from jaxface import infer_cli
+    from jaxface import main as cli
+
+    src = tmp_path / "in"
+    src.mkdir()
+    scene, _ = _tiny_models.synthetic_scene(tiny["data_dir"], 0)
+    Image.fromarray(scene).save(src / "photo.png")
+    Image.fromarray(scene[::-1]).save(src / "photo.jpg")
+    (src / "a_bomb.png").write_bytes(_png_header_only(20000, 20000))  # first in order
+    digest = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in src.iterdir()}
+    args = ["--detector", tiny["detector"], "--score-threshold", "0.0"]
+    for out in (src, src / "sub", tmp_path):  # equal to, inside, containing the input
+        assert cli.main(["detect", str(src), "--out", str(out), *args]) == infer_cli.EXIT_USAGE
+        assert "overlaps the input folder" in capsys.readouterr().err
+    assert sorted(p.name for p in src.iterdir()) == sorted(digest)
+    out = tmp_path / "out"
+    assert cli.main(["detect", str(src), "--out", str(out), *args]) == infer_cli.EXIT_SKIPPED
+    printed = capsys.readouterr().out
+    assert "2 of 3 images processed" in printed and "1 of 3 images skipped" in printed
+    assert "a_bomb.png" in printed and "DecompressionBomb" in printed
+    # One output pair per input: photo.jpg and photo.png do not collide.
+    recs = {n: json.loads((out / f"{n}.json").read_text()) for n in ("photo.png", "photo.jpg")}
+    assert recs["photo.png"]["image"].endswith("photo.png")
+    assert recs["photo.jpg"]["image"].endswith("photo.jpg")
+    assert (out / "photo.png.png").is_file() and (out / "photo.jpg.png").is_file()
+    assert {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in src.iterdir()} == digest
+
+
+def test_identify_and_verify_never_print_nan_or_invalid_json(tiny, tmp_path, capsys, monkeypatch):
+    import _tiny_models
+    from jaxface import infer_cli
+    from jaxface import main as cli
+
+    faces, labels = _tiny_models.identity_images(tiny["data_dir"], 4)
+    gallery = tmp_path / "gallery"
+    for i, (im, lab) in enumerate(zip(faces, labels)):
+        (gallery / f"id{lab}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(im).resize((96, 96)).save(gallery / f"id{lab}" / f"{i}.png")
+    (gallery / f"id{labels[0]}" / "bomb.png").write_bytes(_png_header_only(20000, 20000))
+    query = sorted(gallery.rglob("0.png"))[0]
+    args = ["--detector", tiny["detector"], "--recognizer", tiny["recognizer"]]
+    args += ["--score-threshold", "0.0"]
+    capsys.readouterr()  # tfds' messages from preparing the images above
+    rc = cli.main(["identify", str(query), "--gallery", str(gallery), "--json", *args])
+    out = json.loads(capsys.readouterr().out)  # valid JSON
+    assert rc == infer_cli.EXIT_SKIPPED and out["gallery"]["skipped"] == 1
+    assert out["gallery"]["skipped_images"][0]["image"].endswith("bomb.png")
+    # A recogniser that yields NaN (damaged weights slip past nothing else): an error,
+    # never "score: nan", a decision or "-Infinity".
+    real = infer_cli._largest_face_embedding
+
+    def nan_embedding(analyzer, path):
+        e, face = real(analyzer, path)
+        return (None if e is None else np.full_like(e, np.nan)), face
+
+    monkeypatch.setattr(infer_cli, "_largest_face_embedding", nan_embedding)
+    for cmd in (
+        ["identify", str(query), "--gallery", str(gallery), "--json", *args],
+        ["verify", str(query), str(query), *args],
+        ["verify", str(query), str(query), "--json", *args],
+    ):
+        assert cli.main(cmd) == 1
+        captured = capsys.readouterr()
+        assert "nan" not in captured.out.lower() and "infinity" not in captured.out.lower()
+        assert "not finite" in captured.err and "Traceback" not in captured.err
+    with pytest.raises(ValueError):
+        infer_cli._dumps({"score": float("-inf")})
+
+
+def _checkpoint_with(tmp_path, values):
+    """A checkpoint (step 1) of params {"w": values}; returns (workdir, abstract)."""
+    import jax.numpy as jnp
+
+    from jaxface import train
+
+    cfg = tiny_config(str(tmp_path / "unused"))
+    cfg.async_checkpointing = False
+    mngr = train.make_checkpoint_manager(str(tmp_path), cfg)
+    params = {"w": jnp.asarray(values)}
+    assert train.save_checkpoint(mngr, _small_state(params, {}), 1)
+    mngr.wait_until_finished()
+    mngr.close()
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = {
+        "params": {"w": jax.ShapeDtypeStruct(values.shape, values.dtype, sharding=sharding)},
+        "model_state": {},
+    }
+    return tmp_path, abstract
+
+
+def test_restored_checkpoint_with_flipped_or_missing_bytes_is_an_error_naming_it(tmp_path):
+    from jaxface import checkpoint_checks, train
+
+    # Random finite bit patterns: incompressible, so the checkpoint stores them verbatim.
+    bits = np.random.default_rng(0).integers(0, 2**32, 4096, dtype=np.uint64).astype(np.uint32)
+    values = bits.view(np.float32)
+    values = np.where(np.isfinite(values), values, np.float32(1.5))
+    for fault in ("flip", "truncate"):
+        workdir, abstract = _checkpoint_with(tmp_path / fault, values)
+        raw = values.tobytes()[1024:1088]
+        hits = [
+            p
+            for p in (workdir / "checkpoints" / "1").rglob("*")
+            if p.is_file() and raw in p.read_bytes()
+        ]
+        assert len(hits) == 1, hits  # the data file that holds "w"
+        data = bytearray(hits[0].read_bytes())
+        at = bytes(data).index(raw)
+        if fault == "flip":
+            data[at : at + 64] = b"\xff" * 64  # NaN bit patterns
+            hits[0].write_bytes(bytes(data))
+            match = r"checkpoint step 1 in .*checkpoints/1: 1 array\(s\) hold NaN/inf, first \['params'\]\['w'\]"
+        else:
+            hits[0].write_bytes(bytes(data[: at + 16]))
+            match = r"checkpoint step 1 in .*checkpoints/1 is corrupt or unreadable; array params.w"
+        with pytest.raises(checkpoint_checks.CorruptCheckpointError, match=match) as err:
+            train.restore_partial(str(workdir), abstract)
+        assert "\n" not in str(err.value) and len(str(err.value)) < 700
+
+
+def test_bin_and_recordio_sizes_counts_and_shared_references_bounded_before_allocation(
+    tmp_path,
+):
+    import pickle
+    import struct
+    import tracemalloc
+
+    from jaxface.data import recognition_formats as rf
+
+    # 46 bytes: numpy.ndarray((2**40,), "u1") -- 1 TiB, lazily allocated -- named 3 times.
+    lazy = tmp_path / "lazy.bin"
+    lazy.write_bytes(
+        b"\x80\x02cnumpy\nndarray\n\x8a\x06" + (1 << 40).to_bytes(6, "little") + b"\x85"
+        b"X\x02\x00\x00\x00u1\x86Rq\x00](h\x00h\x00h\x00e]\x86."
+    )
+    with pytest.raises(pickle.UnpicklingError, match=r"lazy.bin: refused: an array .* exceeds"):
+        rf.load_verification_bin(lazy)
+    # One real JPEG referenced twice (a memo reference costs 2 bytes per extra copy).
+    jpg = _jpeg(8, 8)
+    shared = tmp_path / "shared.bin"
+    shared.write_bytes(pickle.dumps(([jpg, jpg], [True]), protocol=2))
+    with pytest.raises(ValueError, match=r"images\[1\] is the same object as images\[0\]"):
+        rf.load_verification_bin(shared)
+    # The legit form of the same content loads.
+    ok = tmp_path / "ok.bin"
+    ok.write_bytes(pickle.dumps(([jpg, bytes(bytearray(jpg))], [True]), protocol=2))
+    assert len(rf.load_verification_bin(ok)[0]) == 2
+    # RecordIO: a header announcing 4e11 images; a record longer than its file.
+    rf.write_recordio(
+        tmp_path / "train.rec",
+        tmp_path / "train.idx",
+        [(0, rf.pack_irheader([4e11, 2.0], b"")), (1, rf.pack_irheader(0.0, jpg))],
+    )
+    tracemalloc.start()
+    with pytest.raises(ValueError, match=r"train.rec key 0: the header announces images 1..4e\+11"):
+        rf.InsightFaceRecordDataset(tmp_path)
+    assert tracemalloc.get_traced_memory()[1] < 10_000_000
+    (tmp_path / "big.rec").write_bytes(struct.pack("<II", rf.RECORDIO_MAGIC, (1 << 29) - 1))
+    with pytest.raises(ValueError, match=r"record of 536870911 bytes truncated .*\(8 bytes\)"):
+        next(iter(rf.RecordIOReader(tmp_path / "big.rec")))
+    assert tracemalloc.get_traced_memory()[1] < 10_000_000
+    tracemalloc.stop()
+    (tmp_path / "property").write_text("1000000,112,112")
+    rf.write_recordio(
+        tmp_path / "train.rec",
+        tmp_path / "train.idx",
+        [(0, rf.pack_irheader([2.0, 2.0], b"")), (1, rf.pack_irheader(0.0, jpg))],
+    )
+    with pytest.raises(ValueError, match=r"property:1: 1000000 classes for 1 images"):
+        rf.InsightFaceRecordDataset(tmp_path)
+
+
+_LOCK_HOLDER = """
+import sys, time
+from jaxface.workdir_lock import WorkdirLock
+WorkdirLock(sys.argv[1]).acquire()
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def test_workdir_lock_refuses_a_second_run_and_takes_over_a_stale_lock(tmp_path):
+    import socket
+
+    from jaxface import train, workdir_lock
+
+    workdir = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _LOCK_HOLDER, str(workdir)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        # A second run into the live workdir: refused before it builds anything.
+        with pytest.raises(workdir_lock.WorkdirLockedError) as err:
+            train.train_and_evaluate(tiny_config(str(tmp_path / "tfds")), str(workdir))
+        msg = str(err.value)
+        assert f"pid {holder.pid} on host {socket.gethostname()}" in msg
+        assert not (workdir / "checkpoints").exists()
+        holder.send_signal(signal.SIGKILL)  # dies holding it: the lock is stale
+        holder.wait(timeout=60)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    lock = workdir_lock.WorkdirLock(str(workdir))
+    note = lock.acquire()
+    assert note and "took over the stale lock" in note and f"pid {holder.pid}" in note
+    # While held, another acquirer (another open file description) is refused.
+    with pytest.raises(workdir_lock.WorkdirLockedError, match=f"pid {os.getpid()}"):
+        workdir_lock.WorkdirLock(str(workdir)).acquire()
+    lock.release()
+    assert (workdir / "LOCK").read_text() == ""  # released cleanly: nothing stale
+    assert workdir_lock.WorkdirLock(str(workdir)).acquire() is None
+
+
+def test_evaluation_skips_and_names_unreadable_images_and_drops_their_pairs(tmp_path):
+    from jaxface.data import pipeline
+    from jaxface.tasks import recognition_protocols as rp
+
+    rng = np.random.default_rng(0)
+    imgs = [_jpeg(12, 12, seed=k) for k in range(24)]
+    imgs[5] = _truncated_jpeg(40, 40)
+    src = rp.ImageListSource(imgs, names=[f"set.bin[{k}]" for k in range(24)])
+
+    def transform(ex, rng_):
+        return {"x": ex["image"].astype(np.float32).mean(axis=(0, 1))}
+
+    # Without a skip log: an error naming the record and its file.
+    with pytest.raises(pipeline.BadRecordError, match=r"record 5 \(set.bin\[5\]\)"):
+        list(pipeline.eval_batches(src, 8, transform))
+    skips = pipeline.EvalSkips("set", max_bad_fraction=0.1)
+    batches = list(pipeline.eval_batches(src, 8, transform, skips=skips))
+    valid = np.concatenate([b["_valid"] for b in batches])
+    index = np.concatenate([b["_global_index"][b["_valid"]] for b in batches])
+    assert list(np.flatnonzero(~valid)) == [5] and 5 not in index and len(index) == 23
+    assert list(skips.bad) == [5] and "set.bin[5]" in skips.report()
+    # Pairs using the skipped image are dropped; the others point at the right rows.
+    i, j = np.arange(0, 24, 2), np.arange(1, 24, 2)
+    same, fold = rng.integers(0, 2, 12).astype(bool), np.arange(12) % 4
+    ri, rj, s2, f2, dropped = rp.drop_skipped_pairs(index, 24, i, j, same, fold)
+    assert dropped == 1 and len(ri) == 11
+    np.testing.assert_array_equal(index[ri], np.delete(i, 2))
+    np.testing.assert_array_equal(index[rj], np.delete(j, 2))
+    np.testing.assert_array_equal(s2, np.delete(same, 2))
+    # More than max_bad_fraction unreadable: no result, the records named.
+    with pytest.raises(pipeline.BadRecordError, match="set.bin"):
+        list(
+            pipeline.eval_batches(
+                rp.ImageListSource([b"junk"] * 6 + imgs[:2], names=[f"set.bin[{k}]" for k in range(8)]),
+                4,
+                transform,
+                skips=pipeline.EvalSkips("set"),
+            )
+        )
+
+
+def test_widerface_eval_no_matching_prediction_and_float32_overflow(tmp_path, capsys):
+    from jaxface.evaluation import widerface as E
+
+    gt = tmp_path / "gt"
+    _wider_gt_dir(gt)
+    empty, flat = tmp_path / "empty", tmp_path / "flat"
+    empty.mkdir()
+    flat.mkdir()
+    (flat / "img_a.txt").write_text("img_a\n1\n10 10 20 20 0.9\n")  # no event sub-folder
+    for pred in (empty, flat):
+        assert E.main(["--pred", str(pred), "--gt", str(gt)]) == 1
+        captured = capsys.readouterr()
+        assert "no prediction file" in captured.err and "0--Parade/img_a.txt" in captured.err
+        assert "Val AP" not in captured.out
+    ev = tmp_path / "big" / "0--Parade"
+    ev.mkdir(parents=True)
+    (ev / "img_a.txt").write_text("img_a\n2\n10 10 20 20 0.9\n50 10 20 20 1e39\n")
+    assert E.main(["--pred", str(tmp_path / "big"), "--gt", str(gt)]) == 2
+    assert re.search(r"img_a\.txt:4: score 1e39 overflows single precision", capsys.readouterr().err)
+    (ev / "img_a.txt").write_text("img_a\n2\n10 10 20 20 3e38\n50 10 20 20 -3e38\n")
+    assert E.main(["--pred", str(tmp_path / "big"), "--gt", str(gt)]) == 2
+    assert re.search(r"img_a\.txt:3: score 3e\+38 and .*img_a\.txt:4: score -3e\+38 span", capsys.readouterr().err)
+    (ev / "img_a.txt").write_text("img_a\n1\n10 10 20 20 0.9\n")  # img_b missing: a warning
+    assert E.main(["--pred", str(tmp_path / "big"), "--gt", str(gt)]) == 0
+    assert "1 of 2 images have no prediction file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("num_train_steps=0", "config.num_train_steps=0: must be an integer >= 1"),
+        ("model_parallel=0", "config.model_parallel=0: must be an integer >= 1"),
+        ("eval_every=0", "config.eval_every=0: must be an integer >= 1"),
+        ("optimizer.learning_rate=nan", "config.optimizer.learning_rate=nan: must be a finite number > 0"),
+        ("optimizer.momentum=1.5", r"config.optimizer.momentum=1.5: must be a finite number in \[0, 1\)"),
+        ("grad_accum_steps=3", "config.batch_size=16: must be divisible by config.grad_accum_steps=3"),
+        ("optimizer.schedule=linear", "config.optimizer.schedule='linear': must be one of"),
+    ],
+)
+def test_config_values_are_checked_at_parse_time(tmp_path, override, message):
+    from jaxface import config as config_lib
+    from jaxface import main as cli
+    from jaxface import train
+
+    argv = ["train", "--config", f"{REPO / 'configs' / 'lmle.py'}:tiny"]
+    argv += ["--workdir", str(tmp_path / "w"), f"--config.{override}"]
+    with pytest.raises(SystemExit, match=message):
+        cli.main(argv)
+    assert not (tmp_path / "w").exists()  # nothing was built or written
+    cfg = tiny_config(str(tmp_path / "tfds"))
+    key, value = override.split("=")
+    node = cfg
+    *parents, leaf = key.split(".")
+    for p in parents:
+        node = node[p]
+    node[leaf] = type(node[leaf])(value) if not isinstance(node[leaf], str) else value
+    with pytest.raises(config_lib.ConfigError, match=message):
+        train.train_and_evaluate(cfg, str(tmp_path / "w"))  # the Python API checks too
+
+
+def test_every_command_has_help_and_argument_ranges(capsys):
+    from jaxface import main as cli
+
+    for cmd in cli.COMMANDS:
+        with pytest.raises(SystemExit) as exit_:
+            cli.main([cmd, "--help"])
+        assert exit_.value.code in (0, None), cmd
+        assert f"jaxface {cmd}" in capsys.readouterr().out
+    for bad in ("2", "-0.1", "nan", "inf"):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["verify", "a", "b", "--detector", "d", "--recognizer", "r", "--far", bad])
+        assert exit_.value.code == 2
+        assert "--far: must be a number in [0, 1]" in capsys.readouterr().err

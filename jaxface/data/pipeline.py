@@ -250,6 +250,48 @@ class BatchLoader:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+class EvalSkips:
+    """Records an evaluation pass could not read, by source index, each named.
+
+    Given to `eval_batches` (or ``jaxface.tasks.common.predict_split``), a record that
+    raises while being read or transformed is skipped: its row is padding
+    (``_valid = False``), it is named in `bad` and logged. More than
+    ``max_bad_fraction`` of the records read (at least one is always allowed) is a
+    `BadRecordError` naming them: an evaluation on a mostly unreadable set is no result.
+    """
+
+    def __init__(self, name: str = "eval", max_bad_fraction: float = 0.01):
+        self.name = name
+        self.max_bad_fraction = max_bad_fraction
+        self.bad: dict[int, str] = {}
+        self.records_read = 0
+
+    def __len__(self) -> int:
+        return len(self.bad)
+
+    def report(self) -> str:
+        """A human-readable account of skipped records (empty when none)."""
+        if not self.bad:
+            return ""
+        lines = [
+            f"{self.name}: {len(self.bad)} unreadable record(s) skipped out of "
+            f"{self.records_read} read:"
+        ]
+        for i in sorted(self.bad)[:50]:
+            lines.append(f"  record {i}: {self.bad[i]}")
+        if len(self.bad) > 50:
+            lines.append(f"  ... and {len(self.bad) - 50} more")
+        return "\n".join(lines)
+
+
+def record_name(source, index: int) -> str:
+    """``record <i>``, with the source's name for it when it has ``names`` (file paths)."""
+    names = getattr(source, "names", None)
+    if names is not None and 0 <= index < len(names):
+        return f"record {index} ({names[index]})"
+    return f"record {index}"
+
+
 def eval_batches(
     source,
     batch_size: int,
@@ -260,17 +302,36 @@ def eval_batches(
     limit: int | None = None,
     seed: int = 0,
     num_workers: int = 2,
+    skips: EvalSkips | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """One pass over a split in fixed-size batches, padded, with a ``_valid`` mask.
+    """One pass over a split in fixed-size batches, padded, with a ``_valid`` mask and
+    ``_global_index`` (the source index of every row of the global batch; host-side only).
 
     The last batch is padded by repeating its first example and marking the padding
     ``_valid = False``, so one compiled evaluation step serves every batch. Each host
     reads its contiguous slice of each global batch.
+
+    A record that raises while read or transformed is a `BadRecordError` naming it
+    (index and, for sources with ``names``, the file); with ``skips`` it is skipped
+    instead (see `EvalSkips`).
     """
     n = len(source) if limit is None else min(limit, len(source))
     if n == 0:
         raise ValueError("eval_batches: empty split")
     per_host = batch_size // process_count
+    name = skips.name if skips is not None else "eval"
+    filler = []  # a readable example, for rows of skipped records
+
+    def read(i):
+        i = int(i)
+        try:
+            return transform(source[i], np.random.default_rng([seed, i]))
+        except Exception as err:  # pylint: disable=broad-except
+            what = f"{record_name(source, i)}: {type(err).__name__}: {err}"
+            if skips is None:
+                raise BadRecordError(f"{name}: unreadable {what}") from err
+            return what
+
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, num_workers))
     try:
         for start in range(0, n, batch_size):
@@ -278,14 +339,35 @@ def eval_batches(
             valid = gidx < n
             gidx = np.where(valid, gidx, start)
             lo = process_index * per_host
-            idx, val = gidx[lo : lo + per_host], valid[lo : lo + per_host]
-            exs = list(
-                pool.map(
-                    lambda i: transform(source[int(i)], np.random.default_rng([seed, int(i)])), idx
-                )
-            )
+            idx, val = gidx[lo : lo + per_host], valid[lo : lo + per_host].copy()
+            exs = list(pool.map(read, idx))
+            if skips is not None:
+                skips.records_read += int(val.sum())
+                for k, (i, ex) in enumerate(zip(idx, exs)):
+                    if isinstance(ex, str):
+                        if val[k] and int(i) not in skips.bad:
+                            skips.bad[int(i)] = ex
+                            logging.warning("%s: skipped %s", name, ex)
+                        val[k] = False
+                if len(skips.bad) > max(1, skips.max_bad_fraction * skips.records_read):
+                    raise BadRecordError(skips.report())
+                good = [ex for ex in exs if not isinstance(ex, str)]
+                if good:
+                    filler[:] = good[:1]
+                elif not filler:
+                    filler.append(_first_readable(source, n, read))
+                exs = [filler[0] if isinstance(ex, str) else ex for ex in exs]
             batch = collate(exs)
             batch["_valid"] = val
+            batch["_global_index"] = gidx
             yield batch
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _first_readable(source, n: int, read):
+    for i in range(n):
+        ex = read(i)
+        if not isinstance(ex, str):
+            return ex
+    raise BadRecordError(f"no record of the {n} is readable")

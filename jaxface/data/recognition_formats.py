@@ -115,6 +115,8 @@ def list_identity_folder(
 
 # --------------------------------------------------------------------------- RecordIO
 
+MAX_IMAGE_SIDE = 65535  # pixels per side a ``property`` file may declare
+
 RECORDIO_MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", RECORDIO_MAGIC)
 _IR_FORMAT = "<IfQQ"
@@ -233,6 +235,11 @@ class RecordIOReader:
                 raise ValueError(
                     f"{self.path}: offset {pos}: record start expected (cflag 0/1), got {cflag}"
                 )
+            if pos + 8 + length > self._size:  # checked before the read allocates
+                raise ValueError(
+                    f"{self.path}: offset {pos}: record of {length} bytes truncated at end of file "
+                    f"({self._size} bytes)"
+                )
             data = f.read(length)
             if len(data) < length:
                 raise ValueError(
@@ -321,14 +328,29 @@ class InsightFaceRecordDataset:
                 self.num_classes, h, w = (int(t) for t in tok)
             except ValueError:
                 raise ValueError(f"{prop}:1: expected three integers, got {text!r}") from None
+            if not (0 < h <= MAX_IMAGE_SIDE and 0 < w <= MAX_IMAGE_SIDE):
+                raise ValueError(
+                    f"{prop}:1: image size {h}x{w} outside 1..{MAX_IMAGE_SIDE} pixels per side"
+                )
             self.image_size = (h, w)
         self.reader = RecordIOReader(rec, idx)
         if 0 not in self.reader.index:
             raise ValueError(f"{idx}: no key 0 (the insightface header record)")
         header, _ = unpack_irheader(self.reader.read_idx(0), where=f"{rec} key 0")
         if header.flag > 0:
-            self.header0 = (int(header.label[0]), int(header.label[1]) if header.flag > 1 else None)
-            self.image_keys = np.arange(1, int(header.label[0]))
+            # Bounded by the index before anything is sized from it: every image key must
+            # be indexed, so there are at most len(index) - 1 of them.
+            end = float(header.label[0])
+            if not (np.isfinite(end) and end == int(end) and 1 <= end <= len(self.reader.index)):
+                raise ValueError(
+                    f"{rec} key 0: the header announces images 1..{end:g} - 1, but {idx} indexes "
+                    f"{len(self.reader.index)} records"
+                )
+            second = float(header.label[1]) if header.flag > 1 else None
+            if second is not None and not np.isfinite(second):
+                raise ValueError(f"{rec} key 0: non-finite identity-record key {second}")
+            self.header0 = (int(end), int(second) if second is not None else None)
+            self.image_keys = np.arange(1, int(end))
         else:  # a plain indexed RecordIO: every key is an image
             self.header0 = None
             self.image_keys = np.array(sorted(self.reader.index))
@@ -340,6 +362,11 @@ class InsightFaceRecordDataset:
         if missing:
             raise ValueError(
                 f"{idx}: image keys {missing} announced by the header record are not indexed"
+            )
+        if self.num_classes is not None and not 0 < self.num_classes <= max(len(self), 1):
+            raise ValueError(
+                f"{prop}:1: {self.num_classes} classes for {len(self)} images (expected "
+                f"1..{len(self)}: every class has an image)"
             )
 
     def __len__(self) -> int:
@@ -375,16 +402,23 @@ def _safe_dtype_factory(path):
     return make_dtype
 
 
-def _safe_reconstruct_factory(path):
+def _safe_reconstruct_factory(path, budget, ndarray_global):
     try:
         from numpy._core.multiarray import _reconstruct
     except ImportError:  # NumPy < 2
         from numpy.core.multiarray import _reconstruct
 
     def reconstruct(subtype, shape, typecode):
-        if subtype is not np.ndarray:
+        # The pickle names the class through the ``numpy.ndarray`` global, which resolves
+        # to the checked constructor below.
+        if subtype is not np.ndarray and subtype is not ndarray_global:
             raise pickle.UnpicklingError(f"{path}: refused: array subtype {subtype!r}")
-        return _reconstruct(subtype, shape, typecode)
+        try:
+            dt = np.dtype(typecode.decode() if isinstance(typecode, bytes) else typecode)
+        except (TypeError, ValueError, UnicodeDecodeError):
+            raise pickle.UnpicklingError(f"{path}: refused: array typecode {typecode!r}") from None
+        budget.take(shape, dt)
+        return _reconstruct(np.ndarray, shape, typecode)
 
     return reconstruct
 
@@ -417,6 +451,39 @@ def _safe_codecs_encode_factory(path):
     return encode
 
 
+class _Budget:
+    """Bytes the arrays of one pickle may allocate: at most the file's size, since every
+    byte of a real array comes from the file (a header cannot declare more)."""
+
+    def __init__(self, path, limit: int):
+        self.path, self.limit, self.used = path, int(limit), 0
+
+    def take(self, shape, dtype) -> None:
+        dt = np.dtype(dtype)
+        try:
+            dims = [int(d) for d in (shape if isinstance(shape, (tuple, list)) else (shape,))]
+        except (TypeError, ValueError):
+            raise pickle.UnpicklingError(f"{self.path}: refused: array shape {shape!r}") from None
+        if any(d < 0 for d in dims):
+            raise pickle.UnpicklingError(f"{self.path}: refused: negative array shape {dims}")
+        nbytes = int(np.prod(dims, dtype=object)) * dt.itemsize
+        if self.used + nbytes > self.limit:
+            raise pickle.UnpicklingError(
+                f"{self.path}: refused: an array of shape {tuple(dims)} {dt} ({nbytes} bytes) "
+                f"exceeds what a {self.limit}-byte file can hold"
+            )
+        self.used += nbytes
+
+
+def _safe_ndarray_factory(path, budget: _Budget):
+    def ndarray(shape, dtype=float, *args, **kwargs):
+        dt = _safe_dtype_factory(path)(dtype)
+        budget.take(shape, dt)
+        return np.ndarray(shape, dt, *args, **kwargs)
+
+    return ndarray
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     """Builds only bytes/str/lists/tuples/bools/numbers (pickle opcodes, no globals), plain
     NumPy arrays (the globals NumPy's pickles need, wrapped to refuse object dtypes and
@@ -424,13 +491,15 @@ class _RestrictedUnpickler(pickle.Unpickler):
     Every other global -- ``os.system``, ``builtins.eval``, any
     class -- is refused before it is resolved, so nothing runs."""
 
-    def __init__(self, file, path, **kwargs):
+    def __init__(self, file, path, *, budget: int, **kwargs):
         super().__init__(file, **kwargs)
         self._path = path
+        b = _Budget(path, budget)
+        ndarray = _safe_ndarray_factory(path, b)
         self._allowed = {
-            ("numpy.core.multiarray", "_reconstruct"): _safe_reconstruct_factory(path),
-            ("numpy._core.multiarray", "_reconstruct"): _safe_reconstruct_factory(path),
-            ("numpy", "ndarray"): np.ndarray,
+            ("numpy.core.multiarray", "_reconstruct"): _safe_reconstruct_factory(path, b, ndarray),
+            ("numpy._core.multiarray", "_reconstruct"): _safe_reconstruct_factory(path, b, ndarray),
+            ("numpy", "ndarray"): ndarray,
             ("numpy", "dtype"): _safe_dtype_factory(path),
             ("numpy.core.numeric", "_frombuffer"): _safe_frombuffer_factory(path),
             ("numpy._core.numeric", "_frombuffer"): _safe_frombuffer_factory(path),
@@ -450,6 +519,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"{self._path}: refused: persistent id {pid!r}")
 
 
+# The largest verification .bin accepted (insightface's are 50-500 MB).
+MAX_BIN_BYTES = 4 << 30
+
+
 def load_verification_bin(path: str | os.PathLike) -> tuple[list[bytes], np.ndarray]:
     """Load an insightface verification ``.bin``: ``(images, issame)``.
 
@@ -461,10 +534,17 @@ def load_verification_bin(path: str | os.PathLike) -> tuple[list[bytes], np.ndar
     the wrong structure raises ``ValueError`` naming the file.
     """
     path = pathlib.Path(path)
+    size = os.path.getsize(path)
+    if size > MAX_BIN_BYTES:
+        raise ValueError(
+            f"{path}: {size} bytes, more than a verification .bin may have ({MAX_BIN_BYTES})"
+        )
     with open(path, "rb") as f:
         data = f.read()
     try:
-        obj = _RestrictedUnpickler(io.BytesIO(data), path, encoding="bytes").load()
+        obj = _RestrictedUnpickler(
+            io.BytesIO(data), path, budget=len(data), encoding="bytes"
+        ).load()
     except pickle.UnpicklingError as e:
         if str(e).startswith(str(path)):
             raise
@@ -481,6 +561,23 @@ def load_verification_bin(path: str | os.PathLike) -> tuple[list[bytes], np.ndar
     if not isinstance(bins, (list, tuple)):
         raise ValueError(
             f"{path}: images: expected a list of encoded images, got {type(bins).__name__}"
+        )
+    # Shared references and sizes are checked before any image is copied: a pickle can
+    # name one object many times (a memo reference costs two bytes), and every copy
+    # below would be a new allocation.
+    first_seen: dict[int, int] = {}
+    total = 0
+    for k, b in enumerate(bins):
+        if id(b) in first_seen:
+            raise ValueError(
+                f"{path}: images[{k}] is the same object as images[{first_seen[id(b)]}] "
+                "(a shared reference); refused"
+            )
+        first_seen[id(b)] = k
+        total += b.nbytes if isinstance(b, np.ndarray) else len(b) if isinstance(b, (bytes, bytearray)) else 0
+    if total > len(data):
+        raise ValueError(
+            f"{path}: its images hold {total} bytes, more than the file's {len(data)}; refused"
         )
     images = []
     for k, b in enumerate(bins):

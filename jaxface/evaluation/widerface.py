@@ -104,6 +104,7 @@ __all__ = [
     "evaluate",
     "voc_ap",
     "save_results",
+    "matched_prediction_files",
     "main",
 ]
 
@@ -247,6 +248,13 @@ def read_prediction_file(path: PathLike) -> Tuple[np.ndarray, np.ndarray]:
         raise PredictionFormatError(
             f"{path}:{k + 3}: non-finite value (NaN/inf) in 'x y w h score': {body[k]!r}"
         )
+    big = np.abs(arr[:, 4]) > _F32_REALMAX
+    if big.any():
+        k = int(np.flatnonzero(big)[0])
+        raise PredictionFormatError(
+            f"{path}:{k + 3}: score {body[k].split()[-1]} overflows single precision (the "
+            f"official normalisation computes in float32, |score| <= {_F32_REALMAX:.6g})"
+        )
     return arr[:, :4], arr[:, 4]
 
 
@@ -260,6 +268,7 @@ def read_predictions(pred_dir: PathLike, gt: WiderFaceAnnotations) -> Prediction
     root = pathlib.Path(pred_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"prediction directory not found: {root}")
+    hi = lo = None  # (score, file, line) of the run's largest / smallest score
     for i in range(gt.num_images):
         event = gt.events[int(gt.image_event[i])]
         rel = f"{event}/{gt.image_names[i]}.txt"
@@ -267,8 +276,34 @@ def read_predictions(pred_dir: PathLike, gt: WiderFaceAnnotations) -> Prediction
         if not p.is_file():
             per_image.append(None)
             continue
-        per_image.append(read_prediction_file(p))
+        boxes, scores = read_prediction_file(p)
+        if len(scores):
+            k_hi, k_lo = int(np.argmax(scores)), int(np.argmin(scores))
+            if hi is None or scores[k_hi] > hi[0]:
+                hi = (float(scores[k_hi]), p, k_hi + 3)
+            if lo is None or scores[k_lo] < lo[0]:
+                lo = (float(scores[k_lo]), p, k_lo + 3)
+        per_image.append((boxes, scores))
+    if hi is not None:
+        # norm_score.m divides by (max - min) in single precision: the range must fit too.
+        with np.errstate(over="ignore"):
+            span = np.float32(hi[0]) - np.float32(lo[0])
+        if not np.isfinite(span):
+            raise PredictionFormatError(
+                f"{hi[1]}:{hi[2]}: score {hi[0]!r} and {lo[1]}:{lo[2]}: score {lo[0]!r} span "
+                "more than single precision holds (the official normalisation divides by "
+                "max - min in float32)"
+            )
     return Predictions.from_lists(per_image)
+
+
+def matched_prediction_files(pred_dir: PathLike, gt: WiderFaceAnnotations) -> int:
+    """How many images of ``gt`` have a prediction file ``pred_dir/<event>/<image>.txt``."""
+    root = pathlib.Path(pred_dir)
+    return sum(
+        (root / gt.events[int(gt.image_event[i])] / f"{gt.image_names[i]}.txt").is_file()
+        for i in range(gt.num_images)
+    )
 
 
 def _fmt(v: float) -> str:
@@ -660,6 +695,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    matched = matched_prediction_files(args.pred, gt.face)
+    if matched == 0:
+        print(
+            f"error: no prediction file in {args.pred} matches the ground truth (expected "
+            f"<event>/<image>.txt for {gt.face.num_images} images, e.g. "
+            f"{gt.face.events[int(gt.face.image_event[0])]}/{gt.face.image_names[0]}.txt); "
+            "nothing to evaluate",
+            file=sys.stderr,
+        )
+        return 1
+    if matched < gt.face.num_images:
+        print(
+            f"warning: {gt.face.num_images - matched} of {gt.face.num_images} images have no "
+            f"prediction file in {args.pred}; they count as no detections (official rule)",
+            file=sys.stderr,
+        )
     results = evaluate(gt, preds)
     for s in SETTINGS:
         if s in results:

@@ -29,12 +29,17 @@ def predict_split(
     *,
     limit: int | None = None,
     keep: tuple[str, ...] = (),
+    skips: pipeline.EvalSkips | None = None,
 ) -> dict[str, np.ndarray]:
     """Runs ``predict_fn(variables, batch) -> dict`` over a split; NumPy outputs in order.
 
     Batches are fixed-size and padded (one compilation), sharded over the ``data``
     axis; padding rows are removed. ``keep`` names input fields copied to the output
     (e.g. labels), so one pass yields predictions and targets together.
+
+    An unreadable record is a `jaxface.data.pipeline.BadRecordError` naming it; with
+    ``skips`` (a `jaxface.data.pipeline.EvalSkips`) it is skipped and named there
+    instead, and the output gains ``index``: the source index of every output row.
     """
     key = (predict_fn, ctx.mesh, tuple(keep))
     if key not in _JIT_CACHE:
@@ -56,11 +61,15 @@ def predict_split(
         process_index=ctx.process_index,
         process_count=ctx.process_count,
         limit=limit,
+        skips=skips,
     ):
+        gidx = batch.pop("_global_index")
         out = jax.device_get(jitted(variables, ctx.to_global(batch)))
         valid = np.asarray(out.pop("_valid"), bool)
         for k, v in out.items():
             chunks.setdefault(k.removeprefix("_in_"), []).append(np.asarray(v)[valid])
+        if skips is not None:
+            chunks.setdefault("index", []).append(np.asarray(gidx)[valid])
     return {k: np.concatenate(v) for k, v in chunks.items()}
 
 

@@ -52,6 +52,7 @@ import numpy as np
 from PIL import Image
 
 from jaxface.data import detection_aug, sources
+from jaxface.data.images import read_image
 from jaxface.data.recognition_formats import IMAGE_EXTENSIONS
 from jaxface.data.synthetic.render import difficulty_subsets
 from jaxface.data.widerface import WiderFaceAnnotations
@@ -697,8 +698,8 @@ def write_folder_predictions(
         chunk = rels[start : start + batch_size]
         exs = []
         for rel in chunk:
-            with Image.open(pathlib.Path(image_dir) / rel) as im:
-                exs.append(task.prepare(np.asarray(im.convert("RGB")), None, None, train=False))
+            image = read_image(pathlib.Path(image_dir) / rel)
+            exs.append(task.prepare(image, None, None, train=False))
         while len(exs) < batch_size:  # fixed batch: one compilation
             exs.append(exs[0])
         batch = {k: np.stack([e[k] for e in exs]) for k in ("image", "image_hw", "scale")}

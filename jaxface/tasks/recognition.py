@@ -400,11 +400,11 @@ class InsightFaceSource:
         return len(self.ds)
 
     def __getitem__(self, i):
-        import io  # pylint: disable=import-outside-toplevel
+        from jaxface.data.images import read_image  # pylint: disable=import-outside-toplevel
 
         data, label = self.ds[int(i)]
-        with Image.open(io.BytesIO(data)) as im:
-            ex = {"image": np.asarray(im.convert("RGB")), "label": np.int64(label)}
+        image = read_image(data, name=f"{self.ds.reader.path} image {int(i)}")
+        ex = {"image": image, "label": np.int64(label)}
         if self.yaw is not None:
             ex["yaw"] = np.float32(self.yaw[int(i)])
         return ex
@@ -425,9 +425,10 @@ class IdentityFolderSource:
         return len(self.folder)
 
     def __getitem__(self, i):
+        from jaxface.data.images import read_image  # pylint: disable=import-outside-toplevel
+
         i = int(i)
-        with Image.open(self.folder.paths[i]) as im:
-            ex = {"image": np.asarray(im.convert("RGB")), "label": self.folder.labels[i]}
+        ex = {"image": read_image(self.folder.paths[i]), "label": self.folder.labels[i]}
         if self.yaw is not None:
             ex["yaw"] = np.float32(self.yaw[i])
         return ex

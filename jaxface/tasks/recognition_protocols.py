@@ -30,7 +30,7 @@ landmarks to fit).
 
 from __future__ import annotations
 
-import io
+import logging
 import os
 import pathlib
 from typing import Any, Sequence
@@ -38,7 +38,8 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from jaxface.data import recognition_formats
+from jaxface.data import pipeline, recognition_formats
+from jaxface.data.images import read_image
 from jaxface.evaluation import verification as verif
 from jaxface.tasks import common
 from jaxface.tasks.base import EvalContext
@@ -56,7 +57,9 @@ class ImageListSource:
     """Random access over images given as paths or encoded bytes -> ``{"image": uint8 [H, W, 3]}``.
 
     ``crop_fraction`` < 1 cuts the central square of that fraction of the shorter side.
-    Unreadable images raise (the pipeline's bad-record handling reports them)."""
+    Images are read by `jaxface.data.images.read_image`; an unreadable one raises
+    `jaxface.data.images.UnreadableImageError` naming it (``names[i]``), which the
+    evaluation pass skips and reports (`jaxface.data.pipeline.EvalSkips`)."""
 
     def __init__(self, items: Sequence[Any], *, crop_fraction: float = 1.0, names=None):
         if not 0.0 < crop_fraction <= 1.0:
@@ -69,16 +72,14 @@ class ImageListSource:
         return len(self.items)
 
     def __getitem__(self, i: int) -> dict:
-        item = self.items[int(i)]
-        src = io.BytesIO(item) if isinstance(item, (bytes, bytearray)) else item
-        with Image.open(src) as im:
-            im = im.convert("RGB")
-            if self.crop_fraction < 1.0:
-                w, h = im.size
-                side = int(round(min(w, h) * self.crop_fraction))
-                left, top = (w - side) // 2, (h - side) // 2
-                im = im.crop((left, top, left + side, top + side))
-            return {"image": np.asarray(im)}
+        i = int(i)
+        image = read_image(self.items[i], name=self.names[i])
+        if self.crop_fraction < 1.0:
+            h, w = image.shape[:2]
+            side = int(round(min(w, h) * self.crop_fraction))
+            left, top = (w - side) // 2, (h - side) // 2
+            image = image[top : top + side, left : left + side]
+        return {"image": np.ascontiguousarray(image)}
 
 
 def lfw_pairs_source(
@@ -146,6 +147,7 @@ def _evaluate_pairs(task, state, ctx: EvalContext, name: str, set_config, data, 
     from jaxface.tasks.recognition import verification_report  # pylint: disable=import-outside-toplevel
 
     src, i, j, same, fold = data
+    skips = pipeline.EvalSkips(name, float(set_config.get("max_bad_fraction", 0.01)))
     out = common.predict_split(
         ctx,
         task.predict,
@@ -153,13 +155,24 @@ def _evaluate_pairs(task, state, ctx: EvalContext, name: str, set_config, data, 
         src,
         _transform(task, set_config),
         int(task.config.eval_batch_size),
+        skips=skips,
     )
-    if len(out["embedding"]) != len(src):
-        raise RuntimeError(f"{name}: embedded {len(out['embedding'])} of {len(src)} images")
+    i, j, same, fold, dropped = drop_skipped_pairs(out["index"], len(src), i, j, same, fold)
+    if skips.bad:
+        logging.warning(
+            "%s\n%s: %d of %d pairs dropped (they use a skipped image); %d pairs evaluated",
+            skips.report(),
+            name,
+            dropped,
+            dropped + len(same),
+            len(same),
+        )
     far = float(set_config.get("far", 1e-3))
     report = verification_report(
         out["embedding"], out["embedding_flip"], {name: (i, j, same, fold)}, far=far
     )
+    report[name]["skipped_images"] = [skips.bad[k] for k in sorted(skips.bad)]
+    report[name]["pairs_dropped"] = dropped
     task._write(ctx, name, report, title)  # pylint: disable=protected-access
     rep, tag = report[name], f"tar_at_far_{far:g}"
     return {
@@ -169,7 +182,22 @@ def _evaluate_pairs(task, state, ctx: EvalContext, name: str, set_config, data, 
         f"{name}_auc_mean": rep["auc_mean"],
         f"{name}_{tag}_mean": rep["tar_at_far_mean"],
         f"{name}_{tag}_std": rep["tar_at_far_std"],
+        f"{name}_skipped_images": len(skips.bad),
+        f"{name}_pairs_dropped": dropped,
     }
+
+
+def drop_skipped_pairs(index, n: int, i, j, same, fold):
+    """Pairs over the embedded images only: ``index`` holds the source row of each
+    embedding (skipped images have none). Returns ``(i, j, same, fold, dropped)`` with
+    ``i`` / ``j`` re-pointed at embedding rows; a pair with a skipped image is dropped."""
+    row = np.full(n, -1, np.int64)
+    row[np.asarray(index, np.int64)] = np.arange(len(index))
+    ri, rj = row[np.asarray(i)], row[np.asarray(j)]
+    keep = (ri >= 0) & (rj >= 0)
+    if not keep.any():
+        raise ValueError("every pair uses a skipped image: nothing to evaluate")
+    return ri[keep], rj[keep], np.asarray(same)[keep], np.asarray(fold)[keep], int((~keep).sum())
 
 
 def evaluate_lfw(task, state, ctx: EvalContext) -> dict[str, float]:
