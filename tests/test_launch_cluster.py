@@ -296,8 +296,9 @@ def test_slurm_device_mismatch_is_an_error(cluster, tmp_path):
     assert "srun exit code 1, result.json status 'none'" in batch and not _requeues(cluster, job)
     for t in (0, 1):
         log = (wd / "logs" / f"slurm-{job}-task{t}.log").read_text()
+        # The CLI's one-line error: "jaxface train: <message>" (no traceback).
         assert (
-            f"ClusterMismatchError: SLURM job {job} step 0 asked for 2 processes, 8 devices "
+            f"jaxface train: SLURM job {job} step 0 asked for 2 processes, 8 devices "
             f"(1 node(s) x SLURM_GPUS_ON_NODE=8), but JAX formed 2 processes (this is process {t}) "
             "with 2 local / 4 global cpu devices: 8 global devices asked, 4 formed"
         ) in log, log[-3000:]
