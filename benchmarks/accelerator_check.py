@@ -168,7 +168,11 @@ def row_resnet50(args, emit):
     peak = device_peak(jax.devices()[0].device_kind)
     # cost_analysis counts the whole (SPMD-partitioned) program of one device.
     mfu = f"{tflops / peak:.1%}" if peak else "peak unknown"
-    emit("resnet50", f"{r['step_s'] * 1e3:.1f} ms/step", f"{tflops:.2f} TFLOP/s per device, MFU {mfu}")
+    emit(
+        "resnet50",
+        f"{r['step_s'] * 1e3:.1f} ms/step",
+        f"{tflops:.2f} TFLOP/s per device, MFU {mfu}",
+    )
 
 
 def row_scaleface(args, emit):
@@ -221,7 +225,11 @@ def row_recognition(args, emit):
 
 
 def row_precision(args, emit):
-    for file, task in (("lmle.py", "attributes"), ("dream.py", "recognition"), ("scaleface.py", "detection")):
+    for file, task in (
+        ("lmle.py", "attributes"),
+        ("dream.py", "recognition"),
+        ("scaleface.py", "detection"),
+    ):
         times = {}
         for dtype in ("float32", "bfloat16"):
             c = _config(file, "tiny" if args.tiny else "synthetic", compute_dtype=dtype)
@@ -255,7 +263,11 @@ def row_msceleb_1m(args, emit):
             f"{mem[mp] / 2**30:.2f} GiB per device",
             f"classifier + momentum {cls / 2**30:.2f} GiB per device",
         )
-    emit("msceleb_1m/memory ratio", f"{mem[n] / mem[1]:.3f}", f"mp={n} / mp=1 (whole step, per device)")
+    emit(
+        "msceleb_1m/memory ratio",
+        f"{mem[n] / mem[1]:.3f}",
+        f"mp={n} / mp=1 (whole step, per device)",
+    )
     for rate in (1.0, 0.1):
         r = time_step(_msceleb_1m(args, n, rate), steps=args.steps, workdir=args.workdir)
         emit(
@@ -277,9 +289,13 @@ def _abstract_state(trainer, host):
 
 
 def main(argv=None) -> list[tuple[str, str, str]]:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated rows of {ROWS}")
-    ap.add_argument("--tiny", action="store_true", help="tiny sizes: checks the path, times nothing")
+    ap.add_argument(
+        "--tiny", action="store_true", help="tiny sizes: checks the path, times nothing"
+    )
     ap.add_argument("--steps", type=int, default=5, help="timed steps per row (median)")
     ap.add_argument("--workdir", default="/tmp/jaxface_accelerator_check")
     args = ap.parse_args(argv)
@@ -289,7 +305,9 @@ def main(argv=None) -> list[tuple[str, str, str]]:
         ap.error(f"--rows: unknown {bad}; expected some of {ROWS}")
     os.makedirs(args.workdir, exist_ok=True)
     dev = jax.devices()[0]
-    print(f"devices: {jax.device_count()} x {dev.device_kind} ({dev.platform}), processes {jax.process_count()}")
+    print(
+        f"devices: {jax.device_count()} x {dev.device_kind} ({dev.platform}), processes {jax.process_count()}"
+    )
     out: list[tuple[str, str, str]] = []
 
     def emit(name, value, note):

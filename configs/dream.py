@@ -95,9 +95,7 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
     # sample_rate < 1: Partial FC; class_groups: the classifier's columns are padded to a
     # multiple of it and Partial FC samples per group (a multiple of model_parallel).
     c.head = ml_collections.ConfigDict(
-        dict(
-            type="softmax", dropout=0.7, scale=64.0, margin=0.35, sample_rate=1.0, class_groups=8
-        )
+        dict(type="softmax", dropout=0.7, scale=64.0, margin=0.35, sample_rate=1.0, class_groups=8)
     )
     c.deepid2 = ml_collections.ConfigDict(
         dict(weight=0.0, margin=1.0, learn_margin=False, normalize=True)

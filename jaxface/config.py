@@ -127,7 +127,11 @@ def _check(field: str, value, r) -> None:
     elif r["kind"] is int:
         bad = isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value)
     else:
-        bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+        bad = (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+        )
     if not bad and not r["choices"]:
         v = float(value)
         if r["lo"] is not None and (v < r["lo"] or (r["lo_open"] and v == r["lo"])):
@@ -170,7 +174,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         )
     if opt.get("schedule") == "steps":
         for i, f in enumerate(opt.get("decay_at", ())):
-            _check(f"optimizer.decay_at[{i}]", f, _rule(float, 0.0, 1.0, lo_open=True, hi_open=True))
+            _check(
+                f"optimizer.decay_at[{i}]", f, _rule(float, 0.0, 1.0, lo_open=True, hi_open=True)
+            )
     batch, accum = int(config.batch_size), int(config.get("grad_accum_steps", 1))
     if batch % accum:
         raise ConfigError(

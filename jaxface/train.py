@@ -376,9 +376,10 @@ class Trainer:
         P = jax.sharding.PartitionSpec
         specs = self.task.param_partition(abstract_state.params)
         mp = int(self.config.get("model_parallel", 1))
-        uses_model = any("model" in jax.tree.leaves(tuple(s)) for s in jax.tree.leaves(
-            specs, is_leaf=lambda x: isinstance(x, P)
-        ))
+        uses_model = any(
+            "model" in jax.tree.leaves(tuple(s))
+            for s in jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P))
+        )
         if mp > 1 and not uses_model:
             raise ValueError(
                 f"config.model_parallel={mp}: task {self.task.name!r} has no parameter to split "

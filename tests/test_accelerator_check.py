@@ -18,8 +18,15 @@ def check():
 
 def test_accelerator_check_rows_at_tiny_sizes(check, tmp_path, capsys):
     rows = check.main(
-        ["--tiny", "--steps", "1", "--workdir", str(tmp_path),
-         "--rows", "resnet50,scaleface,recognition,msceleb_1m"]
+        [
+            "--tiny",
+            "--steps",
+            "1",
+            "--workdir",
+            str(tmp_path),
+            "--rows",
+            "resnet50,scaleface,recognition,msceleb_1m",
+        ]
     )
     names = [r[0] for r in rows]
     assert names[:3] == ["resnet50", "scaleface", "recognition"]

@@ -69,7 +69,9 @@ def test_model_parallel_sizes_train_identically(data_dir, tmp_path, sample_rate,
     assert jax.device_count() == 8
     ref_params = ref_losses = None
     for mp in (1, 2, 4, 8):
-        trainer, state, losses = _run(_config(data_dir, mp, sample_rate, head), tmp_path / f"mp{mp}")
+        trainer, state, losses = _run(
+            _config(data_dir, mp, sample_rate, head), tmp_path / f"mp{mp}"
+        )
         assert trainer.task.sharded == (mp > 1 or sample_rate < 1)
         params = jax.device_get(state.params)
         # The dense path (mp=1, no Partial FC) has no padding columns; compare real classes.

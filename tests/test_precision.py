@@ -22,7 +22,9 @@ CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 TASK_CONFIGS = {"attributes": "lmle.py", "recognition": "dream.py", "detection": "scaleface.py"}
 
 # HLO instruction: "name = bf16[16,10]{1,0} opcode(operands), ..."; tuples are skipped.
-_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.-]+)\s*=\s*(\w+)\[([\d,]*)\]\S*\s+([a-z][\w-]*)\(([^)]*)\)")
+_INSTR = re.compile(
+    r"^\s*(?:ROOT\s+)?%?([\w.-]+)\s*=\s*(\w+)\[([\d,]*)\]\S*\s+([a-z][\w-]*)\(([^)]*)\)"
+)
 _TRANSCENDENTAL = {
     "exponential",
     "exponential-minus-one",

@@ -662,9 +662,7 @@ def tiny(tmp_path_factory):
     return _tiny_models.workdirs(tmp_path_factory)
 
 
-def test_detect_folder_finishes_past_a_bomb_and_never_overwrites_its_input(
-    tiny, tmp_path, capsys
-):
+def test_detect_folder_finishes_past_a_bomb_and_never_overwrites_its_input(tiny, tmp_path, capsys):
     import hashlib
 
     import _tiny_models
@@ -915,7 +913,9 @@ def test_evaluation_skips_and_names_unreadable_images_and_drops_their_pairs(tmp_
     with pytest.raises(pipeline.BadRecordError, match="set.bin"):
         list(
             pipeline.eval_batches(
-                rp.ImageListSource([b"junk"] * 6 + imgs[:2], names=[f"set.bin[{k}]" for k in range(8)]),
+                rp.ImageListSource(
+                    [b"junk"] * 6 + imgs[:2], names=[f"set.bin[{k}]" for k in range(8)]
+                ),
                 4,
                 transform,
                 skips=pipeline.EvalSkips("set"),
@@ -941,10 +941,15 @@ def test_widerface_eval_no_matching_prediction_and_float32_overflow(tmp_path, ca
     ev.mkdir(parents=True)
     (ev / "img_a.txt").write_text("img_a\n2\n10 10 20 20 0.9\n50 10 20 20 1e39\n")
     assert E.main(["--pred", str(tmp_path / "big"), "--gt", str(gt)]) == 2
-    assert re.search(r"img_a\.txt:4: score 1e39 overflows single precision", capsys.readouterr().err)
+    assert re.search(
+        r"img_a\.txt:4: score 1e39 overflows single precision", capsys.readouterr().err
+    )
     (ev / "img_a.txt").write_text("img_a\n2\n10 10 20 20 3e38\n50 10 20 20 -3e38\n")
     assert E.main(["--pred", str(tmp_path / "big"), "--gt", str(gt)]) == 2
-    assert re.search(r"img_a\.txt:3: score 3e\+38 and .*img_a\.txt:4: score -3e\+38 span", capsys.readouterr().err)
+    assert re.search(
+        r"img_a\.txt:3: score 3e\+38 and .*img_a\.txt:4: score -3e\+38 span",
+        capsys.readouterr().err,
+    )
     (ev / "img_a.txt").write_text("img_a\n1\n10 10 20 20 0.9\n")  # img_b missing: a warning
     assert E.main(["--pred", str(tmp_path / "big"), "--gt", str(gt)]) == 0
     assert "1 of 2 images have no prediction file" in capsys.readouterr().err
@@ -956,9 +961,18 @@ def test_widerface_eval_no_matching_prediction_and_float32_overflow(tmp_path, ca
         ("num_train_steps=0", "config.num_train_steps=0: must be an integer >= 1"),
         ("model_parallel=0", "config.model_parallel=0: must be an integer >= 1"),
         ("eval_every=0", "config.eval_every=0: must be an integer >= 1"),
-        ("optimizer.learning_rate=nan", "config.optimizer.learning_rate=nan: must be a finite number > 0"),
-        ("optimizer.momentum=1.5", r"config.optimizer.momentum=1.5: must be a finite number in \[0, 1\)"),
-        ("grad_accum_steps=3", "config.batch_size=16: must be divisible by config.grad_accum_steps=3"),
+        (
+            "optimizer.learning_rate=nan",
+            "config.optimizer.learning_rate=nan: must be a finite number > 0",
+        ),
+        (
+            "optimizer.momentum=1.5",
+            r"config.optimizer.momentum=1.5: must be a finite number in \[0, 1\)",
+        ),
+        (
+            "grad_accum_steps=3",
+            "config.batch_size=16: must be divisible by config.grad_accum_steps=3",
+        ),
         ("optimizer.schedule=linear", "config.optimizer.schedule='linear': must be one of"),
     ],
 )

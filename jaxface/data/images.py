@@ -111,7 +111,9 @@ def read_image(src: Source, *, name: str | None = None, max_pixels: int = MAX_PI
         MemoryError,
         Image.DecompressionBombError,
     ) as err:
-        raise UnreadableImageError(f"{what}: unreadable image ({type(err).__name__}: {err})") from None
+        raise UnreadableImageError(
+            f"{what}: unreadable image ({type(err).__name__}: {err})"
+        ) from None
 
 
 @dataclasses.dataclass

@@ -574,7 +574,13 @@ def load_verification_bin(path: str | os.PathLike) -> tuple[list[bytes], np.ndar
                 "(a shared reference); refused"
             )
         first_seen[id(b)] = k
-        total += b.nbytes if isinstance(b, np.ndarray) else len(b) if isinstance(b, (bytes, bytearray)) else 0
+        total += (
+            b.nbytes
+            if isinstance(b, np.ndarray)
+            else len(b)
+            if isinstance(b, (bytes, bytearray))
+            else 0
+        )
     if total > len(data):
         raise ValueError(
             f"{path}: its images hold {total} bytes, more than the file's {len(data)}; refused"

@@ -209,7 +209,9 @@ def _sample_local(y_all, key, shard, lc, gps, gl, s_g, num_classes):
 
     def one(g):
         gid = shard * gps + g
-        idx = _sample_shard(y_all, jax.random.fold_in(key, gid), offset + g * gl, gl, s_g, num_classes)
+        idx = _sample_shard(
+            y_all, jax.random.fold_in(key, gid), offset + g * gl, gl, s_g, num_classes
+        )
         return g * gl + idx
 
     return jax.vmap(one)(jnp.arange(gps)).reshape(-1)

@@ -41,6 +41,8 @@ import jax
 import ml_collections
 import numpy as np
 
+from jaxface.models import pretrained as pretrained_lib
+
 
 @dataclasses.dataclass
 class Hook:
@@ -110,12 +112,27 @@ class Task(abc.ABC):
     def loss(self, params, model_state, batch, rng, task_state):
         """Scalar loss and ``(new_model_state, metrics)``."""
 
+    #: Where the ResNet sits in the params (e.g. ``("resnet",)``) for a torchvision file
+    #: named by ``pretrained`` (``config.model.backbone.pretrained``); None: no backbone.
+    backbone_path: tuple[str, ...] | None = None
+    pretrained: str = ""
+
     def load_pretrained(self, params, model_state):
         """Pretrained weights for a fresh run: ``(params, model_state, description)``, the
         given trees (same structure, shapes and dtypes) with some leaves replaced by
-        host arrays, or None (the default: nothing to load)."""
-        del params, model_state
-        return None
+        host arrays, or None (nothing to load). Default: the torchvision ResNet file
+        ``self.pretrained`` into the params at ``backbone_path``
+        (`jaxface.models.pretrained.load_backbone`)."""
+        if not self.pretrained or self.backbone_path is None:
+            return None
+        params, model_state = pretrained_lib.load_backbone(
+            params,
+            model_state,
+            self.backbone_path,
+            self.pretrained,
+            field="config.model.backbone.pretrained",
+        )
+        return params, model_state, f"pretrained backbone {self.pretrained}"
 
     def metric_names(self) -> tuple[str, ...]:
         """Names of the scalar metrics ``loss`` returns (besides ``loss``)."""

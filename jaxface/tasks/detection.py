@@ -57,7 +57,7 @@ from jaxface.data.recognition_formats import IMAGE_EXTENSIONS
 from jaxface.data.synthetic.render import difficulty_subsets
 from jaxface.data.widerface import WiderFaceAnnotations
 from jaxface.evaluation import widerface as wider_eval
-from jaxface.models import pretrained, scaleface
+from jaxface.models import scaleface
 from jaxface.ops.boxes import xyxy_to_xywh
 from jaxface.ops.targets import (
     in_size_range,
@@ -105,6 +105,7 @@ def faces_of(example: Mapping) -> dict:
 class DetectionTask(Task):
     name = "detection"
     compute_fields = ("image",)
+    backbone_path = ("resnet",)
 
     def __init__(self, config):
         super().__init__(config)
@@ -209,19 +210,6 @@ class DetectionTask(Task):
     def init_variables(self, rng, batch):
         return self.model.init(rng, batch["image"], train=False)
 
-    def load_pretrained(self, params, model_state):
-        """The torchvision ResNet of ``config.model.backbone.pretrained`` in ``params["resnet"]``."""
-        if not self.pretrained:
-            return None
-        params, model_state = pretrained.load_backbone(
-            params,
-            model_state,
-            ("resnet",),
-            self.pretrained,
-            field="config.model.backbone.pretrained",
-        )
-        return params, model_state, f"pretrained backbone {self.pretrained}"
-
     def rpn_branch_targets(self, batch, i, feature_hw):
         """Branch ``i``'s anchors ``[A, 4]``, in-range mask ``[B, G]`` and RPN targets
         (labels ``[B, A]``, deltas ``[B, A, 4]``) for a ``feature_hw`` feature map, from
@@ -247,7 +235,6 @@ class DetectionTask(Task):
 
     def _branch_losses(self, mdl, stages, batch, i, rng):
         c = self.config
-        spec = self.specs[i]
         feat = mdl.branch_features(stages, i)
         logits, deltas = mdl.branch_rpn(feat, i)
         # Losses and targets in fp32 whatever the compute dtype (config.compute_dtype).

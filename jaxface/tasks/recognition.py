@@ -84,7 +84,7 @@ from jaxface import losses
 from jaxface.data import sources
 from jaxface.evaluation import identification as ident_eval
 from jaxface.evaluation import verification as verif
-from jaxface.models import pose, pretrained
+from jaxface.models import pose
 from jaxface.models.dream import FaceEmbedder
 from jaxface.models.resnet import ResNet
 from jaxface.ops import align as align_ops
@@ -449,6 +449,7 @@ class IdentityFolderSource:
 class RecognitionTask(Task):
     name = "recognition"
     compute_fields = ("image",)
+    backbone_path = ("embedder", "backbone")
 
     def __init__(self, config):
         super().__init__(config)
@@ -766,19 +767,6 @@ class RecognitionTask(Task):
     # -- model ------------------------------------------------------------------
     def init_variables(self, rng, batch):
         return self.model.init(rng, batch["image"], self.gate_yaw(batch), train=False)
-
-    def load_pretrained(self, params, model_state):
-        """The torchvision ResNet of ``config.model.backbone.pretrained`` in ``params["embedder"]["backbone"]``."""
-        if not self.pretrained:
-            return None
-        params, model_state = pretrained.load_backbone(
-            params,
-            model_state,
-            ("embedder", "backbone"),
-            self.pretrained,
-            field="config.model.backbone.pretrained",
-        )
-        return params, model_state, f"pretrained backbone {self.pretrained}"
 
     def init_task_state(self, rng, variables):
         del rng, variables
