@@ -1,4 +1,9 @@
-"""benchmarks/accelerator_check.py runs end to end at tiny sizes on the 8 CPU devices."""
+"""benchmarks/accelerator_check.py runs at tiny sizes on the 8 CPU devices.
+
+The suite runs the rows that exercise the class-sharded classifier (``recognition``,
+``msceleb_1m``: compile-only memory analysis, Partial FC on and off); ``resnet50`` and
+``scaleface`` time the same trainer step with other configs and cost ~80 s each on two
+cores (``python benchmarks/accelerator_check.py --tiny`` runs them)."""
 
 import importlib.util
 import pathlib
@@ -25,17 +30,16 @@ def test_accelerator_check_rows_at_tiny_sizes(check, tmp_path, capsys):
             "--workdir",
             str(tmp_path),
             "--rows",
-            "resnet50,scaleface,recognition,msceleb_1m",
+            "recognition,msceleb_1m",
         ]
     )
     names = [r[0] for r in rows]
-    assert names[:3] == ["resnet50", "scaleface", "recognition"]
-    assert all("ms/step" in r[1] for r in rows[:3])
+    assert names[0] == "recognition" and "ms/step" in rows[0][1]
     mem = {r[0]: float(r[1].split()[0]) for r in rows if r[0].startswith("msceleb_1m/memory mp=")}
     assert set(mem) == {"msceleb_1m/memory mp=1", "msceleb_1m/memory mp=8"}
     # Splitting the classifier over 8 devices shrinks the per-device footprint.
     assert mem["msceleb_1m/memory mp=8"] < mem["msceleb_1m/memory mp=1"]
-    assert "| resnet50 |" in capsys.readouterr().out
+    assert "| recognition |" in capsys.readouterr().out
 
 
 def test_known_device_peaks(check):
