@@ -1,4 +1,4 @@
-"""Face attributes on one shared trunk: LMLE and its baselines (METHODS.md §4).
+"""Face attributes on one shared trunk: LMLE and its baselines (Huang et al., CVPR 2016).
 
 Variants (``get_config(arg)``):
   synthetic   — LMLE (quintuplets + triple-header hinge, re-clustering hook, cluster-wise

@@ -1,4 +1,4 @@
-"""ScaleFace face detection (METHODS.md §3): scale-variant detectors on one backbone, OHEM.
+"""ScaleFace face detection (Yang et al., arXiv 1706.02863): scale-variant detectors on one backbone, OHEM.
 
 Variants (``get_config(arg)``):
   wider          — the paper's setting on WIDER FACE (ImageNet ResNet-50, three branches
@@ -90,7 +90,7 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
                 stem="imagenet",
                 pretrained=pretrained.weights_file(IMAGENET_RESNET50),
             ),
-            # The paper's three-way split (METHODS.md §3).
+            # The paper's three-way split (Yang et al., arXiv 1706.02863).
             branches=[
                 _branch("small", (10, 40), ("res2", "res3"), 8, (12, 16, 24, 40)),
                 _branch("medium", (40, 140), ("res3", "res4"), 16, (32, 64, 96, 128)),

@@ -1,6 +1,6 @@
 """CFP (Celebrities in Frontal-Profile) from its original layout, for training and evaluation.
 
-The manual directory is the dataset as released (PROTOCOLS.md, CFP)::
+The manual directory is the dataset as released (the CFP protocol)::
 
     <manual_dir>/
       Data/Images/NNN/{frontal,profile}/NN.jpg      500 identities x (10 frontal + 4 profile)

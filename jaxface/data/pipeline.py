@@ -235,19 +235,24 @@ class BatchLoader:
         """A human-readable account of replaced records (empty when none)."""
         if not self.bad_records:
             return ""
-        lines = [
-            f"{self.name}: {len(self.bad_records)} unreadable record(s) replaced "
-            f"out of {self.records_read} read:"
-        ]
-        for i in sorted(self.bad_reasons)[:50]:
-            lines.append(f"  record {i}: {self.bad_reasons[i]}")
-        if len(self.bad_reasons) > 50:
-            lines.append(f"  ... and {len(self.bad_reasons) - 50} more")
-        return "\n".join(lines)
+        return _bad_record_report(
+            self.name, len(self.bad_records), "replaced", self.records_read, self.bad_reasons
+        )
 
     def close(self):
         self._batch_pool.shutdown(wait=False, cancel_futures=True)
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _bad_record_report(name, count, verb, records_read, reasons, shown=50) -> str:
+    """``<name>: N unreadable record(s) <verb> out of M read:`` and the first ``shown``
+    records with their reasons."""
+    lines = [f"{name}: {count} unreadable record(s) {verb} out of {records_read} read:"]
+    for i in sorted(reasons)[:shown]:
+        lines.append(f"  record {i}: {reasons[i]}")
+    if len(reasons) > shown:
+        lines.append(f"  ... and {len(reasons) - shown} more")
+    return "\n".join(lines)
 
 
 class EvalSkips:
@@ -273,15 +278,7 @@ class EvalSkips:
         """A human-readable account of skipped records (empty when none)."""
         if not self.bad:
             return ""
-        lines = [
-            f"{self.name}: {len(self.bad)} unreadable record(s) skipped out of "
-            f"{self.records_read} read:"
-        ]
-        for i in sorted(self.bad)[:50]:
-            lines.append(f"  record {i}: {self.bad[i]}")
-        if len(self.bad) > 50:
-            lines.append(f"  ... and {len(self.bad) - 50} more")
-        return "\n".join(lines)
+        return _bad_record_report(self.name, len(self.bad), "skipped", self.records_read, self.bad)
 
 
 def record_name(source, index: int) -> str:

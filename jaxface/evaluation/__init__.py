@@ -1,4 +1,4 @@
-"""Evaluation protocols, reproduced to the last digit (../shared/docs/PROTOCOLS.md).
+"""Evaluation protocols, reproduced to the last digit.
 
 ``widerface`` (the official WIDER FACE tool's semantics), ``verification`` (LFW View 2
 and CFP FF/FP: 10-fold accuracy, EER, AUC, TAR@FAR, ROC), ``identification`` (streamed

@@ -1,4 +1,4 @@
-"""CelebA attribute metrics (PROTOCOLS.md, CelebA): balanced accuracy, accuracy, imbalance.
+"""CelebA attribute metrics (the CelebA protocol): balanced accuracy, accuracy, imbalance.
 
 Per attribute, with ``Np``/``Nn`` the positive/negative ground-truth counts:
 

@@ -4,7 +4,7 @@ Everything here is NumPy on the host: the inputs are at most a few thousand pair
 scores. (All-pairs TAR@FAR over large sets, streamed on device, lives in
 `jaxface.evaluation.identification`.)
 
-Conventions (PROTOCOLS.md):
+Conventions:
 - LFW: embedding = L2-normalise(f(x) + f(flip x)) (`fuse_flip`), distance = squared
   L2 (`pair_distances`); per fold the threshold with the best accuracy on the other
   nine folds, thresholds ``0:0.01:4`` (MATLAB notation, 401 values, inclusive; the

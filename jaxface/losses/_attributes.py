@@ -35,7 +35,7 @@ __all__ = [
     "triplet_margin",
 ]
 
-# Margins are not published (METHODS.md §4). Embeddings are L2-normalised, so a squared
+# The paper does not publish its margins. Embeddings are L2-normalised, so a squared
 # Euclidean distance lies in [0, 4] (D = 2 - 2 cos). We take the class header g3 = 0.2,
 # the FaceNet triplet margin on the same unit-sphere squared distance, so that LMLE's
 # class boundary and the `triplet_margin` baseline ask for the same separation; the two

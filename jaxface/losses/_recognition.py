@@ -10,7 +10,7 @@ References
 - CosFace: Wang et al., CVPR 2018 (large margin cosine loss).
 - ArcFace: Deng et al., CVPR 2019; the easy-margin / threshold handling follows
   insightface's ``recognition/arcface_torch/losses.py`` (class ``ArcFace``).
-- DREAM: Cao et al., CVPR 2018 (stitching objective, METHODS.md section 1).
+- DREAM: Cao et al., CVPR 2018 (stitching objective).
 """
 
 from __future__ import annotations

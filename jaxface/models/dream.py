@@ -1,4 +1,4 @@
-"""DREAM: Deep Residual EquivAriant Mapping (Cao et al., CVPR 2018), METHODS.md section 1.
+"""DREAM: Deep Residual EquivAriant Mapping (Cao et al., CVPR 2018).
 
     f(x) = phi(x) + Y(theta) * R(phi(x))
 

@@ -1,6 +1,6 @@
 """ScaleFace (Yang, Xiong, Loy, Tang; arXiv 1706.02863): one backbone, N scale-variant detectors.
 
-METHODS.md §3. A ResNet backbone (`jaxface.models.resnet`) exposes ``res2..res5``;
+A ResNet backbone (`jaxface.models.resnet`) exposes ``res2..res5``;
 each detector ("branch") is specialised to a face-size range and owns
 
 * a **merge** of adjacent stages: every listed stage goes through a 1x1 conv to

@@ -5,7 +5,7 @@ location-major: anchor ``(y, x, a)`` of a ``[H, W]`` feature map with ``A``
 anchor shapes sits at flat index ``(y * W + x) * A + a``, the same order as an
 RPN head's ``[B, H, W, A]`` output reshaped to ``[B, H * W * A]``.
 
-ScaleFace (METHODS.md §3) gives each scale-variant detector its own stride and
+ScaleFace (Yang et al., arXiv 1706.02863) gives each scale-variant detector its own stride and
 anchor sides (square anchors, ratio 1:1); `branch_anchors` builds them from a
 branch's config. The anchor shapes are a pure function of static numbers, so
 they are computed in NumPy at trace time and enter the jitted program as

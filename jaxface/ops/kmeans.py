@@ -1,7 +1,7 @@
 """k-means with k-means++ initialisation in JAX: fixed ``k``, masked, per class, jit-able.
 
 LMLE clusters the embeddings of each class separately and re-clusters every N steps
-(METHODS.md §4). Everything here has fixed shapes so it compiles once and can be vmapped
+(Huang et al., CVPR 2016). Everything here has fixed shapes so it compiles once and can be vmapped
 over classes: a class is selected by a boolean ``mask`` over the points rather than by
 slicing, so every class runs on the same ``[N, D]`` array.
 

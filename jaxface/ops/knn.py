@@ -9,7 +9,7 @@ points it was clustered from) and
   i.e. the class whose farthest centroid among the ``k`` is closest relative to the
   nearest centroid of any other class — the local large-margin rule.
 
-``D`` is the squared Euclidean distance, as in the loss (METHODS.md §4).
+``D`` is the squared Euclidean distance, as in the loss (Huang et al., CVPR 2016).
 Everything is fixed-shape and jit-able; queries are batched.
 """
 

@@ -2,7 +2,7 @@
 
 For an anchor ``a`` with class ``y_a`` and cluster ``z_a`` (clusters are per class, so
 "same cluster" means same ``(class, cluster)`` pair — per-class k-means ids ``0..k-1`` can
-be passed unchanged), with ``D`` the squared Euclidean distance (METHODS.md §4):
+be passed unchanged), with ``D`` the squared Euclidean distance (Huang et al., CVPR 2016):
 
 * ``p+``  (pos_cluster): argmax D(a, j) over j ≠ a with y_j = y_a and z_j = z_a;
 * ``p-``  (neg_cluster): argmin D(a, j) over j with y_j = y_a and z_j ≠ z_a;

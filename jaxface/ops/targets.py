@@ -4,7 +4,7 @@ Every function works on ONE image with fixed shapes (``N`` anchors or RoIs, ``G`
 padded ground-truth slots with a validity mask); batch with ``jax.vmap``. No
 Python loop touches a box.
 
-ScaleFace (METHODS.md §3) trains each detector on the faces of its size range
+ScaleFace (Yang et al., arXiv 1706.02863) trains each detector on the faces of its size range
 only. The ground truth of an image therefore comes in three kinds, per branch:
 
 * **targets**: valid faces whose size is inside the branch's range, not ignore;

@@ -5,7 +5,7 @@ Losses (``config.loss``):
 * ``bce`` — per-attribute sigmoid cross-entropy on the linear heads, optionally with
   inverse-frequency class weights (``config.class_balanced``); evaluated by the
   ``balanced_accuracy`` evaluator (logits > 0).
-* ``lmle`` — LMLE (METHODS.md §4): for every attribute, the quintuplet of every anchor
+* ``lmle`` — LMLE (Huang et al., CVPR 2016): for every attribute, the quintuplet of every anchor
   is mined **on device** inside the step (`jaxface.ops.mine_quintuplets`) from that
   attribute's labels and current cluster ids in that attribute's embedding, and the
   triple-header hinge (`jaxface.losses.triple_header_hinge`) is applied with a per-header
