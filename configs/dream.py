@@ -31,6 +31,9 @@ everything else) and the DREAM ones ``X_stitch`` (stitching, started from ``X``)
            the recogniser for ``jaxface verify`` / ``identify`` on real photos;
            ``cfp_aligned_naive`` is its twin without the block.
 
+Real data: --config.data.manual_dir, or the environment variable JAXFACE_DATA naming the
+folder that holds cfp/ (the ``cfp*`` variants read ``$JAXFACE_DATA/cfp``).
+
 Run (the paper's best: end-to-end, then re-train the block by stitching):
   jaxface train --config configs/dream.py:cfp --workdir /tmp/jaxface/dream_cfp
   jaxface train --config configs/dream.py:cfp_stitch --workdir /tmp/jaxface/dream_cfp_stitch \\
@@ -42,44 +45,22 @@ Run (the paper's best: end-to-end, then re-train the block by stitching):
       --config.cfp.manual_dir=/data/cfp
 """
 
-import os
-
 import ml_collections
 
 from jaxface import config as jf_config
 
-BASES = ("msceleb", "cfp", "synthetic", "tiny")
-VARIANTS = tuple(b + s for b in BASES for s in ("", "_naive", "_stitch")) + (
-    "cfp_aligned",
-    "cfp_aligned_naive",
-    "msceleb_1m",
-)
-SMALL_VARIANT = "tiny"
 
-# ../shared/data/cfp beside the repository (the real data never lives inside it).
-CFP_DIR = os.path.normpath(
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "cfp")
-)
-
-
-def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
-    variant = arg or "synthetic"
-    if variant not in VARIANTS:
-        raise ValueError(
-            f"configs/dream.py: unknown variant {variant!r} (expected one of {', '.join(VARIANTS)})"
-        )
-    base, naive, stitch = (
-        variant.split("_")[0],
-        variant.endswith("_naive"),
-        variant.endswith("_stitch"),
-    )
+def base() -> ml_collections.ConfigDict:
+    """The fields every variant shares; numbers without a comment are the paper's
+    (docs/methods.md, DREAM and DeepID2)."""
     c = jf_config.base_config()
     c.task = "recognition"
     c.mode = "end_to_end"  # end_to_end | stitching
     c.yaw_source = "metadata"  # metadata | landmarks | profile_flag | learned
-    c.yaw_head_weight = 0.1  # learned yaw head: weight of ((pred - yaw) / 90)^2
-    c.num_classes = 500  # training identities
-    c.image_size = 64
+    # Learned yaw head: weight of ((pred - yaw) / 90)^2, small beside the identity loss (a choice).
+    c.yaw_head_weight = 0.1
+    c.num_classes = 500  # training identities (each variant sets its own)
+    c.image_size = 64  # each variant sets its own
     c.random_flip = True
     c.model = ml_collections.ConfigDict(
         dict(
@@ -89,18 +70,23 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
             width=0.25,
             stem="small",
             embed_dim=256,
-            use_dream=not naive,
+            use_dream=True,
         )
     )
     # sample_rate < 1: Partial FC; class_groups: the classifier's columns are padded to a
     # multiple of it and Partial FC samples per group (a multiple of model_parallel).
+    # scale 64 / margin 0.35: CosFace's (Wang et al., CVPR 2018), used when type="cosface".
     c.head = ml_collections.ConfigDict(
         dict(type="softmax", dropout=0.7, scale=64.0, margin=0.35, sample_rate=1.0, class_groups=8)
     )
+    # DeepID2's verification term, off by default (weight 0; the paper's lambda is 0.05);
+    # margin 1 on unit-normalised features (the paper's raw-feature m is not published).
     c.deepid2 = ml_collections.ConfigDict(
         dict(weight=0.0, margin=1.0, learn_margin=False, normalize=True)
     )
     c.stitching = ml_collections.ConfigDict(dict(frontal_max_yaw=20.0, profile_min_yaw=50.0))
+    # The stitching thresholds again for the synthetic FF / FP pairs; 3 pairs per identity
+    # and 10 folds as CFP's 10 splits.
     c.verification = ml_collections.ConfigDict(
         dict(frontal_max_yaw=20.0, profile_min_yaw=50.0, pairs_per_identity=3, folds=10, seed=0)
     )
@@ -108,6 +94,7 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
     # Evaluators "lfw" (LFW View 2 from its original layout) and "bins" (insightface .bin
     # sets): see jaxface/tasks/recognition_protocols.py. Add them with e.g.
     #   --config.evals='("cfp","lfw")' --config.lfw.manual_dir=/data/lfw
+    # crop_fraction 0.6: the centre of LFW's 250 px images that holds the face (a choice).
     c.lfw = ml_collections.ConfigDict(
         dict(manual_dir="", image_dir="", crop_fraction=0.6, yaw=0.0, far=1e-3)
     )
@@ -120,104 +107,156 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
     c.optimizer.weight_decay = 1e-4
     c.optimizer.schedule = "steps"  # x0.1 at 80 / 90 / 95 % (the paper)
     c.keep_checkpoints = 1
+    return c
 
-    if base == "msceleb":
-        c.data.builder = "insightface_rec"
-        c.num_classes = 85742  # MS1MV2 (faces_emore); set to your property file's count
-        c.image_size = 112
-        c.model.backbone.name = "resnet50"
-        c.model.update(width=1.0, stem="small")
-        c.batch_size = 256
-        c.eval_batch_size = 256
-        c.num_train_steps = 150_000
-        c.log_every, c.eval_every, c.checkpoint_every = 100, 10_000, 5_000
-        c.evals = ["cfp"]
-        c.data_workers = 16
-        if variant == "msceleb_1m":
-            c.num_classes = 1_000_000
-            c.model.embed_dim = 512
-            c.head.update(type="arcface", dropout=0.0, scale=64.0, margin=0.5)
-            c.head.update(sample_rate=0.1, class_groups=64)
-            c.model_parallel = 8
-    elif base == "cfp":
-        c.data.builder = "cfp_manual"
-        c.data.manual_dir = CFP_DIR
-        c.data.overrides = ml_collections.ConfigDict(
-            dict(image_size=64, train_splits=[1, 2, 3, 4, 5, 6, 7, 8])
-        )
-        c.num_classes = 400
-        c.yaw_source = "profile_flag"
-        # Sized for a shared 2-core CPU (~0.5 core each when busy): 48 px input, ResNet-10 at 1/4 width.
-        c.image_size = 48
-        c.model.backbone.name = "resnet10"
-        c.model.update(width=0.25)
-        c.head.dropout = 0.5
-        c.batch_size = 64
-        c.num_train_steps = 1200
-        c.optimizer.warmup_steps = 50
-        c.log_every, c.eval_every, c.checkpoint_every = 50, 1200, 1200
-        c.evals = ["cfp", "identification"]
-        if variant.startswith("cfp_aligned"):
-            # The same run on crops aligned to the ArcFace template from the fiducials'
-            # 5 points: what `jaxface verify` / `FaceAnalyzer` feed it on real photos.
-            c.data.crop = "aligned"
-            # CFP's images are tight face crops: a tighter template (zoom 1.25) and a
-            # replicated edge instead of a black frame where the crop leaves the image.
-            c.data.align = ml_collections.ConfigDict(dict(supersample=2, zoom=1.25, border="edge"))
-    elif base == "synthetic":
-        c.data.builder = "synthetic_faces"
-        c.data.config = "identity"
-        c.data.overrides = ml_collections.ConfigDict(
-            dict(
-                num_train_identities=500,
-                num_test_identities=100,
-                images_per_identity=10,
-                identity_image_size=48,
-            )
-        )
-        c.num_classes = 500
-        c.image_size = 48
-        c.head.dropout = 0.5
-        c.batch_size = 64
-        c.num_train_steps = 400
-        c.optimizer.warmup_steps = 40
-        c.log_every, c.eval_every, c.checkpoint_every = 50, 400, 400
-        c.evals = ["verification", "identification"]
-    else:  # tiny
-        c.data.builder = "synthetic_faces"
-        c.data.config = "identity"
-        c.data.overrides = ml_collections.ConfigDict(
-            dict(
-                num_train_identities=16,
-                num_test_identities=8,
-                images_per_identity=6,
-                identity_image_size=32,
-            )
-        )
-        c.num_classes = 16
-        c.image_size = 32
-        c.model.backbone.name = "resnet10"
-        c.model.update(width=0.125, embed_dim=32)
-        c.head.dropout = 0.0
-        c.batch_size = 16
-        c.eval_batch_size = 16
-        c.num_train_steps = 4
-        c.optimizer.learning_rate = 0.05
-        c.optimizer.schedule = "constant"
-        c.log_every, c.eval_every, c.checkpoint_every = 1, 4, 4
-        c.evals = ["verification", "identification"]
-        c.verification.folds = 4
-        c.async_checkpointing = False
 
-    if stitch:
-        # Stitching (the paper): stem frozen, SGD lr 1e-3, momentum 0.9, wd 1e-4, batch 256,
-        # 10,000 iterations. The CPU variants run 30x fewer steps, so they take lr 1e-2 instead.
-        # Pass --config.init_from=<end-to-end workdir>.
+def _msceleb(c):
+    """The paper's setting: ResNet-50 on MS1MV2 (insightface RecordIO), batch 256."""
+    c.data.builder = "insightface_rec"
+    c.num_classes = 85742  # MS1MV2 (faces_emore); set to your property file's count
+    c.image_size = 112  # insightface's aligned 112 px crops
+    c.model.backbone.name = "resnet50"
+    c.model.update(width=1.0, stem="small")
+    c.batch_size = 256
+    c.eval_batch_size = 256
+    # Not published: 150k steps at batch 256 are ~6.6 passes over MS1MV2's 5.8M images.
+    c.num_train_steps = 150_000
+    c.log_every, c.eval_every, c.checkpoint_every = 100, 10_000, 5_000
+    c.evals = ["cfp"]
+    c.data_workers = 16  # parallel JPEG decoding for batch 256 (a choice)
+
+
+def _million(c):
+    """1,000,000 identities: 512-d ArcFace (Deng et al., CVPR 2019: s 64, m 0.5), the
+    classifier split over 8 devices, Partial FC keeping 10 % of the centres (An et al.,
+    ICCVW 2021)."""
+    c.num_classes = 1_000_000
+    c.model.embed_dim = 512
+    c.head.update(type="arcface", dropout=0.0, scale=64.0, margin=0.5)
+    c.head.update(sample_rate=0.1, class_groups=64)  # 64 groups: 8-64 devices, one layout
+    c.model_parallel = 8
+
+
+def _cfp(c):
+    """CFP's real identities of protocol splits 01-08 (400 identities, 5,600 images) for
+    training, FF / FP on the unseen splits 09-10; sized for a 2-core CPU."""
+    c.data.builder = "cfp_manual"
+    c.data.manual_dir = jf_config.data_dir_for("cfp")
+    c.data.overrides = ml_collections.ConfigDict(
+        dict(image_size=64, train_splits=[1, 2, 3, 4, 5, 6, 7, 8])
+    )
+    c.num_classes = 400
+    c.yaw_source = "profile_flag"
+    # Sized for a 2-core CPU: 48 px input, ResNet-10 at 1/4 width (docs/results/dream_cfp.md).
+    c.image_size = 48
+    c.model.backbone.name = "resnet10"
+    c.model.update(width=0.25)
+    c.head.dropout = 0.5  # lighter than the paper's 0.7 for the small net (a choice)
+    c.batch_size = 64
+    c.num_train_steps = 1200  # ~14 passes over the 5,600 images
+    c.optimizer.warmup_steps = 50
+    c.log_every, c.eval_every, c.checkpoint_every = 50, 1200, 1200
+    c.evals = ["cfp", "identification"]
+
+
+def _aligned(c):
+    """Crops aligned to the ArcFace template from the fiducials' 5 points: what
+    `jaxface verify` / `FaceAnalyzer` feed the net on real photos."""
+    c.data.crop = "aligned"
+    # CFP's images are tight face crops: a tighter template (zoom 1.25) and a replicated
+    # edge instead of a black frame where the crop leaves the image.
+    c.data.align = ml_collections.ConfigDict(dict(supersample=2, zoom=1.25, border="edge"))
+
+
+def _synthetic(c):
+    """The quickstart's: 500 train / 100 test synthetic identities x 10 images at 48 px."""
+    c.data.builder = "synthetic_faces"
+    c.data.config = "identity"
+    c.data.overrides = ml_collections.ConfigDict(
+        dict(
+            num_train_identities=500,
+            num_test_identities=100,
+            images_per_identity=10,
+            identity_image_size=48,
+        )
+    )
+    c.num_classes = 500
+    c.image_size = 48
+    c.head.dropout = 0.5  # as `cfp`
+    c.batch_size = 64
+    c.num_train_steps = 400  # the quickstart's budget: minutes on a 2-core CPU
+    c.optimizer.warmup_steps = 40
+    c.log_every, c.eval_every, c.checkpoint_every = 50, 400, 400
+    c.evals = ["verification", "identification"]
+
+
+def _tiny(c):
+    """For tests: 4 steps, 32 px, 16 identities."""
+    c.data.builder = "synthetic_faces"
+    c.data.config = "identity"
+    c.data.overrides = ml_collections.ConfigDict(
+        dict(
+            num_train_identities=16,
+            num_test_identities=8,
+            images_per_identity=6,
+            identity_image_size=32,
+        )
+    )
+    c.num_classes = 16
+    c.image_size = 32
+    c.model.backbone.name = "resnet10"
+    c.model.update(width=0.125, embed_dim=32)
+    c.head.dropout = 0.0
+    c.batch_size = 16
+    c.eval_batch_size = 16
+    c.num_train_steps = 4
+    c.optimizer.learning_rate = 0.05
+    c.optimizer.schedule = "constant"
+    c.log_every, c.eval_every, c.checkpoint_every = 1, 4, 4
+    c.evals = ["verification", "identification"]
+    c.verification.folds = 4  # 8 test identities: 4 folds of 2
+    c.async_checkpointing = False
+
+
+def _naive(c):
+    """The twin without the DREAM block (same everything else)."""
+    c.model.use_dream = False
+
+
+def _stitch(steps: int, lr: float):
+    """Stitching (the paper: stem frozen, SGD lr 1e-3, momentum 0.9, wd 1e-4, 10,000
+    iterations). The CPU variants run 30x fewer steps, so they take lr 1e-2 instead.
+    Pass --config.init_from=<end-to-end workdir>."""
+
+    def overlay(c):
         c.mode = "stitching"
-        c.optimizer.learning_rate = 1e-3 if base == "msceleb" else 1e-2
+        c.optimizer.learning_rate = lr
         c.optimizer.schedule = "constant"
         c.optimizer.warmup_steps = 0
-        c.num_train_steps = {"msceleb": 10_000, "cfp": 300, "synthetic": 200, "tiny": 4}[base]
-        c.eval_every = c.num_train_steps
-        c.checkpoint_every = c.num_train_steps
-    return c
+        c.num_train_steps = c.eval_every = c.checkpoint_every = steps
+
+    return overlay
+
+
+_BASES = {
+    "msceleb": ((_msceleb,), _stitch(10_000, 1e-3)),
+    "cfp": ((_cfp,), _stitch(300, 1e-2)),
+    "synthetic": ((_synthetic,), _stitch(200, 1e-2)),
+    "tiny": ((_tiny,), _stitch(4, 1e-2)),
+}
+# Variant name -> the overlays applied, in order, to `base()`: every X, X_naive, X_stitch.
+VARIANTS = {
+    name + suffix: overlays + extra
+    for name, (overlays, stitch) in _BASES.items()
+    for suffix, extra in (("", ()), ("_naive", (_naive,)), ("_stitch", (stitch,)))
+}
+VARIANTS.update(
+    cfp_aligned=(_cfp, _aligned),
+    cfp_aligned_naive=(_cfp, _aligned, _naive),
+    msceleb_1m=(_msceleb, _million),
+)
+SMALL_VARIANT = "tiny"
+
+
+def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
+    return jf_config.variant_config("configs/dream.py", arg or "synthetic", base, VARIANTS)

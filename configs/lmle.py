@@ -10,6 +10,9 @@ Variants (``get_config(arg)``):
   tiny        — BCE shrunk for tests (a few steps, a tiny synthetic set); tests switch
                 ``config.loss`` to run the other losses on it.
 
+Real data: ``celeba`` reads --config.data.manual_dir, or ``$JAXFACE_DATA/celeba`` when the
+environment variable JAXFACE_DATA names the folder that holds celeba/.
+
 Run:
   jaxface train --config configs/lmle.py:synthetic --workdir /tmp/jaxface/lmle_synthetic
   jaxface train --config configs/lmle.py:bce --workdir /tmp/jaxface/lmle_bce
@@ -25,42 +28,37 @@ import ml_collections
 from jaxface import config as jf_config
 from jaxface.data.attribute_names import CELEBA_ATTRIBUTES
 
-# CelebA's 40 attributes, in the order of list_attr_celeba.txt.
 
-
-VARIANTS = ("synthetic", "bce", "triplet_knn", "celeba", "tiny")
-SMALL_VARIANT = "tiny"
-
-
-def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
-    variant = arg or "synthetic"
-    if variant not in VARIANTS:
-        raise ValueError(
-            f"configs/lmle.py: unknown variant {variant!r} (expected {' | '.join(VARIANTS)})"
-        )
+def base() -> ml_collections.ConfigDict:
+    """The BCE baseline on the synthetic CelebA-rate attributes (the `bce` variant); the
+    LMLE numbers are the paper's where it publishes them (docs/methods.md, LMLE)."""
     c = jf_config.base_config()
     c.task = "attributes"
     c.num_attributes = 40
-    c.attribute_names = list(CELEBA_ATTRIBUTES)
+    c.attribute_names = list(CELEBA_ATTRIBUTES)  # CelebA's 40, in list_attr_celeba.txt order
     c.loss = "bce"  # bce | lmle | triplet_knn
     c.class_balanced = False  # bce: inverse-frequency class weights
-    c.image_size = 64
+    c.image_size = 64  # the synthetic faces' size
     c.square_crop = False  # centre-crop non-square images before resizing
     c.random_flip = True
-    c.rate_sample = 5000
+    c.rate_sample = 5000  # training labels read to estimate each attribute's positive rate
     # LMLE / triplet (ignored by bce).
     c.lmle_margins = [0.05, 0.05, 0.2]  # g1, g2, g3 (unpublished; see losses/_attributes.py)
-    c.triplet_margin = 0.2
-    c.clusters_per_class = 4  # k-means clusters per class and attribute
-    c.recluster_every = 250  # steps between re-clusterings (paper: 5,000)
-    c.cluster_sample = 4000  # training images embedded per clustering (0 = all)
-    c.kmeans_iters = 30
-    c.knn_k = 4  # nearest centroids of the cluster-wise kNN rule
-    c.balanced_sampling = True  # class-balanced batches (attributes round-robin)
+    c.triplet_margin = 0.2  # FaceNet's triplet margin (Schroff et al., CVPR 2015)
+    c.clusters_per_class = 4  # k-means clusters per class and attribute (not published)
+    # Steps between re-clusterings (paper: 5,000 iterations); scaled to the 1,000-step runs.
+    c.recluster_every = 250
+    c.cluster_sample = 4000  # training images embedded per clustering (0 = all); bounds its cost
+    c.kmeans_iters = 30  # Lloyd iterations per clustering (a choice bounding its cost)
+    # Nearest centroids of the cluster-wise kNN rule (not published): k = clusters_per_class,
+    # so a query can see every cluster of its class.
+    c.knn_k = 4
+    c.balanced_sampling = True  # class-balanced batches (attributes round-robin), as the paper
     c.baseline_report = ""  # a baseline workdir (or its attributes_*_latest.json)
     c.baseline_name = ""
     c.method_name = ""
-    # Channel counts that are multiples of 16 run several times faster on XLA:CPU here.
+    # Channel counts that are multiples of 16 run several times faster on XLA:CPU
+    # (benchmarks/README.md); a 4-stage net small enough for a 2-core CPU.
     c.model = ml_collections.ConfigDict(
         dict(
             embedding_dim=64,
@@ -72,6 +70,7 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
     c.data.builder = "synthetic_faces"
     c.data.config = "attributes"
     c.evals = ["balanced_accuracy"]
+    # AdamW lr 2e-3, 100 warm-up steps, 1,500 steps at batch 64: tuned on the synthetic set.
     c.batch_size = 64
     c.num_train_steps = 1500
     c.log_every = 100
@@ -81,61 +80,88 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
     c.optimizer.learning_rate = 2e-3
     c.optimizer.weight_decay = 1e-4
     c.optimizer.warmup_steps = 100
-    if variant in ("synthetic", "triplet_knn"):
-        c.loss = "lmle" if variant == "synthetic" else "triplet_knn"
-        c.method_name = "LMLE" if variant == "synthetic" else "triplet+kNN"
-        c.model.embedding_dim = 16  # per attribute: 40 x 16
+    return c
+
+
+def _embedding(loss: str, name: str):
+    """LMLE (or the triplet baseline): 16-d per attribute (40 x 16), cluster-wise kNN.
+    Sized for the quickstart (<= 4 min on a 2-core CPU, docs/results/lmle_vs_bce.md);
+    compare with `bce --config.num_train_steps=1000` for the same step budget."""
+
+    def overlay(c):
+        c.loss = loss
+        c.method_name = name
+        c.model.embedding_dim = 16
         c.evals = ["cluster_knn"]
-        # Sized for the quickstart (<= 4 min on a 2-core CPU); compare with
-        # `bce --config.num_train_steps=1000` for the same step budget.
         c.num_train_steps = 1000
         c.eval_every = 1000
-    elif variant == "celeba":
-        c.loss = "lmle"
-        c.method_name = "LMLE"
-        c.data.builder = "celeb_a_manual"
-        c.data.config = ""
-        c.data.manual_dir = ""  # required: the original CelebA layout
-        c.square_crop = True  # 218x178 aligned crops -> centre 178x178
-        c.image_size = 128
-        c.model.widths = [64, 128, 256, 512]
-        c.model.embedding_dim = 32
-        c.clusters_per_class = 8
-        c.knn_k = 10
-        c.cluster_sample = 20000
-        c.recluster_every = 2000
-        c.evals = ["cluster_knn"]
-        c.eval_split = "test"
-        c.batch_size = 256
-        c.eval_batch_size = 512
-        # 16384 x 256 = 2^22 records: the balanced sampler stays exact per step.
-        c.num_train_steps = 16384
-        c.log_every = 200
-        c.eval_every = 4096
-        c.checkpoint_every = 2000
-        c.rate_sample = 20000
-        c.data_workers = 12
-        c.prefetch = 4
-        c.optimizer.learning_rate = 1e-3
-        c.optimizer.warmup_steps = 500
-    elif variant == "tiny":
-        c.image_size = 32
-        c.model.widths = [8, 16]
-        c.model.embedding_dim = 16
-        c.data.overrides = ml_collections.ConfigDict(
-            dict(num_train=256, num_test=64, image_size=32)
-        )
-        c.batch_size = 16
-        c.eval_batch_size = 32
-        c.num_train_steps = 6
-        c.log_every = 2
-        c.eval_every = 6
-        c.checkpoint_every = 3
-        c.rate_sample = 256
-        c.clusters_per_class = 2
-        c.knn_k = 3
-        c.cluster_sample = 128
-        c.recluster_every = 3
-        c.kmeans_iters = 10
-        c.optimizer.warmup_steps = 0
-    return c
+
+    return overlay
+
+
+def _celeba(c):
+    """LMLE on the real CelebA (original layout), sized for one GPU."""
+    c.loss = "lmle"
+    c.method_name = "LMLE"
+    c.data.builder = "celeb_a_manual"
+    c.data.config = ""
+    c.data.manual_dir = jf_config.data_dir_for("celeba")  # required: the original layout
+    c.square_crop = True  # 218x178 aligned crops -> centre 178x178
+    c.image_size = 128  # 178 px crops scaled to 128: a choice for one GPU
+    c.model.widths = [64, 128, 256, 512]  # ResNet widths; a choice for one GPU
+    c.model.embedding_dim = 32
+    c.clusters_per_class = 8  # more clusters for the real set's variety (not published)
+    c.knn_k = 10  # not published; > clusters_per_class, as on the synthetic set
+    c.cluster_sample = 20000
+    c.recluster_every = 2000  # paper: 5,000 iterations; scaled to 16k steps
+    c.evals = ["cluster_knn"]
+    c.eval_split = "test"
+    c.batch_size = 256
+    c.eval_batch_size = 512
+    # 16384 x 256 = 2^22 records: the balanced sampler stays exact per step.
+    c.num_train_steps = 16384
+    c.log_every = 200
+    c.eval_every = 4096
+    c.checkpoint_every = 2000
+    c.rate_sample = 20000
+    c.data_workers = 12  # JPEG decoding for batch 256 (a choice)
+    c.prefetch = 4
+    c.optimizer.learning_rate = 1e-3  # a choice for batch 256 (not published)
+    c.optimizer.warmup_steps = 500
+
+
+def _tiny(c):
+    """BCE shrunk for tests (6 steps on 256 images of 32 px); tests switch ``config.loss``
+    to run the other losses on it."""
+    c.image_size = 32
+    c.model.widths = [8, 16]
+    c.model.embedding_dim = 16
+    c.data.overrides = ml_collections.ConfigDict(dict(num_train=256, num_test=64, image_size=32))
+    c.batch_size = 16
+    c.eval_batch_size = 32
+    c.num_train_steps = 6
+    c.log_every = 2
+    c.eval_every = 6
+    c.checkpoint_every = 3
+    c.rate_sample = 256
+    c.clusters_per_class = 2
+    c.knn_k = 3
+    c.cluster_sample = 128
+    c.recluster_every = 3
+    c.kmeans_iters = 10
+    c.optimizer.warmup_steps = 0
+
+
+# Variant name -> the overlays applied, in order, to `base()`.
+VARIANTS = {
+    "synthetic": (_embedding("lmle", "LMLE"),),
+    "bce": (),
+    "triplet_knn": (_embedding("triplet_knn", "triplet+kNN"),),
+    "celeba": (_celeba,),
+    "tiny": (_tiny,),
+}
+SMALL_VARIANT = "tiny"
+
+
+def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
+    return jf_config.variant_config("configs/lmle.py", arg or "synthetic", base, VARIANTS)

@@ -23,8 +23,11 @@ Variants (``get_config(arg)``):
                    face-free photographs (`jaxface.data.cfp_scenes`), evaluated with the
                    WIDER protocol on held-out scenes whose faces are CFP identities of
                    protocol splits 09-10 (unseen in training). Needs CFP in
-                   --config.data.manual_dir (default ../shared/data/cfp).
+                   --config.data.manual_dir or $JAXFACE_DATA/cfp.
   tiny           — tests: a few steps on a tiny synthetic set.
+
+Real data: --config.data.manual_dir, or the environment variable JAXFACE_DATA naming the
+folder that holds cfp/ (CFP's original layout).
 
 Run:
   jaxface train --config configs/scaleface.py:synthetic --workdir /tmp/jaxface/scaleface
@@ -38,8 +41,6 @@ Predictions on any image folder (WIDER `<event>/<image>.txt`):
       --workdir /tmp/jaxface/scaleface --images WIDER_val/images --out /tmp/pred
 """
 
-import os
-
 import ml_collections
 
 from jaxface import config as jf_config
@@ -47,14 +48,6 @@ from jaxface.models import pretrained
 
 # torchvision's ResNet50_Weights.IMAGENET1K_V1 file (the `wider` variant's backbone).
 IMAGENET_RESNET50 = "resnet50-0676ba61.pth"
-
-# ../shared/data/cfp beside the repository (the real data never lives inside it).
-CFP_DIR = os.path.normpath(
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "cfp")
-)
-
-VARIANTS = ("wider", "synthetic", "single_branch", "cfp_scenes", "tiny")
-SMALL_VARIANT = "tiny"
 
 
 def _branch(name, size_range, stages, stride, anchors):
@@ -69,16 +62,13 @@ def _branch(name, size_range, stages, stride, anchors):
     )
 
 
-def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
-    variant = arg or "synthetic"
-    if variant not in VARIANTS:
-        raise ValueError(
-            f"configs/scaleface.py: unknown variant {variant!r} (expected {' | '.join(VARIANTS)})"
-        )
+def base() -> ml_collections.ConfigDict:
+    """The paper's detector on WIDER FACE (the `wider` variant); numbers without a comment
+    are the paper's (docs/methods.md, ScaleFace)."""
     c = jf_config.base_config()
     c.task = "detection"
-    c.image_size = 1024
-    c.max_faces = 512
+    c.image_size = 1024  # WIDER images are 1024 px wide: the whole image, unscaled
+    c.max_faces = 512  # ground-truth slots per image (padding; not a paper number)
     c.model = ml_collections.ConfigDict(
         dict(
             # torchvision's ImageNet ResNet-50 (ResNet50_Weights.IMAGENET1K_V1), downloaded
@@ -96,16 +86,19 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
                 _branch("medium", (40, 140), ("res3", "res4"), 16, (32, 64, 96, 128)),
                 _branch("large", (140, 0), ("res4", "res5"), 32, (128, 256, 384, 512)),
             ],
-            merge_channels=256,
+            merge_channels=256,  # the stage merge is not published: FPN's 256 (Lin et al. 2017)
             rpn_channels=512,
             head_conv_channels=512,
             head_fc=[1024, 512],
             roi_size=5,
-            roi_op="align",
+            roi_op="align",  # RoIAlign (He et al. 2017) with 2x2 samples per bin: Mask R-CNN's
             roi_sampling_ratio=2,
             landmarks=False,
         )
     )
+    # Faster R-CNN's anchor / RoI labelling (Ren et al., NIPS 2015; Girshick, ICCV 2015);
+    # ScaleFace does not publish its own. The ignore rule (IoA 0.5 with an ignored face) and
+    # the out-of-range IoU are this implementation's choices.
     c.targets = ml_collections.ConfigDict(
         dict(
             rpn_pos_iou=0.7,
@@ -118,20 +111,28 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
             ignore_ioa=0.5,
         )
     )
+    # Not published: flips, colour jitter, a random rescale in [0.5, 1.5]; a cropped face
+    # keeping less than half its area is ignored.
     c.augment = ml_collections.ConfigDict(
         dict(flip=True, photometric=True, scale_range=[0.5, 1.5], min_visible=0.5)
     )
     c.ohem = True
-    c.ohem_rois = 128  # RoIs kept per image and branch
-    c.landmark_weight = 1.0
+    # RoIs kept per image and branch: the mini-batch B = 128 of Fast R-CNN / OHEM
+    # (Shrivastava et al., CVPR 2016); ScaleFace does not publish its own.
+    c.ohem_rois = 128
+    c.landmark_weight = 1.0  # landmark term beside the box term, equal weight (a choice)
+    # Proposals before / after the RPN's NMS (IoU 0.7 as in Faster R-CNN); 300 at test as
+    # Faster R-CNN; 2000 / 1000 before NMS bound the sort (a choice).
     c.train_pre_nms_topk = 2000
     c.train_post_nms_topk = 300
     c.test_pre_nms_topk = 1000
     c.test_post_nms_topk = 300
     c.rpn_nms_iou = 0.7
+    # Final NMS IoU 0.4 and at most 750 detections per image: the settings of the WIDER
+    # evaluation scripts most detectors report with (e.g. RetinaFace's keep_top_k=750).
     c.nms_iou = 0.4
     c.max_detections = 750
-    c.score_threshold = 0.0
+    c.score_threshold = 0.0  # keep every score: the WIDER protocol sweeps thresholds itself
     c.range_slack = 0.0  # > 0: drop a branch's detections outside its range x/÷ slack
     # AP per face-size bucket (original pixels), besides easy / medium / hard.
     c.eval_size_buckets = [[10, 40], [40, 140], [140, 0]]
@@ -145,6 +146,10 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
     # the threshold) to TensorBoard (eval/sample_detections) and to the workdir as PNG.
     c.eval_sample_images = 0
     c.eval_sample_threshold = 0.5
+    # Schedule not published: Detectron's Faster R-CNN recipe scaled to batch 8 (lr 0.02 at
+    # batch 16 -> 0.01 at 8, momentum 0.9, wd 1e-4, 500 warm-up steps); 80k steps are ~50
+    # passes over WIDER train's 12,880 images; lr x0.1 at 3/4; clipping at 10 guards the
+    # first steps from scratch.
     c.batch_size = 8
     c.eval_batch_size = 8
     c.num_train_steps = 80_000
@@ -159,14 +164,16 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
     c.optimizer.decay_at = [0.75]
     c.optimizer.warmup_steps = 500
     c.optimizer.grad_clip_norm = 10.0
-    if variant == "wider":
-        return c
+    return c
 
-    # --- synthetic scenes (256-320 px) on a 320 px canvas, a narrow ResNet-18-like net.
+
+def _synthetic_scenes(c):
+    """The synthetic scenes (256-320 px, up to 40 faces) on a 320 px canvas."""
     c.image_size = 320
-    c.max_faces = 48
+    c.max_faces = 48  # > the 40 faces a scene holds
     c.data.builder = "synthetic_faces"
     c.data.config = "detection"
+    # 1,200 / 200 scenes: enough for the quickstart's 400 steps at batch 8 (~2.7 passes).
     c.data.overrides = ml_collections.ConfigDict(
         dict(
             num_train=1200,
@@ -177,6 +184,15 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
             detection_max_face=240,
         )
     )
+    c.augment.scale_range = [0.7, 1.4]  # narrower than WIDER's: the scenes are small already
+    c.eval_split = "validation"
+    c.evals = ["wider"]
+    c.eval_sample_images = 4
+
+
+def _cpu_net(c):
+    """A narrow ResNet-18-like net (1 block per stage, 1/4 width) and three branches at
+    the scenes' sizes (8-28 / 28-80 / 80+ px), sized to train in minutes on a 2-core CPU."""
     c.model.backbone = dict(
         stage_sizes=[1, 1, 1, 1], block="basic", width=0.25, stem="imagenet", pretrained=""
     )
@@ -191,7 +207,7 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
     c.model.head_fc = [128, 64]
     c.model.roi_size = 5
     c.model.landmarks = True
-    c.augment.scale_range = [0.7, 1.4]
+    # Budgets scaled to <= 40 faces per scene (a quarter of the paper's, or less).
     c.targets.rpn_batch = 128
     c.ohem_rois = 32
     c.train_pre_nms_topk = 256
@@ -200,79 +216,93 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
     c.test_post_nms_topk = 100
     c.max_detections = 100
     c.eval_size_buckets = [[10, 28], [28, 80], [80, 0]]
-    c.eval_split = "validation"
-    c.evals = ["wider"]
-    c.eval_sample_images = 4
+
+
+def _cpu_schedule(c):
+    """AdamW with a cosine decay: converges in 400 steps where SGD needs thousands."""
     c.batch_size = 8
     c.eval_batch_size = 8
-    c.num_train_steps = 400
+    c.num_train_steps = 400  # the quickstart's budget: a few minutes on a 2-core CPU
     c.log_every = 50
     c.eval_every = 400
     c.checkpoint_every = 400
     c.optimizer.name = "adamw"
-    c.optimizer.learning_rate = 2e-3
+    c.optimizer.learning_rate = 2e-3  # tuned on the synthetic scenes
     c.optimizer.weight_decay = 1e-4
     c.optimizer.schedule = "cosine"
     c.optimizer.warmup_steps = 30
-    if variant == "single_branch":
-        # One detector over all sizes; same total proposal and OHEM budget as the three.
-        c.model.branches = [
-            _branch("all", (8, 0), ("res3", "res4"), 16, (12, 20, 32, 48, 64, 96, 144, 208))
-        ]
-        c.train_post_nms_topk = 3 * 48
-        c.test_post_nms_topk = 3 * 100
-        c.ohem_rois = 3 * 32
-        c.targets.rpn_batch = 3 * 128
-    if variant == "cfp_scenes":
-        # Real CFP faces (train: identities of protocol splits 01-08; test: 09-10) pasted
-        # on scikit-image's face-free photographs (jaxface.data.cfp_scenes): 256-320 px
-        # scenes, 1-6 faces of 10-288 px. Same CPU-sized net as `synthetic`.
-        c.data.builder = "cfp_scenes"
-        c.data.config = "default"
-        c.data.manual_dir = CFP_DIR
-        c.data.overrides = ml_collections.ConfigDict(dict(num_train=3000, num_test=300))
-        c.max_faces = 8
-        c.eval_split = "test"
-        c.num_train_steps = 1600  # measured: 26 min on the shared 2-core CPU (1.25 steps/s)
-        c.log_every = 25
-        c.eval_every = 1600
-        c.checkpoint_every = 200
-        c.optimizer.warmup_steps = 50
-    if variant == "tiny":
-        c.image_size = 128
-        c.max_faces = 16
-        c.data.overrides = ml_collections.ConfigDict(
-            dict(
-                num_train=32,
-                num_validation=8,
-                detection_min_side=96,
-                detection_max_side=128,
-                detection_max_faces=6,
-                detection_min_face=8,
-                detection_max_face=96,
-            )
+
+
+def _single_branch(c):
+    """The ablation: one detector over all sizes; the same total proposal and OHEM budget
+    as the three branches (3x each)."""
+    c.model.branches = [
+        _branch("all", (8, 0), ("res3", "res4"), 16, (12, 20, 32, 48, 64, 96, 144, 208))
+    ]
+    c.train_post_nms_topk = 3 * 48
+    c.test_post_nms_topk = 3 * 100
+    c.ohem_rois = 3 * 32
+    c.targets.rpn_batch = 3 * 128
+
+
+def _cfp_scenes(c):
+    """Real CFP faces (train: identities of protocol splits 01-08; test: 09-10) pasted on
+    scikit-image's face-free photographs (jaxface.data.cfp_scenes): 256-320 px scenes,
+    1-6 faces of 10-288 px. Same CPU-sized net as `synthetic`."""
+    c.data.builder = "cfp_scenes"
+    c.data.config = "default"
+    c.data.manual_dir = jf_config.data_dir_for("cfp")
+    c.data.overrides = ml_collections.ConfigDict(dict(num_train=3000, num_test=300))
+    c.max_faces = 8  # > the 6 faces a scene holds
+    c.eval_split = "test"
+    # Measured: 26 min on a 2-core x86 CPU under load (1.25 steps/s), see
+    # docs/results/scaleface_cfp_scenes.md.
+    c.num_train_steps = 1600
+    c.log_every = 25
+    c.eval_every = 1600
+    c.checkpoint_every = 200
+    c.optimizer.warmup_steps = 50
+
+
+def _tiny(c):
+    """For tests: 4 steps on 32 scenes of 96-128 px, a 1/8-width net."""
+    c.image_size = 128
+    c.max_faces = 16
+    c.data.overrides = ml_collections.ConfigDict(
+        dict(
+            num_train=32,
+            num_validation=8,
+            detection_min_side=96,
+            detection_max_side=128,
+            detection_max_faces=6,
+            detection_min_face=8,
+            detection_max_face=96,
         )
-        c.model.backbone = dict(
-            stage_sizes=[1, 1, 1, 1], block="basic", width=0.125, stem="imagenet", pretrained=""
-        )
-        c.model.merge_channels = 16
-        c.model.rpn_channels = 16
-        c.model.head_conv_channels = 16
-        c.model.head_fc = [32, 32]
-        c.model.roi_size = 3
-        c.train_pre_nms_topk = 64
-        c.train_post_nms_topk = 16
-        c.test_pre_nms_topk = 64
-        c.test_post_nms_topk = 16
-        c.max_detections = 20
-        c.ohem_rois = 8
-        c.targets.rpn_batch = 32
-        c.batch_size = 8
-        c.eval_batch_size = 8
-        c.num_train_steps = 4
-        c.log_every = 1
-        c.eval_every = 4
-        c.checkpoint_every = 4
-        c.optimizer.warmup_steps = 0
-        c.optimizer.learning_rate = 1e-3
-    return c
+    )
+    c.model.backbone.width = 0.125
+    c.model.update(merge_channels=16, rpn_channels=16, head_conv_channels=16, head_fc=[32, 32])
+    c.model.roi_size = 3
+    c.train_pre_nms_topk, c.train_post_nms_topk = 64, 16
+    c.test_pre_nms_topk, c.test_post_nms_topk = 64, 16
+    c.max_detections = 20
+    c.ohem_rois = 8
+    c.targets.rpn_batch = 32
+    c.num_train_steps, c.log_every, c.eval_every, c.checkpoint_every = 4, 1, 4, 4
+    c.optimizer.warmup_steps = 0
+    c.optimizer.learning_rate = 1e-3
+
+
+_CPU = (_synthetic_scenes, _cpu_net, _cpu_schedule)
+# Variant name -> the overlays applied, in order, to `base()`.
+VARIANTS = {
+    "wider": (),
+    "synthetic": _CPU,
+    "single_branch": _CPU + (_single_branch,),
+    "cfp_scenes": _CPU + (_cfp_scenes,),
+    "tiny": _CPU + (_tiny,),
+}
+SMALL_VARIANT = "tiny"
+
+
+def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
+    return jf_config.variant_config("configs/scaleface.py", arg or "synthetic", base, VARIANTS)

@@ -8,8 +8,48 @@ a silently ignored value. Task fields are declared by each config file.
 from __future__ import annotations
 
 import math
+import os
+from typing import Callable, Mapping, Sequence
 
 import ml_collections
+
+# The folder holding the real datasets (``$JAXFACE_DATA/cfp``, ``$JAXFACE_DATA/celeba``, ...).
+DATA_ENV = "JAXFACE_DATA"
+
+
+def data_dir_for(name: str) -> str:
+    """``$JAXFACE_DATA/<name>`` when the environment variable is set, else ``""``.
+
+    Configs call it while building a variant that reads real data, so
+    ``JAXFACE_DATA=/data jaxface train --config configs/dream.py:cfp`` finds CFP in
+    ``/data/cfp``; ``--config.data.manual_dir=...`` overrides it. An empty value is an
+    error where the data is read (`jaxface.data.sources.get_builder`), not here.
+    """
+    root = os.environ.get(DATA_ENV, "")
+    return os.path.join(root, name) if root else ""
+
+
+Overlay = Callable[[ml_collections.ConfigDict], None]
+
+
+def variant_config(
+    file: str,
+    arg: str,
+    base: Callable[[], ml_collections.ConfigDict],
+    variants: Mapping[str, Sequence[Overlay]],
+) -> ml_collections.ConfigDict:
+    """``base()`` with the overlays of variant ``arg`` applied in order.
+
+    ``variants`` maps each variant name to its overlays (functions that set fields of
+    the config in place); an unknown name is a one-line `ValueError` listing the valid
+    ones.
+    """
+    if arg not in variants:
+        raise ValueError(f"{file}: unknown variant {arg!r}; valid variants: {', '.join(variants)}")
+    c = base()
+    for overlay in variants[arg]:
+        overlay(c)
+    return c
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -299,7 +299,7 @@ def calibrate(recognizer, *, max_images: int = 2000, batch_size: int = 64) -> di
     from jaxface.tasks.recognition import Subset  # pylint: disable=import-outside-toplevel
 
     task, cfg = recognizer.task, recognizer.config
-    split = cfg.get("eval_split", "test")
+    split = cfg.eval_split
     meta = task.metadata(split)
     labels = np.asarray(meta["label"])
     if "is_profile" in meta:

@@ -113,17 +113,15 @@ def create_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
 
 def make_schedule(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
     lr = float(opt.learning_rate)
-    warmup = int(opt.get("warmup_steps", 0))
-    kind = opt.get("schedule", "cosine")
+    warmup = int(opt.warmup_steps)
+    kind = opt.schedule
     if kind == "constant":
         main = optax.constant_schedule(lr)
     elif kind == "cosine":
         main = optax.cosine_decay_schedule(lr, max(1, num_steps - warmup))
     elif kind == "steps":
         # Multiply by `decay_factor` at each fraction of training (DREAM: 0.8, 0.9, 0.95).
-        bounds = {
-            int(f * num_steps) - warmup: float(opt.get("decay_factor", 0.1)) for f in opt.decay_at
-        }
+        bounds = {int(f * num_steps) - warmup: float(opt.decay_factor) for f in opt.decay_at}
         main = optax.piecewise_constant_schedule(lr, bounds)
     else:
         raise ValueError(
@@ -141,14 +139,14 @@ def make_optimizer(opt: ml_collections.ConfigDict, num_steps: int, trainable_mas
     schedule = make_schedule(opt, num_steps)
     wd = float(opt.get("weight_decay", 0.0))
     decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
-    name = opt.get("name", "sgd")
+    name = opt.name
     if name == "sgd":
         chain = [optax.add_decayed_weights(wd, decay_mask)] if wd else []
         chain.append(
             optax.sgd(
                 schedule,
-                momentum=opt.get("momentum", 0.9) or None,
-                nesterov=bool(opt.get("nesterov", False)),
+                momentum=opt.momentum or None,
+                nesterov=bool(opt.nesterov),
             )
         )
         tx = optax.chain(*chain)
@@ -158,7 +156,7 @@ def make_optimizer(opt: ml_collections.ConfigDict, num_steps: int, trainable_mas
         raise ValueError(
             f"config.optimizer.name: unknown optimizer {name!r} (expected 'sgd' or 'adamw')"
         )
-    clip = float(opt.get("grad_clip_norm", 0.0))
+    clip = float(opt.grad_clip_norm)
     if clip:
         tx = optax.chain(optax.clip_by_global_norm(clip), tx)
     if trainable_mask is not None:
@@ -254,7 +252,7 @@ def make_checkpoint_manager(
     options = ocp.CheckpointManagerOptions(
         max_to_keep=int(config.keep_checkpoints),
         create=True,
-        enable_async_checkpointing=bool(config.get("async_checkpointing", True)),
+        enable_async_checkpointing=bool(config.async_checkpointing),
     )
     return ocp.CheckpointManager(
         os.path.abspath(os.path.join(workdir, "checkpoints")), options=options
@@ -292,9 +290,9 @@ class Trainer:
         self.mesh = create_mesh(config)
         self.task: Task = tasks_lib.get_task(config.task)(config)
         self.task.mesh = self.mesh
-        data_parallel = jax.device_count() // int(config.get("model_parallel", 1))
+        data_parallel = jax.device_count() // int(config.model_parallel)
         self.global_batch = int(config.batch_size)
-        accum = int(config.get("grad_accum_steps", 1))
+        accum = int(config.grad_accum_steps)
         if accum < 1:
             raise ValueError(f"config.grad_accum_steps={accum} must be >= 1")
         if self.global_batch % (data_parallel * accum):
@@ -312,7 +310,7 @@ class Trainer:
         self.per_host_batch = self.global_batch // jax.process_count()
         self.per_device_batch = self.global_batch // data_parallel
         self.per_device_microbatch = self.per_device_batch // accum
-        if jnp.dtype(config.get("compute_dtype", "float32")) not in (jnp.float32, jnp.bfloat16):
+        if jnp.dtype(config.compute_dtype) not in (jnp.float32, jnp.bfloat16):
             raise ValueError(
                 f"config.compute_dtype={config.compute_dtype!r}: expected float32 or bfloat16"
             )
@@ -334,7 +332,7 @@ class Trainer:
 
     # -- data ------------------------------------------------------------------
     def train_loader(self) -> pipeline.BatchLoader:
-        source, transform = self.task.data(self.config.get("train_split", "train"), train=True)
+        source, transform = self.task.data(self.config.train_split, train=True)
         sampler = pipeline.IndexSampler(len(source), self.global_batch, seed=int(self.config.seed))
         return pipeline.BatchLoader(
             source,
@@ -342,8 +340,8 @@ class Trainer:
             transform,
             process_index=jax.process_index(),
             process_count=jax.process_count(),
-            num_workers=int(self.config.get("data_workers", 2)),
-            prefetch=int(self.config.get("prefetch", 2)),
+            num_workers=int(self.config.data_workers),
+            prefetch=int(self.config.prefetch),
             name="train",
         )
 
@@ -375,7 +373,7 @@ class Trainer:
         (`Task.param_partition`) and their optimizer state, which is split the same way."""
         P = jax.sharding.PartitionSpec
         specs = self.task.param_partition(abstract_state.params)
-        mp = int(self.config.get("model_parallel", 1))
+        mp = int(self.config.model_parallel)
         uses_model = any(
             "model" in jax.tree.leaves(tuple(s))
             for s in jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P))
@@ -432,8 +430,8 @@ class Trainer:
         task, collection = self.task, self.collection
         tx_holder = {}
 
-        accum = int(self.config.get("grad_accum_steps", 1))
-        compute_dtype = jnp.dtype(self.config.get("compute_dtype", "float32"))
+        accum = int(self.config.grad_accum_steps)
+        compute_dtype = jnp.dtype(self.config.compute_dtype)
 
         params_to_compute = functools.partial(cast_params, dtype=compute_dtype)
         batch_to_compute = functools.partial(
@@ -552,7 +550,7 @@ class Trainer:
                 ) from None
             checkpoint_checks.check_finite(restored["state"], mngr.directory, latest)
             return restored["state"], f"resumed from step {latest}"
-        init_from = self.config.get("init_from", "")
+        init_from = self.config.init_from
         if init_from:
             params, model_state, step = restore_weights(
                 init_from, state.params, state.model_state, sharding.params, sharding.model_state
@@ -580,7 +578,7 @@ class Trainer:
         self.ctx.step = step
         self.ctx.writer = writer
         evaluators = self.task.evaluators()
-        names = list(self.config.get("evals", []) or [])
+        names = list(self.config.evals or [])
         unknown = [n for n in names if n not in evaluators]
         if unknown:
             raise ValueError(
@@ -730,7 +728,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trai
     state, origin = trainer.restore(mngr, state, sharding)
     start_step = int(state.step)
     num_steps = int(config.num_train_steps)
-    stop_at = int(config.get("stop_at_step", 0)) or num_steps
+    stop_at = int(config.stop_at_step) or num_steps
     logging.info(
         "task %s: %s, step %d of %d on %d devices (%d processes); batch %d global, "
         "%d per host, %d per device (%d per device per microbatch), compute %s",
@@ -744,7 +742,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trai
         trainer.per_host_batch,
         trainer.per_device_batch,
         trainer.per_device_microbatch,
-        config.get("compute_dtype", "float32"),
+        config.compute_dtype,
     )
     if start_step == 0:
         writer.write_hparams(
@@ -765,7 +763,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trai
     hooks = trainer.task.hooks()
     log_every, eval_every = int(config.log_every), int(config.eval_every)
     ckpt_every = int(config.checkpoint_every)
-    max_nonfinite = int(config.get("max_consecutive_nonfinite", 10))
+    max_nonfinite = int(config.max_consecutive_nonfinite)
     train_metrics, last_train = None, {}
     eval_results: dict[str, float] = {}
     status = "finished"
@@ -860,7 +858,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trai
 def load_state(config: ml_collections.ConfigDict, workdir: str, step: int | None = None):
     """``(trainer, state, step)`` restored from a checkpoint of ``workdir`` (latest by default)."""
     trainer = Trainer(config, workdir)
-    source, transform = trainer.task.data(config.get("train_split", "train"), train=True)
+    source, transform = trainer.task.data(config.train_split, train=True)
     n = trainer.global_batch
     example = pipeline.collate(
         [transform(source[i % len(source)], np.random.default_rng(i)) for i in range(n)]

@@ -24,12 +24,17 @@ sys.modules.setdefault("triton", None)
 import pytest  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-# Real data lives beside the project (../shared/data), never inside it.
-SHARED_DATA = pathlib.Path(os.environ.get("JAXFACE_SHARED_DATA", REPO.parent / "shared" / "data"))
+# Real data lives outside the project, never inside it: $JAXFACE_DATA (the variable the
+# configs read), $JAXFACE_SHARED_DATA, or ../shared/data beside the checkout.
+SHARED_DATA = pathlib.Path(
+    os.environ.get("JAXFACE_DATA")
+    or os.environ.get("JAXFACE_SHARED_DATA")
+    or REPO.parent / "shared" / "data"
+)
 
 
 def shared_data(*parts: str) -> pathlib.Path:
-    """Path under ../shared/data; skips the calling test when it is absent."""
+    """Path under the real-data folder; skips the calling test when it is absent."""
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():
         pytest.skip(f"real data not present: {path}")
@@ -37,5 +42,8 @@ def shared_data(*parts: str) -> pathlib.Path:
 
 
 @pytest.fixture
-def real_data():
+def real_data(monkeypatch):
+    """`shared_data`, with JAXFACE_DATA pointing at the real-data folder so that the
+    configs' real-data variants find it."""
+    monkeypatch.setenv("JAXFACE_DATA", str(SHARED_DATA))
     return shared_data

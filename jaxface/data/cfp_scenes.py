@@ -67,7 +67,6 @@ __all__ = [
     "face_pool",
     "load_background",
     "scene_example",
-    "DEFAULT_CFP_DIR",
 ]
 
 # scikit-image's bundled photographs that show no person (checked by eye). Left out:
@@ -91,13 +90,6 @@ BACKGROUNDS = (
     "text",
     "motorcycle_left",
     "motorcycle_right",
-)
-
-# ../shared/data/cfp beside the repository (the real data never lives inside it).
-DEFAULT_CFP_DIR = os.path.normpath(
-    os.path.join(
-        os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "data", "cfp"
-    )
 )
 
 _SPLIT_CODE = {"train": 0, "validation": 1, "test": 2}

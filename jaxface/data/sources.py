@@ -27,6 +27,15 @@ BUILDER_MODULES = {
     "cfp_scenes": "jaxface.data.cfp_scenes",
 }
 
+# Builders that read a real dataset from ``manual_dir`` -> the folder name under
+# ``$JAXFACE_DATA`` the configs look in.
+REAL_DATA_BUILDERS = {
+    "wider_face_original": "widerface",
+    "celeb_a_manual": "celeba",
+    "cfp_manual": "cfp",
+    "cfp_scenes": "cfp",
+}
+
 
 def default_data_dir() -> str:
     return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
@@ -69,6 +78,12 @@ def get_builder(
     data_dir = data_dir or default_data_dir()
     builder = tfds.builder(name, config=config, data_dir=data_dir, file_format="array_record")
     if prepare and not builder.is_prepared():
+        if name in REAL_DATA_BUILDERS and not manual_dir:
+            raise ValueError(
+                f"config.data.manual_dir is empty: builder {name!r} reads real data; pass "
+                f"--config.data.manual_dir=/path or set JAXFACE_DATA to the folder holding "
+                f"{REAL_DATA_BUILDERS[name]}/"
+            )
         if jax.process_index() == 0:
             cfg_name = builder.builder_config.name if builder.builder_config else "(no config)"
             logging.info("preparing %s/%s in %s", name, cfg_name, data_dir)

@@ -420,7 +420,7 @@ class AttributesTask(Task):
     def positive_rates(self) -> np.ndarray:
         """[A] positive rate of each attribute on (a sample of) the training split."""
         if self._rates is None:
-            split = self.config.get("train_split", "train")
+            split = self.config.train_split
             if split in self._labels:
                 self._rates = self._labels[split].mean(axis=0)
             else:
@@ -524,7 +524,7 @@ class AttributesTask(Task):
     def cluster(self, state, ctx: EvalContext) -> dict:
         """New cluster state for ``state``'s embeddings at ``ctx.step`` (a pure function of
         the parameters, the seed and the step)."""
-        split = self.config.get("train_split", "train")
+        split = self.config.train_split
         src = self.source(split)
         n = len(src)
         sample = int(self.config.get("cluster_sample", 0)) or n
@@ -584,7 +584,7 @@ class AttributesTask(Task):
         }
 
     def _eval_outputs(self, state, ctx):
-        split = self.config.get("eval_split", "test")
+        split = self.config.eval_split
         return self.embed(
             state, ctx, self.source(split), limit=self.config.get("eval_limit") or None
         )

@@ -481,7 +481,7 @@ class RecognitionTask(Task):
                 "config.mode='stitching' trains the DREAM block: set config.model.use_dream=True"
             )
         self.num_classes = int(c.num_classes)
-        self.model_parallel = int(c.get("model_parallel", 1))
+        self.model_parallel = int(c.model_parallel)
         self.sample_rate = float(c.head.get("sample_rate", 1.0))
         self.class_groups = int(c.head.get("class_groups", 8))
         if not 0.0 < self.sample_rate <= 1.0:
@@ -528,7 +528,7 @@ class RecognitionTask(Task):
                     raise ValueError(
                         "config.data.manual_dir: the folder holding train.rec / train.idx / property"
                     )
-                if split != self.config.get("train_split", "train"):
+                if split != self.config.train_split:
                     raise ValueError(
                         f"split {split!r}: the insightface RecordIO source has only the training split; "
                         "evaluate with the 'cfp' evaluator (config.cfp.manual_dir)"
@@ -546,7 +546,7 @@ class RecognitionTask(Task):
                     raise ValueError(
                         "config.data.manual_dir: the root of <identity>/<image> folders"
                     )
-                is_train = split == self.config.get("train_split", "train")
+                is_train = split == self.config.train_split
                 if d.get("split_subdirs"):
                     root = os.path.join(d.manual_dir, split)
                 elif is_train:
@@ -948,7 +948,7 @@ class RecognitionTask(Task):
         ]
 
     def _stitching_start(self, state, ctx: EvalContext):
-        split = self.config.get("train_split", "train")
+        split = self.config.train_split
         _, frontal_rows, keep = self.stitching_rows(split)
         src = Subset(self.source(split), frontal_rows)
         transform = functools.partial(self.transform, train=False)
@@ -1059,7 +1059,7 @@ class RecognitionTask(Task):
             )
 
     def _evaluate_verification(self, state, ctx: EvalContext):
-        split = self.config.get("eval_split", "test")
+        split = self.config.eval_split
         out = self.embed_split(state, ctx, split)
         pairs = self.verification_pairs(split, n=len(out["label"]))
         report = verification_report(out["embedding"], out["embedding_flip"], pairs)
@@ -1075,7 +1075,7 @@ class RecognitionTask(Task):
         c = self.config
         d = c.data
         if d.builder == "cfp_manual":
-            data_cfg, split, root = d, c.get("eval_split", "test"), d.manual_dir
+            data_cfg, split, root = d, c.eval_split, d.manual_dir
         else:  # trained on other data (e.g. MS-Celeb): CFP's eval splits from their own builder
             import ml_collections  # pylint: disable=import-outside-toplevel
 
@@ -1130,7 +1130,7 @@ class RecognitionTask(Task):
         return _flatten_report(report)
 
     def _evaluate_identification(self, state, ctx: EvalContext):
-        split = self.config.get("eval_split", "test")
+        split = self.config.eval_split
         out = self.embed_split(state, ctx, split)
         meta = self.metadata(split)
         n = len(out["label"])
