@@ -14,10 +14,12 @@ from jaxface.losses._attributes import (
     triple_header_hinge,
     triplet_margin,
 )  # noqa: F401
+from jaxface.losses._detection import sigmoid_bce, smooth_l1  # noqa: F401
 from jaxface.losses._recognition import (
     arcface_logits,
     contrastive_verification,
     cosface_logits,
+    deepid2_batch_verification,
     deepid2_joint_loss,
     dream_stitching_mse,
     softmax_identity_cross_entropy,

@@ -19,11 +19,13 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = [
     "softmax_identity_cross_entropy",
     "contrastive_verification",
     "deepid2_joint_loss",
+    "deepid2_batch_verification",
     "cosface_logits",
     "arcface_logits",
     "dream_stitching_mse",
@@ -166,6 +168,48 @@ def deepid2_joint_loss(
     same = jnp.asarray(labels1) == jnp.asarray(labels2)
     verif = contrastive_verification(f1, f2, same, margin=margin)
     return _apply_where(ident + verification_weight * verif, where)
+
+
+def deepid2_batch_verification(
+    embeddings: jax.Array,
+    labels: jax.Array,
+    *,
+    margin: float | jax.Array,
+    normalize: bool = True,
+) -> tuple[jax.Array, jax.Array]:
+    """DeepID2's verification term over every pair of a batch, same and different
+    pairs weighted equally.
+
+    All ``B (B - 1) / 2`` pairs ``i < j`` of the batch go through
+    `contrastive_verification`; the loss is the mean of the mean over same-identity
+    pairs and the mean over different-identity pairs (an empty group counts 0), so the
+    rare same pairs of a large batch are not drowned out.
+
+    Args:
+      embeddings: ``[B, D]`` features (cast to float32).
+      labels: ``[B]`` integer identities.
+      margin: scalar ``m`` (a float, or a traced array for a learned margin).
+      normalize: L2-normalise the features first (DeepID2 used raw features; on the
+        unit sphere the margin lives in [0, 2]).
+
+    Returns:
+      ``(loss, n_same)``: the scalar loss and the number of same-identity pairs.
+    """
+    emb = jnp.asarray(embeddings).astype(jnp.float32)
+    if normalize:
+        emb = emb * jax.lax.rsqrt(jnp.maximum(jnp.sum(emb * emb, -1, keepdims=True), 1e-12))
+    labels = jnp.asarray(labels)
+    b = emb.shape[0]
+    ii, jj = np.triu_indices(b, 1)
+    same = labels[ii] == labels[jj]
+    per = contrastive_verification(emb[ii], emb[jj], same, margin=margin)
+    n_same = jnp.sum(same)
+    n_diff = same.size - n_same
+    v = 0.5 * (
+        jnp.sum(jnp.where(same, per, 0.0)) / jnp.maximum(n_same, 1)
+        + jnp.sum(jnp.where(same, 0.0, per)) / jnp.maximum(n_diff, 1)
+    )
+    return v, n_same
 
 
 def _cosine(embeddings: jax.Array, weights: jax.Array, normalize: bool) -> jax.Array:

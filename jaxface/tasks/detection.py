@@ -51,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from jaxface import losses
 from jaxface.data import detection_aug, sources
 from jaxface.data.images import read_image
 from jaxface.data.recognition_formats import IMAGE_EXTENSIONS
@@ -71,13 +72,12 @@ from jaxface.tasks.base import EvalContext, Task
 
 
 def _smooth_l1(x, beta: float):
-    ax = jnp.abs(x)
-    return jnp.where(ax < beta, 0.5 * ax * ax / beta, ax - 0.5 * beta)
+    return losses.smooth_l1(x, beta=beta)
 
 
 def _bce(logits, labels):
     """Per-element sigmoid cross-entropy with {0, 1} labels."""
-    return jnp.maximum(logits, 0) - logits * labels + jnp.log1p(jnp.exp(-jnp.abs(logits)))
+    return losses.sigmoid_bce(logits, labels)
 
 
 def faces_of(example: Mapping) -> dict:

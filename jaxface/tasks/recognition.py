@@ -891,23 +891,13 @@ class RecognitionTask(Task):
         metrics = {"identity_ce": ce, "train_accuracy": jnp.mean(correct.astype(jnp.float32))}
         if self.deepid2_on:
             d = self.config.deepid2
-            emb = out["embedding"].astype(jnp.float32)
-            if d.normalize:
-                emb = emb * jax.lax.rsqrt(jnp.maximum(jnp.sum(emb * emb, -1, keepdims=True), 1e-12))
-            b = emb.shape[0]
-            ii, jj = np.triu_indices(b, 1)
-            same = labels[ii] == labels[jj]
             margin = (
                 self.model.apply(variables, method=RecognitionNet.margin)
                 if d.learn_margin
                 else float(d.margin)
             )
-            per = losses.contrastive_verification(emb[ii], emb[jj], same, margin=margin)
-            n_same = jnp.sum(same)
-            n_diff = same.size - n_same
-            v = 0.5 * (
-                jnp.sum(jnp.where(same, per, 0.0)) / jnp.maximum(n_same, 1)
-                + jnp.sum(jnp.where(same, 0.0, per)) / jnp.maximum(n_diff, 1)
+            v, n_same = losses.deepid2_batch_verification(
+                out["embedding"], labels, margin=margin, normalize=bool(d.normalize)
             )
             loss = loss + float(d.weight) * v
             metrics.update(verification=v, same_pairs=n_same.astype(jnp.float32))
