@@ -61,9 +61,13 @@ def _unit(key, shape):
     return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
 
 
+def _five():
+    return [_unit(k, (B, D)) for k in jax.random.split(jax.random.PRNGKey(0), 5)]
+
+
 @pytest.fixture
 def five():
-    return [_unit(k, (B, D)) for k in jax.random.split(jax.random.PRNGKey(0), 5)]
+    return _five()
 
 
 def test_public_names():
@@ -125,43 +129,6 @@ def test_triple_header_grads(five):
         check_grads(fn, x, order=1, modes=["fwd", "rev"])
 
 
-def test_triple_header_zero_when_orderings_hold_and_grows_when_one_breaks():
-    g = (0.1, 0.2, 0.3)
-    a = jnp.zeros((1, 2))
-    # Distances on a line from the anchor: D = r², chosen so each gap exceeds its margin.
-    r2 = {"pc": 0.1, "nc": 0.3, "pf": 0.6, "n": 1.0}
-
-    def pt(d2):
-        return jnp.array([[jnp.sqrt(d2), 0.0]])
-
-    def loss(pc=r2["pc"], nc=r2["nc"], pf=r2["pf"], n=r2["n"]):
-        return float(triple_header_hinge(a, pt(pc), pt(nc), pt(pf), pt(n), margins=g)[0])
-
-    assert loss() == 0.0
-    # Exactly at the margins: still zero.
-    assert loss(pc=0.1, nc=0.2, pf=0.4, n=0.7) == pytest.approx(0.0, abs=1e-6)
-    # Break header 1, 2, 3 in turn, by growing amounts: the loss is the violation.
-    for kw, base_violation in (
-        ({"pc": 0.25}, 0.25 + 0.1 - 0.3),
-        ({"pf": 0.45}, 0.3 + 0.2 - 0.45),
-        ({"n": 0.8}, 0.6 + 0.3 - 0.8),
-    ):
-        ((key, val),) = kw.items()
-        first = loss(**kw)
-        assert first == pytest.approx(base_violation, abs=1e-6) and first > 0
-        worse = loss(**{key: val + (0.05 if key in ("pc",) else -0.05)})
-        assert worse > first
-
-
-def test_triple_header_permutation_and_vmap(five):
-    perm = jax.random.permutation(jax.random.PRNGKey(1), B)
-    full = triple_header_hinge(*five)
-    permuted = triple_header_hinge(*[v[perm] for v in five])
-    np.testing.assert_allclose(permuted, full[perm], rtol=1e-6)
-    per_example = jax.vmap(lambda *v: triple_header_hinge(*[u[None] for u in v])[0])(*five)
-    np.testing.assert_allclose(per_example, full, rtol=1e-6)
-
-
 def test_triple_header_rejects_bad_inputs(five):
     with pytest.raises(ValueError, match="margins"):
         triple_header_hinge(*five, margins=(0.1, 0.1))
@@ -184,12 +151,6 @@ def test_triplet_margin_matches_numpy_and_grads(five, margin):
         x = [jnp.asarray(np.asarray(v), jnp.float64) for v in (a, p, n)]
         assert np.abs(margin + _np_d(x[0], x[1]) - _np_d(x[0], x[2])).min() > 1e-3
         check_grads(lambda *v: triplet_margin(*v, margin=margin), x, order=1, modes=["fwd", "rev"])
-
-
-def test_triplet_margin_zero_when_ordering_holds():
-    a = jnp.zeros((1, 1))
-    assert float(triplet_margin(a, a + 0.1, a + 1.0, margin=0.2)[0]) == 0.0
-    assert float(triplet_margin(a, a + 0.9, a + 1.0, margin=0.2)[0]) > 0.0
 
 
 def test_bce_matches_numpy(five):
@@ -220,26 +181,88 @@ def test_bce_matches_numpy(five):
     np.testing.assert_allclose(got, np.where(ex_where, np_bce(logits, labels), 0), rtol=1e-5)
 
 
-def test_bce_stable_for_large_logits_and_grads():
-    logits = jnp.array([[100.0, -100.0, 30.0]])
-    labels = jnp.array([[1, 0, 0]])
-    out = sigmoid_binary_cross_entropy(logits, labels)
-    assert np.isfinite(out).all()
-    np.testing.assert_allclose(out, [30.0 / 3], rtol=1e-5)
-    with jax.enable_x64(True):
-        x = jax.random.normal(jax.random.PRNGKey(0), (3, 6), jnp.float64)
-        y = (jax.random.uniform(jax.random.PRNGKey(1), (3, 6)) > 0.5).astype(jnp.float64)
-        w = jnp.asarray(np.random.default_rng(0).uniform(0.5, 2.0, (2, 6)))
-        check_grads(
-            lambda z: sigmoid_binary_cross_entropy(z, y, class_weights=w),
-            (x,),
-            order=1,
-            modes=["fwd", "rev"],
-        )
-
-
 def test_bce_rejects_bad_weights():
     with pytest.raises(ValueError, match="class_weights"):
         sigmoid_binary_cross_entropy(
             jnp.zeros((2, 3)), jnp.zeros((2, 3)), class_weights=jnp.ones((3, 3))
         )
+
+
+class Properties(chex.TestCase):
+    """Orderings, permutation, vmap and stability, with and without jit (the README's
+    chex pattern)."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_triple_header_zero_when_orderings_hold_and_grows_when_one_breaks(self):
+        g = (0.1, 0.2, 0.3)
+        a = jnp.zeros((1, 2))
+        # Distances on a line from the anchor: D = r², chosen so each gap exceeds its margin.
+        r2 = {"pc": 0.1, "nc": 0.3, "pf": 0.6, "n": 1.0}
+        hinge = self.variant(lambda *v: triple_header_hinge(*v, margins=g))
+
+        def pt(d2):
+            return jnp.array([[jnp.sqrt(d2), 0.0]])
+
+        def loss(pc=r2["pc"], nc=r2["nc"], pf=r2["pf"], n=r2["n"]):
+            out = hinge(a, pt(pc), pt(nc), pt(pf), pt(n))
+            chex.assert_shape(out, (1,))
+            return float(out[0])
+
+        assert loss() == 0.0
+        # Exactly at the margins: still zero.
+        assert loss(pc=0.1, nc=0.2, pf=0.4, n=0.7) == pytest.approx(0.0, abs=1e-6)
+        # Break header 1, 2, 3 in turn, by growing amounts: the loss is the violation.
+        for kw, base_violation in (
+            ({"pc": 0.25}, 0.25 + 0.1 - 0.3),
+            ({"pf": 0.45}, 0.3 + 0.2 - 0.45),
+            ({"n": 0.8}, 0.6 + 0.3 - 0.8),
+        ):
+            ((key, val),) = kw.items()
+            first = loss(**kw)
+            assert first == pytest.approx(base_violation, abs=1e-6) and first > 0
+            worse = loss(**{key: val + (0.05 if key in ("pc",) else -0.05)})
+            assert worse > first
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_triple_header_permutation_and_vmap(self):
+        five = _five()
+        hinge = self.variant(triple_header_hinge)
+        perm = jax.random.permutation(jax.random.PRNGKey(1), B)
+        full = hinge(*five)
+        chex.assert_shape(full, (B,))
+        permuted = hinge(*[v[perm] for v in five])
+        np.testing.assert_allclose(permuted, full[perm], rtol=1e-6)
+        per_example = jax.vmap(lambda *v: triple_header_hinge(*[u[None] for u in v])[0])(*five)
+        np.testing.assert_allclose(per_example, full, rtol=1e-6)
+        chex.assert_tree_all_finite(jax.grad(lambda x: hinge(x, *five[1:]).sum())(five[0]))
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_triplet_margin_zero_when_ordering_holds(self):
+        a = jnp.zeros((1, 1))
+        loss = self.variant(lambda x, p, n: triplet_margin(x, p, n, margin=0.2))
+        assert float(loss(a, a + 0.1, a + 1.0)[0]) == 0.0
+        assert float(loss(a, a + 0.9, a + 1.0)[0]) > 0.0
+        chex.assert_shape(loss(a, a + 0.9, a + 1.0), (1,))
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_bce_stable_for_large_logits(self):
+        logits = jnp.array([[100.0, -100.0, 30.0]])
+        labels = jnp.array([[1, 0, 0]])
+        bce = self.variant(sigmoid_binary_cross_entropy)
+        out = bce(logits, labels)
+        chex.assert_shape(out, (1,))
+        chex.assert_tree_all_finite(out)
+        np.testing.assert_allclose(out, [30.0 / 3], rtol=1e-5)
+        chex.assert_tree_all_finite(jax.grad(lambda x: bce(x, labels).sum())(logits))
+
+    def test_bce_grads(self):
+        with jax.enable_x64(True):
+            x = jax.random.normal(jax.random.PRNGKey(0), (3, 6), jnp.float64)
+            y = (jax.random.uniform(jax.random.PRNGKey(1), (3, 6)) > 0.5).astype(jnp.float64)
+            w = jnp.asarray(np.random.default_rng(0).uniform(0.5, 2.0, (2, 6)))
+            check_grads(
+                lambda z: sigmoid_binary_cross_entropy(z, y, class_weights=w),
+                (x,),
+                order=1,
+                modes=["fwd", "rev"],
+            )

@@ -2,10 +2,12 @@
 
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 from jax.test_util import check_grads
 
 from jaxface import losses
@@ -66,49 +68,118 @@ def test_softmax_ce_matches_numpy_and_mask():
     )
 
 
-def test_contrastive_matches_numpy_and_hinge_property():
-    f1 = RNG.normal(size=(8, 5)).astype(np.float32)
-    f2 = RNG.normal(size=(8, 5)).astype(np.float32)
-    same = np.array([1, 0, 1, 0, 0, 1, 0, 0], bool)
-    fn = jax.jit(lambda a, b, s, m: losses.contrastive_verification(a, b, s, margin=m))
-    got = fn(f1, f2, same, 3.0)
-    np.testing.assert_allclose(got, np_contrastive(f1, f2, same, 3.0), rtol=1e-5, atol=1e-6)
-    # Different pairs farther apart than the margin cost nothing.
-    far = fn(f1, f1 + 10.0, np.zeros(8, bool), 3.0)
-    np.testing.assert_array_equal(far, 0.0)
-    # Permuting the batch permutes the per-pair loss.
-    perm = RNG.permutation(8)
-    np.testing.assert_allclose(
-        fn(f1[perm], f2[perm], same[perm], 3.0), np.asarray(got)[perm], rtol=1e-6
-    )
-    # vmap over a leading axis agrees with the batched call.
-    vm = jax.vmap(
-        lambda a, b, s: losses.contrastive_verification(a[None], b[None], s[None], margin=3.0)[0]
-    )
-    np.testing.assert_allclose(vm(f1, f2, same), got, rtol=1e-6)
+class ContrastiveProperties(chex.TestCase):
+    """The README's "property-check a loss with chex" pattern, and more of the same."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_zero_beyond_margin_and_symmetric(self):
+        f1 = jax.random.normal(jax.random.key(0), (16, 8))
+        f2 = f1 + 10.0  # far apart: ||f1 - f2|| = 28.3
+        loss = self.variant(lambda a, b, s: losses.contrastive_verification(a, b, s, margin=1.0))
+        diff = jnp.zeros(16, bool)
+        chex.assert_trees_all_close(loss(f1, f2, diff), jnp.zeros(16))  # hinge inactive
+        same = jnp.ones(16, bool)
+        chex.assert_trees_all_close(loss(f1, f2, same), loss(f2, f1, same))
+        chex.assert_shape(loss(f1, f2, same), (16,))
+        chex.assert_tree_all_finite(jax.grad(lambda a: loss(a, f2, same).sum())(f1))
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_matches_numpy_permutes_and_vmaps(self):
+        f1 = RNG.normal(size=(8, 5)).astype(np.float32)
+        f2 = RNG.normal(size=(8, 5)).astype(np.float32)
+        same = np.array([1, 0, 1, 0, 0, 1, 0, 0], bool)
+        fn = self.variant(lambda a, b, s, m: losses.contrastive_verification(a, b, s, margin=m))
+        got = fn(f1, f2, same, 3.0)
+        chex.assert_shape(got, (8,))
+        np.testing.assert_allclose(got, np_contrastive(f1, f2, same, 3.0), rtol=1e-5, atol=1e-6)
+        # Different pairs farther apart than the margin cost nothing.
+        np.testing.assert_array_equal(fn(f1, f1 + 10.0, np.zeros(8, bool), 3.0), 0.0)
+        # Permuting the batch permutes the per-pair loss.
+        perm = RNG.permutation(8)
+        np.testing.assert_allclose(
+            fn(f1[perm], f2[perm], same[perm], 3.0), np.asarray(got)[perm], rtol=1e-6
+        )
+        # vmap over a leading axis agrees with the batched call.
+        vm = jax.vmap(
+            lambda a, b, s: losses.contrastive_verification(a[None], b[None], s[None], margin=3.0)[
+                0
+            ]
+        )
+        np.testing.assert_allclose(vm(f1, f2, same), got, rtol=1e-6)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_gradients_finite_at_zero_distance_and_margin_gradient(self):
+        f = jnp.ones((3, 4))
+        same = jnp.array([False, True, False])
+        grad = self.variant(
+            jax.grad(
+                lambda a, m: losses.contrastive_verification(a, f, same, margin=m).sum(),
+                argnums=(0, 1),
+            )
+        )
+        g_f1, g_m = grad(f, 2.0)
+        chex.assert_tree_all_finite((g_f1, g_m))
+        np.testing.assert_allclose(g_f1, 0.0)
+        # d = 0 for both different pairs: dL/dm = max(0, m - d) = m per different pair.
+        np.testing.assert_allclose(g_m, 2 * 2.0, rtol=1e-6)
+
+    def test_check_grads(self):
+        f1 = RNG.normal(size=(4, 3))
+        f2 = RNG.normal(size=(4, 3))
+        s = np.array([True, False, False, True])
+        check_grads(
+            lambda a, b, m: losses.contrastive_verification(a, b, s, margin=m),
+            (f1, f2, 5.0),
+            1,
+            eps=1e-3,
+            rtol=2e-2,
+            atol=2e-2,
+        )
 
 
-def test_contrastive_gradients_finite_at_zero_distance_and_margin_gradient():
-    f = jnp.ones((3, 4))
-    same = jnp.array([False, True, False])
-    g_f1, g_m = jax.grad(
-        lambda a, m: losses.contrastive_verification(a, f, same, margin=m).sum(), argnums=(0, 1)
-    )(f, 2.0)
-    assert np.all(np.isfinite(g_f1))
-    np.testing.assert_allclose(g_f1, 0.0)
-    # d = 0 for both different pairs: dL/dm = max(0, m - d) = m per different pair.
-    np.testing.assert_allclose(g_m, 2 * 2.0, rtol=1e-6)
-    f1 = RNG.normal(size=(4, 3))
-    f2 = RNG.normal(size=(4, 3))
-    s = np.array([True, False, False, True])
-    check_grads(
-        lambda a, b, m: losses.contrastive_verification(a, b, s, margin=m),
-        (f1, f2, 5.0),
-        1,
-        eps=1e-3,
-        rtol=2e-2,
-        atol=2e-2,
-    )
+def np_batch_verification(emb, labels, m, normalize):
+    emb = np.asarray(emb, np.float64)
+    if normalize:
+        emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-6)
+    same_terms, diff_terms = [], []
+    for i in range(len(emb)):
+        for j in range(i + 1, len(emb)):
+            d = np.linalg.norm(emb[i] - emb[j])
+            if labels[i] == labels[j]:
+                same_terms.append(0.5 * d**2)
+            else:
+                diff_terms.append(0.5 * max(0.0, m - d) ** 2)
+    mean = lambda t: sum(t) / max(len(t), 1)  # noqa: E731
+    return 0.5 * (mean(same_terms) + mean(diff_terms)), len(same_terms)
+
+
+class BatchVerification(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.parameters((True, 1.0), (False, 4.0))
+    def test_matches_numpy(self, normalize, margin):
+        emb = RNG.normal(size=(10, 6)).astype(np.float32)
+        labels = np.array([0, 1, 0, 2, 1, 3, 3, 0, 4, 2])
+        fn = self.variant(
+            lambda e, y: losses.deepid2_batch_verification(e, y, margin=margin, normalize=normalize)
+        )
+        v, n_same = fn(emb, labels)
+        chex.assert_shape((v, n_same), ((), ()))
+        want, want_same = np_batch_verification(emb, labels, margin, normalize)
+        np.testing.assert_allclose(v, want, rtol=1e-5, atol=1e-6)
+        assert int(n_same) == want_same == 6
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_no_same_pair_and_margin_gradient(self):
+        emb = jnp.asarray(RNG.normal(size=(5, 4)), jnp.float32)
+        labels = jnp.arange(5)  # every pair different: only the hinge mean counts
+        fn = self.variant(lambda e, m: losses.deepid2_batch_verification(e, labels, margin=m)[0])
+        v = fn(emb, 3.0)
+        want, n = np_batch_verification(emb, np.arange(5), 3.0, True)
+        assert n == 0
+        np.testing.assert_allclose(v, want, rtol=1e-5)
+        g_e, g_m = jax.grad(fn, argnums=(0, 1))(emb, 3.0)
+        chex.assert_tree_all_finite((g_e, g_m))
+        assert float(g_m) > 0  # a larger margin costs more
 
 
 def test_deepid2_joint_and_learned_margin_gradient():

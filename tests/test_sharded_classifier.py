@@ -2,6 +2,7 @@
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -44,6 +45,8 @@ def _reference(kind, x, w, y, *, scale, margin, easy_margin=False):
 def _value_and_grads(fn, x, w, r):
     f = jax.jit(jax.value_and_grad(lambda x, w: jnp.sum(r * fn(x, w)), argnums=(0, 1)))
     (v, (gx, gw)) = f(x, w)
+    chex.assert_shape((gx, gw), (x.shape, w.shape))
+    chex.assert_tree_all_finite((v, gx, gw))
     return float(v), np.asarray(gx), np.asarray(gw)
 
 
@@ -86,7 +89,7 @@ def test_sharded_matches_unsharded(kind, kw, class_axes):
     ws = jax.device_put(w, losses.class_centres_sharding(mesh, class_axes))
     per = jax.jit(lambda a, b: sharded(a, b, y))(xs, ws)
     np.testing.assert_allclose(per, _reference(kind, x, w, y, **ref_kw), rtol=2e-5, atol=2e-5)
-    assert per.shape == (B,)
+    chex.assert_shape(per, (B,))
 
 
 def test_padding_and_where_mask():
