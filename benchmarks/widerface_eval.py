@@ -1,19 +1,21 @@
 """Timing of the vectorised WIDER FACE evaluation on the full validation ground truth.
 
-Run:  python benchmarks/widerface_eval.py [--gt ../shared/data/widerface/ground_truth] [--heavy]
+Run:  python benchmarks/widerface_eval.py [--gt /data/widerface/ground_truth] [--heavy]
+(default: $JAXFACE_DATA/widerface/ground_truth)
 
 Predictions are synthesised from the ground truth (jittered, dropped and
 duplicated faces plus random false positives), so the timing covers realistic
 match patterns. Prints, per prediction set: detections, the time of the three
 settings once the files are read (target <= 0.3 s), and the file read time.
 The reference point is the public Python port of the official tool, which takes
-27-46 s for the three settings on this machine (ISSUE 5); it is not installed
-here, so the ratio is against that quoted figure. Not a test.
+27-46 s for the three settings on a 2-core x86 CPU (issue 5); it is not a
+dependency, so the ratio is against that quoted figure. Not a test.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import sys
 import tempfile
@@ -61,8 +63,12 @@ def best_of(fn, repeats: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    data = os.environ.get("JAXFACE_DATA", "")
     ap.add_argument(
-        "--gt", default=str(REPO.parent / "shared" / "data" / "widerface" / "ground_truth")
+        "--gt",
+        default=os.path.join(data, "widerface", "ground_truth") if data else None,
+        required=not data,
+        help="eval_tools/ground_truth (default: $JAXFACE_DATA/widerface/ground_truth)",
     )
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument(

@@ -3,7 +3,7 @@
 Variants (``get_config(arg)``):
   wider          — the paper's setting on WIDER FACE (ImageNet ResNet-50, three branches
                    10-40 / 40-140 / 140-1300 px on res2+res3 / res3+res4 / res4+res5
-                   at strides 8 / 16 / 32, anchors from the method card), for GPUs.
+                   at strides 8 / 16 / 32, anchors of docs/methods.md), for GPUs.
                    Needs the original WIDER FACE layout in --config.data.manual_dir
                    (`jaxface.data.widerface_builder`) and the eval_tools ground truth in
                    --config.wider_gt_dir; the evaluator writes the standard prediction

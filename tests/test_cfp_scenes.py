@@ -1,7 +1,8 @@
 """CFP's fiducials -> 5 landmarks / face box, and the ``cfp_scenes`` detection builder.
 
-Real-data tests read ../shared/data/cfp and skip when it is absent; the geometry of
-`five_points` is also checked against hand-built faces, which need no data.
+Real-data tests read cfp/ in the real-data folder (tests/conftest.py) and skip when it is
+absent; the geometry of `five_points` is also checked against hand-built faces, which need
+no data.
 """
 
 import os

@@ -362,7 +362,7 @@ def test_lfw_and_bin_evaluators_equal_direct_computation(trained, tmp_path):
 def test_lfw_evaluator_reads_the_real_pairs_file_and_names_missing_images(real_data, tmp_path):
     from jaxface.tasks import recognition_protocols as rp
 
-    # ../shared/data/lfw holds pairs.txt and only two of its 7,701 images.
+    # The real-data folder's lfw/ holds pairs.txt and only two of its 7,701 images.
     lfw = real_data("lfw")
     with pytest.raises(FileNotFoundError, match=r"LFW: 77\d\d of the 7701 images .* missing"):
         rp.lfw_pairs_source(lfw / "pairs.txt", lfw)

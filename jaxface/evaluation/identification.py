@@ -78,7 +78,7 @@ def score_bins(scores: jax.Array, n_bins: int) -> jax.Array:
 # Rows of a tile scattered per inner step: XLA:CPU runs one scatter of a whole
 # block x block tile (4M updates) several times slower per update than a scan of small
 # scatters (16 rows x 2048 = 32k updates each); 8-128 rows measured within noise of each
-# other on this project's CPU, 2048 x 2048 tiles best (benchmarks/README.md).
+# other on a 2-core x86 CPU, 2048 x 2048 tiles best (benchmarks/README.md).
 _SCATTER_ROWS = 16
 
 
@@ -460,7 +460,7 @@ def _aligned_empty(shape, dtype=np.float32, align: int = 64) -> np.ndarray:
 
 class _HostStager:
     """Host arrays onto a CPU device without jax's host->device copy (60-110 ms for 128 MB on
-    this project's CPU, against ~11 ms for NumPy): NumPy fills (and casts to float32) one of
+    a 2-core x86 CPU, against ~11 ms for NumPy): NumPy fills (and casts to float32) one of
     two 64-byte-aligned staging buffers, which XLA:CPU then reads in place
     (``jnp.from_dlpack``, zero copy). A buffer is refilled only after the step that read it
     has finished, so memory stays two buffers."""

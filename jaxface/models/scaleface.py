@@ -6,8 +6,8 @@ each detector ("branch") is specialised to a face-size range and owns
 * a **merge** of adjacent stages: every listed stage goes through a 1x1 conv to
   ``merge_channels``, is brought to the branch stride (average pooling when finer,
   nearest upsampling when coarser) and the maps are summed, then a 3x3 conv + ReLU.
-  The paper does not publish how it merges two stages; this is the
-  "upsample/downsample and add" lateral the method card allows;
+  The paper does not publish how it merges two stages; this is an
+  "upsample/downsample and add" lateral (docs/methods.md, ScaleFace);
 * an **RPN**: 3x3 conv (``rpn_channels``) + ReLU, then per anchor an objectness
   logit and 4 box deltas (anchors from `jaxface.ops.anchors`, sides from the config);
 * a **Fast R-CNN head** on RoIAlign-ed (or RoIPool-ed) features of the branch's

@@ -105,8 +105,8 @@ NUM_ATTRIBUTES = 40
 A = {name: i for i, name in enumerate(ATTRIBUTE_NAMES)}
 
 # Positive rate of each attribute (fraction of rows == 1), same order as ATTRIBUTE_NAMES.
-# Source: ../shared/data/celeba/list_attr_celeba_first20000.txt, i.e. the first 20,000
-# rows (images 000001.jpg-020000.jpg) of CelebA's list_attr_celeba.txt (202,599 rows).
+# Source: the first 20,000 rows (images 000001.jpg-020000.jpg) of CelebA's
+# list_attr_celeba.txt (202,599 rows).
 CELEBA_ATTRIBUTE_RATES = (
     0.11225,
     0.26425,
