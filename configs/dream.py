@@ -59,7 +59,7 @@ def base() -> ml_collections.ConfigDict:
     c.yaw_source = "metadata"  # metadata | landmarks | profile_flag | learned
     # Learned yaw head: weight of ((pred - yaw) / 90)^2, small beside the identity loss (a choice).
     c.yaw_head_weight = 0.1
-    c.num_classes = 500  # training identities (each variant sets its own)
+    c.num_classes = 500  # training identities: the synthetic set's; other variants set theirs
     c.image_size = 64  # each variant sets its own
     c.random_flip = True
     c.model = ml_collections.ConfigDict(
@@ -101,11 +101,9 @@ def base() -> ml_collections.ConfigDict:
     c.bins = ml_collections.ConfigDict(dict(files=(), yaw=0.0, far=1e-3))
     c.data.yaw_file = ""  # insightface RecordIO: per-image yaw (.npy, degrees)
     c.data.crop = "center"  # center | aligned (5-point ArcFace-template crops, as the analyzer)
-    c.optimizer.name = "sgd"
-    c.optimizer.learning_rate = 0.1
-    c.optimizer.momentum = 0.9
-    c.optimizer.weight_decay = 1e-4
-    c.optimizer.schedule = "steps"  # x0.1 at 80 / 90 / 95 % (the paper)
+    # SGD lr 0.1, momentum 0.9, wd 1e-4, x0.1 at 80 / 90 / 95 %: the paper's, which are the
+    # trainer's defaults (jaxface/config.py) but for the schedule.
+    c.optimizer.schedule = "steps"
     c.keep_checkpoints = 1
     return c
 
@@ -116,7 +114,7 @@ def _msceleb(c):
     c.num_classes = 85742  # MS1MV2 (faces_emore); set to your property file's count
     c.image_size = 112  # insightface's aligned 112 px crops
     c.model.backbone.name = "resnet50"
-    c.model.update(width=1.0, stem="small")
+    c.model.width = 1.0
     c.batch_size = 256
     c.eval_batch_size = 256
     # Not published: 150k steps at batch 256 are ~6.6 passes over MS1MV2's 5.8M images.
@@ -147,12 +145,10 @@ def _cfp(c):
     )
     c.num_classes = 400
     c.yaw_source = "profile_flag"
-    # Sized for a 2-core CPU: 48 px input, ResNet-10 at 1/4 width (docs/results/dream_cfp.md).
+    # Sized for a 2-core CPU: 48 px input, the base's ResNet-10 at 1/4 width
+    # (docs/results/dream_cfp.md).
     c.image_size = 48
-    c.model.backbone.name = "resnet10"
-    c.model.update(width=0.25)
     c.head.dropout = 0.5  # lighter than the paper's 0.7 for the small net (a choice)
-    c.batch_size = 64
     c.num_train_steps = 1200  # ~14 passes over the 5,600 images
     c.optimizer.warmup_steps = 50
     c.log_every, c.eval_every, c.checkpoint_every = 50, 1200, 1200
@@ -180,10 +176,8 @@ def _synthetic(c):
             identity_image_size=48,
         )
     )
-    c.num_classes = 500
     c.image_size = 48
     c.head.dropout = 0.5  # as `cfp`
-    c.batch_size = 64
     c.num_train_steps = 400  # the quickstart's budget: minutes on a 2-core CPU
     c.optimizer.warmup_steps = 40
     c.log_every, c.eval_every, c.checkpoint_every = 50, 400, 400
@@ -204,7 +198,6 @@ def _tiny(c):
     )
     c.num_classes = 16
     c.image_size = 32
-    c.model.backbone.name = "resnet10"
     c.model.update(width=0.125, embed_dim=32)
     c.head.dropout = 0.0
     c.batch_size = 16

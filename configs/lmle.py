@@ -78,7 +78,6 @@ def base() -> ml_collections.ConfigDict:
     c.checkpoint_every = 500
     c.optimizer.name = "adamw"
     c.optimizer.learning_rate = 2e-3
-    c.optimizer.weight_decay = 1e-4
     c.optimizer.warmup_steps = 100
     return c
 
@@ -115,7 +114,6 @@ def _celeba(c):
     c.cluster_sample = 20000
     c.recluster_every = 2000  # paper: 5,000 iterations; scaled to 16k steps
     c.evals = ["cluster_knn"]
-    c.eval_split = "test"
     c.batch_size = 256
     c.eval_batch_size = 512
     # 16384 x 256 = 2^22 records: the balanced sampler stays exact per step.

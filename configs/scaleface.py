@@ -137,8 +137,6 @@ def base() -> ml_collections.ConfigDict:
     # AP per face-size bucket (original pixels), besides easy / medium / hard.
     c.eval_size_buckets = [[10, 40], [40, 140], [140, 0]]
     c.data.builder = "wider_face_original"
-    c.data.config = ""
-    c.train_split = "train"
     c.eval_split = "validation"
     c.wider_gt_dir = ""  # eval_tools/ground_truth (the four .mat files) for "wider_official"
     c.evals = ["wider_official"]  # also writes the prediction folder for `jaxface widerface-eval`
@@ -147,19 +145,16 @@ def base() -> ml_collections.ConfigDict:
     c.eval_sample_images = 0
     c.eval_sample_threshold = 0.5
     # Schedule not published: Detectron's Faster R-CNN recipe scaled to batch 8 (lr 0.02 at
-    # batch 16 -> 0.01 at 8, momentum 0.9, wd 1e-4, 500 warm-up steps); 80k steps are ~50
-    # passes over WIDER train's 12,880 images; lr x0.1 at 3/4; clipping at 10 guards the
-    # first steps from scratch.
+    # batch 16 -> 0.01 at 8; momentum 0.9 and wd 1e-4, the trainer's defaults; 500 warm-up
+    # steps); 80k steps are ~50 passes over WIDER train's 12,880 images; lr x0.1 at 3/4;
+    # clipping at 10 guards the first steps from scratch.
     c.batch_size = 8
     c.eval_batch_size = 8
     c.num_train_steps = 80_000
     c.log_every = 100
     c.eval_every = 10_000
     c.checkpoint_every = 2_000
-    c.optimizer.name = "sgd"
     c.optimizer.learning_rate = 0.01
-    c.optimizer.momentum = 0.9
-    c.optimizer.weight_decay = 1e-4
     c.optimizer.schedule = "steps"
     c.optimizer.decay_at = [0.75]
     c.optimizer.warmup_steps = 500
@@ -185,7 +180,6 @@ def _synthetic_scenes(c):
         )
     )
     c.augment.scale_range = [0.7, 1.4]  # narrower than WIDER's: the scenes are small already
-    c.eval_split = "validation"
     c.evals = ["wider"]
     c.eval_sample_images = 4
 
@@ -205,7 +199,6 @@ def _cpu_net(c):
     c.model.rpn_channels = 32
     c.model.head_conv_channels = 32
     c.model.head_fc = [128, 64]
-    c.model.roi_size = 5
     c.model.landmarks = True
     # Budgets scaled to <= 40 faces per scene (a quarter of the paper's, or less).
     c.targets.rpn_batch = 128
@@ -220,15 +213,12 @@ def _cpu_net(c):
 
 def _cpu_schedule(c):
     """AdamW with a cosine decay: converges in 400 steps where SGD needs thousands."""
-    c.batch_size = 8
-    c.eval_batch_size = 8
     c.num_train_steps = 400  # the quickstart's budget: a few minutes on a 2-core CPU
     c.log_every = 50
     c.eval_every = 400
     c.checkpoint_every = 400
     c.optimizer.name = "adamw"
     c.optimizer.learning_rate = 2e-3  # tuned on the synthetic scenes
-    c.optimizer.weight_decay = 1e-4
     c.optimizer.schedule = "cosine"
     c.optimizer.warmup_steps = 30
 
