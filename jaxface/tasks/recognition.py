@@ -32,9 +32,10 @@ classifier, 0.7 in the paper), ``cosface`` / ``arcface`` (`jaxface.losses`, scal
 (``config.deepid2.weight`` = lambda > 0): `jaxface.losses.deepid2_batch_verification`,
 i.e. `contrastive_verification` over every pair ``i < j`` of the global batch, on
 L2-normalised embeddings (``config.deepid2.normalize``; DeepID2 used raw features --
-normalising makes the margin scale-free), same-identity and different-identity pairs averaged separately and
-summed with weight 1/2 each (random batches hold few same pairs); the margin is a
-parameter when ``config.deepid2.learn_margin`` (its gradient is lambda dVerif/dm).
+normalising makes the margin scale-free), same-identity and different-identity pairs
+averaged separately and summed with weight 1/2 each (random batches hold few same
+pairs); the margin is a parameter when ``config.deepid2.learn_margin`` (its gradient
+is lambda dVerif/dm).
 
 Training modes (``config.mode``):
   ``end_to_end``  softmax / margin head (+ DeepID2) on ``f``; everything trains.
