@@ -207,8 +207,14 @@ def roi_align(
 
         return jax.lax.cond(fits, in_window, whole_map, None)
 
-    out = jax.lax.map(
-        one,
+    def step(carry, args):
+        return carry, one(args)
+
+    # A few RoIs per loop iteration: the per-iteration cost of XLA's CPU loop counts
+    # at this size.
+    _, out = jax.lax.scan(
+        step,
+        None,
         (
             batch_indices.astype(jnp.int32),
             y0,
@@ -224,6 +230,7 @@ def roi_align(
             wx_hi,
             count,
         ),
+        unroll=4,
     )
     return out.astype(features.dtype)
 
