@@ -423,8 +423,8 @@ def normalize_scores(scores: np.ndarray, *, semantics: str = "official") -> np.n
     which float32 NumPy arithmetic reproduces.
 
     ``"python-port"`` (``norm_score`` of the Python port): float64, with ``max``
-    starting at 0 and ``min`` at 1 (so scores inside [0, 1] are stretched only up
-    to the range [min(s, 1), max(s, 0)]).
+    starting at 0 and ``min`` at 1, so the range is ``[min(min(s), 1), max(max(s), 0)]``
+    (logits above 1 are normalised from 1, not from their minimum).
 
     Args:
       scores: ``[D]`` raw scores (float64) of every detection of the run.
