@@ -9,6 +9,11 @@
 
 ``WD`` are training workdirs (`jaxface train`); see `jaxface.analyzer`.
 
+Every command keeps JAX's persistent compilation cache in
+``$XDG_CACHE_HOME/jaxface/jax_cache`` (``~/.cache/jaxface/jax_cache``), so a second run
+skips compilation; ``--no-compile-cache`` or ``JAXFACE_COMPILE_CACHE=0`` turns it off
+(`jaxface.compile_cache`).
+
 ``verify``'s threshold is never a constant: it is the score whose false-accept rate is
 ``--far`` on the recogniser's held-out identities, from ``WD/calibration/`` written by
 ``jaxface calibrate`` (run on demand by ``verify`` when missing): every pair of frontal
@@ -32,6 +37,7 @@ from typing import Optional
 
 import numpy as np
 
+from jaxface import compile_cache
 from jaxface.data.images import SkipReport
 
 CALIBRATION_DIR = "calibration"
@@ -184,6 +190,7 @@ def faces_json(det: dict) -> list[dict]:
 def _load_analyzer(args, *, recognizer=False, attributes=False):
     from jaxface.analyzer import FaceAnalyzer  # pylint: disable=import-outside-toplevel
 
+    compile_cache.setup(args)
     return FaceAnalyzer.from_checkpoints(
         detector=args.detector,
         recognizer=args.recognizer if recognizer else None,
@@ -204,6 +211,7 @@ def _common(p: argparse.ArgumentParser, *, recognizer=False, attributes=False):
         default=0.5,
         help="detection score threshold, in [0, 1]",
     )
+    compile_cache.add_argument(p)
 
 
 # ---------------------------------------------------------------------------------
@@ -653,9 +661,11 @@ def cmd_calibrate(argv) -> int:
         "--attributes", default=None, help="LMLE workdir: the evaluator's centroids at its step"
     )
     p.add_argument("--max-images", type=_positive_int, default=2000)
+    compile_cache.add_argument(p)
     args = p.parse_args(argv)
     if not args.recognizer and not args.attributes:
         p.error("give --recognizer and/or --attributes")
+    compile_cache.setup(args)
     from jaxface import analyzer  # pylint: disable=import-outside-toplevel
 
     if args.recognizer:
@@ -676,7 +686,9 @@ def cmd_export(argv) -> int:
     p.add_argument("--attributes", default=None)
     p.add_argument("--out", required=True)
     p.add_argument("--score-threshold", type=_finite_float(0.0, 1.0), default=0.5)
+    compile_cache.add_argument(p)
     args = p.parse_args(argv)
+    compile_cache.setup(args)
     from jaxface import export  # pylint: disable=import-outside-toplevel
     from jaxface.analyzer import FaceAnalyzer  # pylint: disable=import-outside-toplevel
 

@@ -12,6 +12,9 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The inference commands run in-process here: keep them off the user's compilation
+# cache (the cache test turns it on in its own subprocesses).
+os.environ.setdefault("JAXFACE_COMPILE_CACHE", "0")
 
 import sys  # noqa: E402
 

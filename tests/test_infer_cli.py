@@ -2,6 +2,10 @@
 calibrate, export -- on tiny trained checkpoints and synthetic images."""
 
 import json
+import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -160,3 +164,54 @@ def test_export_command(tiny, tmp_path, capsys):
     assert rc == 0
     printed = capsys.readouterr().out
     assert "embed: embed.jaxexport" in printed and (out / "manifest.json").exists()
+
+
+def test_compile_cache_switches(monkeypatch, tmp_path):
+    from jaxface import compile_cache
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert compile_cache.default_dir() == tmp_path / "jaxface" / "jax_cache"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert compile_cache.default_dir() == tmp_path / "home" / ".cache" / "jaxface" / "jax_cache"
+    monkeypatch.setenv("JAXFACE_COMPILE_CACHE", "1")
+    assert compile_cache.enabled() and not compile_cache.enabled(no_compile_cache=True)
+    for off in ("0", "false", "OFF", "no"):
+        monkeypatch.setenv("JAXFACE_COMPILE_CACHE", off)
+        assert not compile_cache.enabled()
+    monkeypatch.delenv("JAXFACE_COMPILE_CACHE")
+    assert compile_cache.enabled()
+
+
+def test_detect_second_process_reads_the_compile_cache(tiny, images, tmp_path):
+    """Two `jaxface detect` processes on one image: the first fills the cache folder,
+    the second loads its executables from it (JAX logs each persistent-cache hit when
+    JAX_LOG_COMPILES is set) and adds nothing."""
+    root, _ = images
+    cache = tmp_path / "xdg" / "jaxface" / "jax_cache"
+    env = dict(
+        os.environ,
+        XDG_CACHE_HOME=str(tmp_path / "xdg"),
+        JAXFACE_COMPILE_CACHE="1",
+        JAX_LOG_COMPILES="1",
+    )
+
+    def run(out):
+        cmd = [sys.executable, "-m", "jaxface.main", "detect", str(root / "a.png")]
+        cmd += ["--out", str(tmp_path / out), "--detector", tiny["detector"]]
+        t0 = time.perf_counter()
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return r.stderr, time.perf_counter() - t0
+
+    err1, t1 = run("first")
+    entries = sorted(p.name for p in cache.iterdir())
+    assert entries, "the first run wrote no cache entry"
+    assert "Persistent compilation cache hit" not in err1
+    err2, t2 = run("second")
+    assert "Persistent compilation cache hit" in err2
+    assert sorted(p.name for p in cache.iterdir()) == entries
+    first = json.loads((tmp_path / "first" / "a.png.json").read_text())
+    second = json.loads((tmp_path / "second" / "a.png.json").read_text())
+    assert first["faces"] == second["faces"]
+    print(f"jaxface detect wall time: first {t1:.1f} s, second {t2:.1f} s")

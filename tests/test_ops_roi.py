@@ -98,13 +98,22 @@ def data():
     return feat, rois, bidx
 
 
+@pytest.mark.parametrize("impl", ["gather", "window"])
 @pytest.mark.parametrize("sampling,aligned", [(2, False), (2, True), (-1, False), (-1, True)])
-def test_roi_align_matches_reference(data, sampling, aligned):
+def test_roi_align_matches_reference(data, sampling, aligned, impl):
     feat, rois, bidx = data
     scale = 0.25
     f = jax.jit(
         lambda x, r, b: ops.roi_align(
-            x, r, b, (3, 4), spatial_scale=scale, sampling_ratio=sampling, aligned=aligned
+            x,
+            r,
+            b,
+            (3, 4),
+            spatial_scale=scale,
+            sampling_ratio=sampling,
+            aligned=aligned,
+            impl=impl,
+            window=5,  # small: some RoIs need the whole-map fallback
         )
     )
     got = np.asarray(f(feat, rois, bidx))
@@ -127,6 +136,12 @@ def test_roi_align_constant_map_and_grad(data):
     check_grads(
         fn, (jnp.asarray(feat, jnp.float32),), order=1, modes=("rev",), atol=1e-2, rtol=1e-2
     )
+    fw = lambda x: ops.roi_align(  # noqa: E731
+        x, rois, bidx, (2, 2), spatial_scale=0.25, sampling_ratio=2, impl="window", window=4
+    ).sum()
+    check_grads(
+        fw, (jnp.asarray(feat, jnp.float32),), order=1, modes=("rev",), atol=1e-2, rtol=1e-2
+    )
 
 
 def test_roi_pool_matches_reference(data):
@@ -148,3 +163,47 @@ def test_roi_shape_errors(data):
         ops.roi_align(feat[0], rois, bidx, 2)
     with pytest.raises(ValueError, match="batch_indices"):
         ops.roi_pool(feat, rois, bidx[:2], 2)
+
+
+@pytest.mark.parametrize("sampling,aligned", [(2, True), (-1, False)])
+@pytest.mark.parametrize("window", [3, 6, 24])
+def test_roi_align_window_form_equals_gather_form_bit_for_bit(sampling, aligned, window):
+    """The per-RoI window form (CPU default) against the batched gather (the previous
+    implementation), for RoIs that fit the window, that need the whole-map fallback,
+    that lie partly or wholly outside the map; and the gradients. Same products and
+    sums in the same order, but XLA fuses the two programs differently, so the last
+    bit may differ (float32 tolerance)."""
+    rng = np.random.default_rng(1)
+    feat = rng.normal(size=(3, 20, 17, 5)).astype(np.float32)
+    xy = rng.uniform(-8, 18, (40, 2))
+    wh = rng.uniform(0.2, 14, (40, 2))
+    rois = np.concatenate([xy, xy + wh], 1).astype(np.float32)
+    rois[0] = [-30, -30, -20, -20]  # outside the map
+    rois[1] = [-2, -2, 22, 25]  # the whole map and beyond
+    bidx = rng.integers(0, 3, 40).astype(np.int32)
+
+    def run(impl):
+        return jax.jit(
+            lambda x: ops.roi_align(
+                x,
+                rois,
+                bidx,
+                (4, 3),
+                sampling_ratio=sampling,
+                aligned=aligned,
+                impl=impl,
+                window=window,
+            )
+        )
+
+    f = jnp.asarray(feat)
+    np.testing.assert_allclose(
+        np.asarray(run("window")(f)), np.asarray(run("gather")(f)), rtol=1e-5, atol=1e-6
+    )
+    cot = jnp.asarray(rng.normal(size=(40, 4, 3, 5)).astype(np.float32))
+    grads = [
+        np.asarray(jax.grad(lambda x, impl=impl: (run(impl)(x) * cot).sum())(f))
+        for impl in ("window", "gather")
+    ]
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-6, atol=1e-6)
+    assert np.abs(grads[0]).sum() > 0

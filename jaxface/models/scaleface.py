@@ -303,8 +303,10 @@ class ScaleFace(nn.Module):
         """Head outputs for ``rois`` ``[B, R, 4]`` on branch ``i``'s features ``[B, H, W, C]``."""
         spec = self.branches[i]
         pool = roi_align if self.roi_op == "align" else roi_pool
+        # RoIAlign under vmap: the batched gather (the window form's per-RoI branch
+        # would become a select that also reads the whole map for every RoI).
         kw = (
-            {"sampling_ratio": self.roi_sampling_ratio, "aligned": True}
+            {"sampling_ratio": self.roi_sampling_ratio, "aligned": True, "impl": "gather"}
             if self.roi_op == "align"
             else {}
         )

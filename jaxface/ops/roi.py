@@ -60,6 +60,8 @@ def roi_align(
     sampling_ratio: int = -1,
     aligned: bool = False,
     max_sampling_ratio: Optional[int] = None,
+    impl: str = "auto",
+    window: Union[int, Sequence[int]] = 24,
 ) -> jax.Array:
     """RoIAlign (Mask R-CNN) with torchvision semantics, NHWC.
 
@@ -82,9 +84,23 @@ def roi_align(
         ``ceil(W / PW)``, exact for every RoI that lies inside the feature map;
         a RoI needing more samples uses the cap (a documented difference).
         Memory is ``R * PH * gh * PW * gw * C`` per corner.
+      impl: how the four neighbours of every sample are read; all compute the same
+        products and sums in the same order (XLA may still fuse them differently,
+        so the last bit can differ). ``"gather"``: one batched
+        gather from the whole map, the fast form on accelerators. ``"window"``: a
+        loop over RoIs that copies each RoI's ``window`` of the map and gathers
+        from that small, cache-resident copy (XLA's CPU gather is several times
+        faster there); a RoI whose samples need more rows or columns than the
+        window reads the whole map instead. ``"auto"`` (default): ``"window"`` on
+        CPU, ``"gather"`` elsewhere. Under ``jax.vmap`` pass ``"gather"``: vmap turns
+        the window form's per-RoI branch into a select that computes both sides.
+      window: static ``(KH, KW)`` (or an int) of the ``"window"`` form, clipped to
+        the map. Only speed depends on it.
     Returns:
       ``[R, PH, PW, C]`` pooled features, dtype of ``features``.
     """
+    if impl not in ("auto", "gather", "window"):
+        raise ValueError(f"impl must be 'auto', 'gather' or 'window', got {impl!r}")
     _check(features, rois, batch_indices)
     ph, pw = _pair(output_size)
     _, height, width, _ = features.shape
@@ -136,25 +152,100 @@ def roi_align(
     wy_lo, wy_hi = wy_lo * my, wy_hi * my
     wx_lo, wx_hi = wx_lo * mx, wx_hi * mx
 
-    b = batch_indices.astype(jnp.int32)[:, None, None, None, None]
-    # Broadcast to [R, PH, SY, PW, SX].
-    yl = y_lo[:, :, :, None, None]
-    yh = y_hi[:, :, :, None, None]
-    xl = x_lo[:, None, None, :, :]
-    xh = x_hi[:, None, None, :, :]
-    w_yl = wy_lo[:, :, :, None, None, None]
-    w_yh = wy_hi[:, :, :, None, None, None]
-    w_xl = wx_lo[:, None, None, :, :, None]
-    w_xh = wx_hi[:, None, None, :, :, None]
     f = features.astype(dtype)
-    val = (
-        w_yl * w_xl * f[b, yl, xl]
-        + w_yl * w_xh * f[b, yl, xh]
-        + w_yh * w_xl * f[b, yh, xl]
-        + w_yh * w_xh * f[b, yh, xh]
-    )  # [R, PH, SY, PW, SX, C]
-    out = val.sum(axis=(2, 4)) / count[:, None, None, None]
+    if impl == "auto":
+        impl = "window" if jax.default_backend() == "cpu" else "gather"
+    if impl == "gather":
+        b = batch_indices.astype(jnp.int32)[:, None, None, None, None]
+        out = _bilinear_sum(
+            lambda yy, xx: f[b, yy, xx],
+            (y_lo[:, :, :, None, None], y_hi[:, :, :, None, None]),
+            (x_lo[:, None, None, :, :], x_hi[:, None, None, :, :]),
+            (wy_lo[:, :, :, None, None, None], wy_hi[:, :, :, None, None, None]),
+            (wx_lo[:, None, None, :, :, None], wx_hi[:, None, None, :, :, None]),
+            count[:, None, None, None],
+            axes=(2, 4),
+        )
+        return out.astype(features.dtype)
+
+    kh, kw = _pair(window)
+    kh, kw = max(1, min(kh, height)), max(1, min(kw, width))
+
+    # Each RoI's window: from its first used row/column (samples that count), shifted
+    # back so it stays inside the map; it fits if the last used row/column is inside.
+    def band(lo, hi, m, size, k):
+        used = m > 0
+        first = jnp.min(jnp.where(used, lo, size), axis=(1, 2))
+        last = jnp.max(jnp.where(used, hi, -1), axis=(1, 2))
+        start = jnp.clip(first, 0, size - k)
+        return start, last - start < k
+
+    y0, fit_y = band(y_lo, y_hi, my, height, kh)
+    x0, fit_x = band(x_lo, x_hi, mx, width, kw)
+    channels = f.shape[-1]
+
+    def one(args):
+        b, ys, xs, fits, yl, yh, wyl, wyh, xl, xh, wxl, wxh, cnt = args
+
+        def pool(src, yl, yh, xl, xh):
+            return _bilinear_sum(
+                lambda yy, xx: src[yy, xx],
+                (yl[:, :, None, None], yh[:, :, None, None]),
+                (xl[None, None], xh[None, None]),
+                (wyl[:, :, None, None, None], wyh[:, :, None, None, None]),
+                (wxl[None, None, :, :, None], wxh[None, None, :, :, None]),
+                cnt,
+                axes=(1, 3),
+            )
+
+        def in_window(_):
+            src = jax.lax.dynamic_slice(f, (b, ys, xs, 0), (1, kh, kw, channels))[0]
+            return pool(src, yl - ys, yh - ys, xl - xs, xh - xs)
+
+        def whole_map(_):
+            return pool(jax.lax.dynamic_index_in_dim(f, b, 0, keepdims=False), yl, yh, xl, xh)
+
+        return jax.lax.cond(fits, in_window, whole_map, None)
+
+    def step(carry, args):
+        return carry, one(args)
+
+    # A few RoIs per loop iteration: the per-iteration cost of XLA's CPU loop counts
+    # at this size.
+    _, out = jax.lax.scan(
+        step,
+        None,
+        (
+            batch_indices.astype(jnp.int32),
+            y0,
+            x0,
+            fit_y & fit_x,
+            y_lo,
+            y_hi,
+            wy_lo,
+            wy_hi,
+            x_lo,
+            x_hi,
+            wx_lo,
+            wx_hi,
+            count,
+        ),
+        unroll=4,
+    )
     return out.astype(features.dtype)
+
+
+def _bilinear_sum(read, ys, xs, wys, wxs, count, *, axes):
+    """``sum over samples of the four weighted neighbours / count``, in one fixed
+    expression order shared by every `roi_align` form."""
+    (yl, yh), (xl, xh), (w_yl, w_yh), (w_xl, w_xh) = ys, xs, wys, wxs
+    val = (
+        w_yl * w_xl * read(yl, xl)
+        + w_yl * w_xh * read(yl, xh)
+        + w_yh * w_xl * read(yh, xl)
+        + w_yh * w_xh * read(yh, xh)
+    )  # [..., PH, SY, PW, SX, C]
+    return val.sum(axis=axes) / count
 
 
 def _c_round(x):

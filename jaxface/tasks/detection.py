@@ -399,7 +399,8 @@ class DetectionTask(Task):
         """Real WIDER FACE validation: predictions over ``config.eval_split`` of the
         ``wider_face_original`` builder, aligned by file name with the official
         ground truth in ``config.wider_gt_dir`` (the four eval_tools ``.mat`` files),
-        written as the standard prediction folder in the workdir and evaluated."""
+        written as the standard prediction folder in the workdir and evaluated with
+        ``config.wider_semantics`` (``"official"`` when unset, or ``"python-port"``)."""
         c = self.config
         gt_dir = c.get("wider_gt_dir", "")
         if not gt_dir:
@@ -431,7 +432,12 @@ class DetectionTask(Task):
             wider_eval.write_predictions(
                 os.path.join(ctx.workdir, f"wider_pred_step{ctx.step}"), rels, boxes, scores
             )
-        results = wider_eval.evaluate(gt, wider_eval.Predictions.from_lists(per))
+        # File order kept: "python-port" evaluates the detections as written above.
+        results = wider_eval.evaluate(
+            gt,
+            wider_eval.Predictions.from_lists(per, sort=False),
+            semantics=c.get("wider_semantics", "official"),
+        )
         self._log_sample_detections(ctx, src, out)
         if ctx.process_index == 0:
             wider_eval.save_results(
