@@ -139,6 +139,9 @@ def base() -> ml_collections.ConfigDict:
     c.data.builder = "wider_face_original"
     c.eval_split = "validation"
     c.wider_gt_dir = ""  # eval_tools/ground_truth (the four .mat files) for "wider_official"
+    # "official": the MATLAB eval_tools execution; "python-port": the Python port's
+    # (docs/widerface_semantics.md).
+    c.wider_semantics = "official"
     c.evals = ["wider_official"]  # also writes the prediction folder for `jaxface widerface-eval`
     # The WIDER evaluators draw their first N eval images with their detections (score >=
     # the threshold) to TensorBoard (eval/sample_detections) and to the workdir as PNG.

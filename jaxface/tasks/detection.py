@@ -400,7 +400,7 @@ class DetectionTask(Task):
         ``wider_face_original`` builder, aligned by file name with the official
         ground truth in ``config.wider_gt_dir`` (the four eval_tools ``.mat`` files),
         written as the standard prediction folder in the workdir and evaluated with
-        ``config.wider_semantics`` (``"official"`` when unset, or ``"python-port"``)."""
+        ``config.wider_semantics`` (``"official"`` or ``"python-port"``)."""
         c = self.config
         gt_dir = c.get("wider_gt_dir", "")
         if not gt_dir:
@@ -436,7 +436,7 @@ class DetectionTask(Task):
         results = wider_eval.evaluate(
             gt,
             wider_eval.Predictions.from_lists(per, sort=False),
-            semantics=c.get("wider_semantics", "official"),
+            semantics=c.wider_semantics,
         )
         self._log_sample_detections(ctx, src, out)
         if ctx.process_index == 0:
