@@ -57,9 +57,7 @@ class NoiseFilter(logging.Filter):
         if lib == "tensorflow_datasets":
             if record.levelno < logging.WARNING:
                 return False
-            return record.levelno >= logging.ERROR or not _TFDS_NOISE.search(
-                record.getMessage()
-            )
+            return record.levelno >= logging.ERROR or not _TFDS_NOISE.search(record.getMessage())
         if lib in ("jax", "orbax"):
             return record.levelno >= logging.WARNING
         if lib == "clu" and record.levelno < logging.WARNING:

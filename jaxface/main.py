@@ -169,8 +169,16 @@ def _parse_config_flags(prog: str, argv: list[str], extra=()):
     )
     for kind, name, default, help_ in extra:
         getattr(flags, f"DEFINE_{kind}")(name, default, help_, flag_values=fv)
+    import warnings  # pylint: disable=import-outside-toplevel
+
     try:
-        fv([prog] + argv)
+        with warnings.catch_warnings():
+            # ml_collections loads the experiment file with the deprecated
+            # SourceFileLoader.load_module(); the file itself is ours and loads cleanly.
+            warnings.filterwarnings(
+                "ignore", message=r".*load_module\(\).*", category=DeprecationWarning
+            )
+            fv([prog] + argv)
     except flags.Error as err:
         raise SystemExit(f"jaxface: {err}") from None
     except (AttributeError, KeyError) as err:  # an override of a field the config lacks
@@ -241,8 +249,14 @@ def cmd_quickstart(argv):
     )
     p.add_argument("--workdir", required=True)
     p.add_argument("--configs", default=None, help="the configs/ directory (default: the repo's)")
-    p.add_argument("--only", default=None, help="comma-separated task names to run")
+    tasks = ("attributes", "recognition", "detection")
+    p.add_argument(
+        "--only", default=None, help=f"comma-separated tasks to run, of: {', '.join(tasks)}"
+    )
     args = p.parse_args(argv)
+    unknown = [t for t in (args.only or "").split(",") if t and t not in tasks]
+    if unknown:
+        p.error(f"--only: unknown task(s) {', '.join(unknown)}; tasks: {', '.join(tasks)}")
     quickstart.run(
         args.workdir, configs_dir=args.configs, only=args.only.split(",") if args.only else None
     )

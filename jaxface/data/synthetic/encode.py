@@ -41,9 +41,7 @@ def to_features(kind: str, ex: dict) -> dict:
     h, w = ex["image"].shape[:2]
     boxes = ex["faces"]["boxes"]  # [N, 4] pixels x0, y0, x1, y1
     n = len(boxes)
-    bbox = [
-        (float(b[1]) / h, float(b[0]) / w, float(b[3]) / h, float(b[2]) / w) for b in boxes
-    ]
+    bbox = [(float(b[1]) / h, float(b[0]) / w, float(b[3]) / h, float(b[2]) / w) for b in boxes]
     return {
         "image": png(ex["image"]),
         "image/id": ex["image/id"],
