@@ -5,7 +5,7 @@ every Python logger). It drops, by the emitting library and the message:
 
 * TensorFlow Datasets' INFO lines and its warnings about a builder config being
   "custom" or a variant folder lacking ``dataset_info.json`` (both normal for data
-  this project generates on first use);
+  this project generates on first use) and about decoding PNGs without OpenCV;
 * jax's INFO lines (e.g. "Unable to initialize backend 'tpu'" on a machine without TPU);
 * orbax's INFO lines (one per step of every save);
 * clu's ``[Hyperparameters]`` dump (the full config is logged at DEBUG by the trainer
@@ -32,6 +32,8 @@ MAX_LINE = 200
 _TFDS_NOISE = re.compile(
     r"Using custom data configuration|has no dataset_info\.json|Load dataset info from"
     r"|Reusing dataset|Constructing tf\.data\.Dataset|Generating dataset"
+    # PNG decoding through PIL is lossless, as through OpenCV; only speed differs.
+    r"|OpenCV is not installed"
 )
 _TF_STARTUP_NOISE = re.compile(
     r"All log messages before absl::InitializeLog\(\)|oneDNN custom operations are on"
