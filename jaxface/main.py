@@ -182,9 +182,8 @@ def _parse_config_flags(prog: str, argv: list[str], extra=()):
     except flags.Error as err:
         raise SystemExit(f"jaxface: {err}") from None
     except (AttributeError, KeyError) as err:  # an override of a field the config lacks
-        bad = [a.split("=")[0] for a in argv if a.startswith("--config.")]
         msg = str(err).strip("'\"").replace("\\n", " ")
-        raise SystemExit(f"jaxface: unknown config field in {bad}: {msg}") from None
+        raise SystemExit(f"jaxface: unknown config field: {msg}") from None
     if fv.config is None:
         raise SystemExit("jaxface: --config is required (e.g. --config configs/lmle.py:bce)")
     if fv.workdir is None:
