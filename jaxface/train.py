@@ -776,7 +776,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trai
 
     for hook in hooks:
         if hook.at_start and start_step == 0:
-            with report.timed(hook.name):
+            with report.timed(hook.name), progress.Phase(f"{hook.name} before step 1"):
                 t0 = time.time()
                 trainer.ctx.step = 0
                 state = hook.fn(state, trainer.ctx)
