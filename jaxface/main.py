@@ -1,11 +1,11 @@
-"""The ``jaxface`` command line.
+"""The jaxface command line.
 
   jaxface train --config configs/<file>.py:<variant> --workdir DIR [--config.<field>=<value> ...]
   jaxface eval  --config configs/<file>.py:<variant> --workdir DIR [--step N]
-  jaxface quickstart --workdir DIR
+  jaxface quickstart --workdir DIR [--only TASK,...]
   jaxface widerface-eval --pred PRED_DIR --gt GT_DIR [--out OUT_DIR]
 
-Inference with trained workdirs (`jaxface.infer_cli`, `jaxface.analyzer`):
+Inference with trained workdirs:
   jaxface detect IMAGE_OR_DIR --out DIR --detector WD [--score-threshold 0.5]
   jaxface verify IMG_A IMG_B --detector WD --recognizer WD [--far 1e-3]
   jaxface attributes IMAGE --detector WD --attributes WD
@@ -13,26 +13,23 @@ Inference with trained workdirs (`jaxface.infer_cli`, `jaxface.analyzer`):
   jaxface calibrate [--recognizer WD] [--attributes WD]   (verify's thresholds; LMLE centroids)
   jaxface export --detector WD --recognizer WD [--attributes WD] --out DIR
 
-``--config.<field>=<value>`` overrides any declared field; an unknown field is an
-error naming it, and every value is checked before anything runs (ranges, positivity,
-divisibility, NaN: `jaxface.config.validate`). ``jaxface <command> --help`` describes
-each command.
+--config.<field>=<value> overrides any declared field; an unknown field is an error
+naming it, and every value is checked before anything runs (ranges, positivity,
+divisibility, NaN). "jaxface <command> --help" describes each command.
 
-Errors are one line on stderr (``jaxface <command>: <error>``); ``--debug`` (anywhere
-on the line) or ``JAXFACE_DEBUG=1`` shows the traceback instead.
+Errors are one line on stderr ("jaxface <command>: <error>"); --debug (anywhere on the
+line) or JAXFACE_DEBUG=1 shows the traceback instead.
 
 Exit status: 0 success; 1 failure (an error, or nothing could be processed); 2 bad
 arguments or an unusable input image; 3 finished, but some inputs were skipped
-(``detect`` and ``identify`` folder runs: each skipped image is named in the summary;
-``eval``: an evaluator skipped unreadable images, named in its log and JSON).
-``widerface-eval`` exits 2 on malformed input and 1 when no prediction file matched
-the ground truth.
+(detect and identify folder runs: each skipped image is named in the summary; eval: an
+evaluator skipped unreadable images, named in its log and JSON). widerface-eval exits 2
+on malformed input and 1 when no prediction file matched the ground truth.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 
@@ -71,11 +68,83 @@ def _setup_logging(verbose: bool = True):
     # Training logs progress at INFO; inference commands print their own results.
     absl_logging.set_verbosity(absl_logging.INFO if verbose else absl_logging.WARNING)
     absl_logging.use_absl_handler()
-    # orbax logs every step of every save at INFO; keep its warnings and errors only.
-    absl_logging.get_absl_handler().addFilter(
-        lambda record: record.levelno >= logging.WARNING or "orbax" not in record.pathname
-    )
+    # Third-party INFO chatter and known-harmless warnings (tfds, jax, orbax, clu's
+    # hyperparameter dump) are dropped at the handler; see jaxface.logs.
+    from jaxface import logs  # pylint: disable=import-outside-toplevel
+
+    logs.install_filters(absl_logging.get_absl_handler())
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _config_arg(argv: list[str]) -> str | None:
+    for i, a in enumerate(argv):
+        if a == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--config="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def _close(word: str, choices, show=lambda m: m) -> str:
+    """`` (did you mean X?)`` for the closest of ``choices``, or ``""``."""
+    import difflib  # pylint: disable=import-outside-toplevel
+
+    match = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {show(match[0])}?)" if match else ""
+
+
+def _flat_keys(cfg, prefix: str = "") -> list[str]:
+    out = []
+    for k in cfg.keys():
+        v = cfg[k]
+        out.append(prefix + k)
+        if hasattr(v, "keys") and callable(v.keys):
+            out += _flat_keys(v, f"{prefix}{k}.")
+    return out
+
+
+def precheck_config_args(argv: list[str]) -> str | None:
+    """The first problem with a train/eval command line's --config, its variant and its
+    --config.<field> overrides, as one line; None if there is none.
+
+    Runs before logging, JAX or TensorFlow are set up: only the experiment file (a few
+    milliseconds, it imports ml_collections) is loaded. Values are checked later, by
+    `jaxface.config.validate`."""
+    import importlib.util  # pylint: disable=import-outside-toplevel
+    import pathlib  # pylint: disable=import-outside-toplevel
+
+    spec = _config_arg(argv)
+    if spec is None:
+        return None  # the flag parser names the missing --config
+    path, _, variant = spec.partition(":")
+    file = pathlib.Path(path)
+    if not file.is_file():
+        siblings = [p.name for p in file.parent.glob("*.py")] if file.parent.is_dir() else []
+        hint = _close(file.name, siblings, lambda m: file.parent / m)
+        return f"--config: no such file: {path}{hint}"
+    try:
+        mspec = importlib.util.spec_from_file_location(f"jaxface_precheck_{file.stem}", file)
+        module = importlib.util.module_from_spec(mspec)
+        mspec.loader.exec_module(module)
+    except Exception as err:  # pylint: disable=broad-except
+        return f"--config {path}: cannot be loaded: {type(err).__name__}: {err}"
+    variants = getattr(module, "VARIANTS", None)
+    if variant and variants is not None and variant not in variants:
+        hint = _close(variant, variants)
+        known = hint or f"; known: {', '.join(variants)}"
+        return f"--config {path}: unknown variant {variant!r}{known}"
+    overrides = [a[len("--config.") :].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+    if not overrides or not hasattr(module, "get_config"):
+        return None
+    try:
+        cfg = module.get_config(variant) if variant else module.get_config()
+    except Exception as err:  # pylint: disable=broad-except
+        return f"--config {spec}: {type(err).__name__}: {err}"
+    keys = _flat_keys(cfg)
+    for field in overrides:
+        if field not in keys:
+            return f"--config.{field}: {spec} has no field {field!r}{_close(field, keys)}"
+    return None
 
 
 def _parse_config_flags(prog: str, argv: list[str], extra=()):
@@ -100,14 +169,21 @@ def _parse_config_flags(prog: str, argv: list[str], extra=()):
     )
     for kind, name, default, help_ in extra:
         getattr(flags, f"DEFINE_{kind}")(name, default, help_, flag_values=fv)
+    import warnings  # pylint: disable=import-outside-toplevel
+
     try:
-        fv([prog] + argv)
+        with warnings.catch_warnings():
+            # ml_collections loads the experiment file with the deprecated
+            # SourceFileLoader.load_module(); the file itself is ours and loads cleanly.
+            warnings.filterwarnings(
+                "ignore", message=r".*load_module\(\).*", category=DeprecationWarning
+            )
+            fv([prog] + argv)
     except flags.Error as err:
         raise SystemExit(f"jaxface: {err}") from None
     except (AttributeError, KeyError) as err:  # an override of a field the config lacks
-        bad = [a.split("=")[0] for a in argv if a.startswith("--config.")]
         msg = str(err).strip("'\"").replace("\\n", " ")
-        raise SystemExit(f"jaxface: unknown config field in {bad}: {msg}") from None
+        raise SystemExit(f"jaxface: unknown config field: {msg}") from None
     if fv.config is None:
         raise SystemExit("jaxface: --config is required (e.g. --config configs/lmle.py:bce)")
     if fv.workdir is None:
@@ -172,8 +248,14 @@ def cmd_quickstart(argv):
     )
     p.add_argument("--workdir", required=True)
     p.add_argument("--configs", default=None, help="the configs/ directory (default: the repo's)")
-    p.add_argument("--only", default=None, help="comma-separated task names to run")
+    tasks = ("attributes", "recognition", "detection")
+    p.add_argument(
+        "--only", default=None, help=f"comma-separated tasks to run, of: {', '.join(tasks)}"
+    )
     args = p.parse_args(argv)
+    unknown = [t for t in (args.only or "").split(",") if t and t not in tasks]
+    if unknown:
+        p.error(f"--only: unknown task(s) {', '.join(unknown)}; tasks: {', '.join(tasks)}")
     quickstart.run(
         args.workdir, configs_dir=args.configs, only=args.only.split(",") if args.only else None
     )
@@ -237,8 +319,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
     if cmd not in COMMANDS:
-        print(f"jaxface: unknown command {cmd!r}\n{USAGE}", file=sys.stderr)
+        hint = _close(cmd, COMMANDS)
+        known = ", ".join(COMMANDS)
+        print(f"jaxface: unknown command {cmd!r}{hint}; commands: {known}", file=sys.stderr)
         return 2
+    if cmd in ("train", "eval") and not any(a in ("-h", "--help", "-help") for a in rest):
+        problem = precheck_config_args(rest)
+        if problem:
+            print(f"jaxface {cmd}: {problem}", file=sys.stderr)
+            return 2
     _setup_logging(verbose=cmd in ("train", "eval", "quickstart"))
     if debug:
         return _run(cmd, rest)
@@ -255,8 +344,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(cmd: str, rest: list[str]) -> int:
     if cmd in ("train", "eval", "quickstart"):
-        from jaxface import parallel  # pylint: disable=import-outside-toplevel
+        from jaxface import logs, parallel  # pylint: disable=import-outside-toplevel
 
+        logs.import_tensorflow_quietly()
         parallel.maybe_initialize()
     return int(COMMANDS[cmd](rest) or 0)
 

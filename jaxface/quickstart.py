@@ -10,9 +10,12 @@ Each task adds its entry to :data:`ENTRIES`.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
 import time
+
+from jaxface import progress
 
 # (row label, config file relative to configs/, variant, headline metrics)
 ENTRIES = [
@@ -73,15 +76,32 @@ def run(workdir: str, *, configs_dir: str | None = None, only=None) -> list[dict
     os.makedirs(workdir, exist_ok=True)
     data_dir = os.path.join(workdir, "tensorflow_datasets")
     rows, runs = [], []
-    for label, file, variant, headline in ENTRIES:
-        config = load_config(cdir / file, variant)
-        if only and config.task not in only:
-            continue
+    t_all = time.time()
+    configs = [(e, load_config(cdir / e[1], e[2])) for e in ENTRIES]
+    configs = [(e, c) for e, c in configs if not only or c.task in only]
+    for n, ((label, file, variant, headline), config) in enumerate(configs, 1):
         if not config.data.data_dir:
             config.data.data_dir = data_dir
         run_dir = os.path.join(workdir, f"{pathlib.Path(file).stem}_{variant}")
         t0 = time.time()
+        logging.info(
+            "quickstart %d/%d: %s (configs/%s:%s; data, compilation, %d steps, evaluation)",
+            n,
+            len(configs),
+            label,
+            file,
+            variant,
+            int(config.num_train_steps),
+        )
         result = train.train_and_evaluate(config, run_dir)
+        logging.info(
+            "quickstart %d/%d: %s %s in %s",
+            n,
+            len(configs),
+            label,
+            result.status,
+            progress.format_duration(time.time() - t0),
+        )
         row = {
             "task": label,
             "config": f"configs/{file}:{variant}",
@@ -100,6 +120,7 @@ def run(workdir: str, *, configs_dir: str | None = None, only=None) -> list[dict
         runs.append(
             {
                 "label": label,
+                "task": config.task,
                 "config": row["config"],
                 "workdir": run_dir,
                 "eval_results": result.eval_results,
@@ -119,6 +140,12 @@ def run(workdir: str, *, configs_dir: str | None = None, only=None) -> list[dict
             command=f"jaxface quickstart --workdir {workdir}",
         )
         print(f"report: {out}")
+    logging.info(
+        "quickstart: %d task(s) in %s (%s)",
+        len(rows),
+        progress.format_duration(time.time() - t_all),
+        "; ".join(f"{r['task']} {progress.format_duration(r['wall_time_s'])}" for r in rows),
+    )
     return rows
 
 

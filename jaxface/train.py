@@ -27,7 +27,7 @@
   recognition classifier by class), their optimizer state is split the same way, and
   a task with nothing to split refuses ``model_parallel > 1``;
 * ``clu.metrics`` averages inside the step, ``clu.metric_writers`` (TensorBoard +
-  log), ``clu.periodic_actions.ReportProgress`` (steps/s, ETA);
+  log), ``jaxface.progress`` (compilation time; steps/s and ETA);
 * evaluators from ``config.evals`` every ``config.eval_every`` steps and at the end;
 * orbax checkpoints every ``config.checkpoint_every`` steps keeping
   ``config.keep_checkpoints``; resume order: the workdir's latest checkpoint, then
@@ -68,13 +68,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from clu import metric_writers, metrics as clu_metrics, periodic_actions
+from clu import metric_writers, metrics as clu_metrics
 import orbax.checkpoint as ocp
 
 from jaxface import checkpoint_checks
 from jaxface import config as config_lib
 from jaxface import tasks as tasks_lib
 from jaxface import parallel
+from jaxface import progress
 from jaxface import workdir_lock
 from jaxface.data import pipeline
 from jaxface.tasks.base import EvalContext, Task
@@ -730,8 +731,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trai
     num_steps = int(config.num_train_steps)
     stop_at = int(config.stop_at_step) or num_steps
     logging.info(
-        "task %s: %s, step %d of %d on %d devices (%d processes); batch %d global, "
-        "%d per host, %d per device (%d per device per microbatch), compute %s",
+        "task %s: %s, step %d/%d; %d device(s), %d process(es); batch %d "
+        "(%d/host, %d/device, %d/device/microbatch), %s",
         config.task,
         origin,
         start_step,
@@ -744,6 +745,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trai
         trainer.per_device_microbatch,
         config.compute_dtype,
     )
+    logging.info("config: %s (all fields: config.json)", progress.config_summary(config))
+    logging.debug("config:\n%s", config)
     if start_step == 0:
         writer.write_hparams(
             {
@@ -757,9 +760,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trai
     # Made under jit so it is a global array on every host (device_put of a host value
     # to a sharding spanning other processes' devices is not allowed).
     rng = jax.jit(lambda: jax.random.key(int(config.seed) + 1), out_shardings=trainer.replicated)()
-    report = periodic_actions.ReportProgress(
+    report = progress.report_progress(
         num_train_steps=num_steps, writer=writer, every_steps=int(config.log_every)
     )
+    compiling = progress.FirstCall("compiling the train step", "compiled the train step")
     hooks = trainer.task.hooks()
     log_every, eval_every = int(config.log_every), int(config.eval_every)
     ckpt_every = int(config.checkpoint_every)
@@ -770,7 +774,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trai
 
     for hook in hooks:
         if hook.at_start and start_step == 0:
-            with report.timed(hook.name):
+            with report.timed(hook.name), progress.Phase(f"{hook.name} before step 1"):
                 t0 = time.time()
                 trainer.ctx.step = 0
                 state = hook.fn(state, trainer.ctx)
@@ -781,7 +785,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trai
     with PreemptionFlag() as preempt:
         while step < min(num_steps, stop_at):
             batch = trainer.ctx.to_global(next(batches))
-            state, m = train_step(state, batch, rng)
+            with compiling:
+                state, m = train_step(state, batch, rng)
             step += 1
             train_metrics = m if train_metrics is None else train_metrics.merge(m)
             report(step)
@@ -819,7 +824,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trai
                     trainer.save(mngr, state, step)
 
             if step % eval_every == 0 or step == num_steps:
-                with report.timed("eval"):
+                with report.timed("eval"), progress.Phase(f"evaluating step {step}"):
                     eval_results = trainer.evaluate(state, step, writer)
                 writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_results.items()})
 

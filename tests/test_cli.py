@@ -38,9 +38,39 @@ def test_train_then_eval_with_overrides(tmp_path, capsys):
     assert 0.0 <= printed["balanced_accuracy/mean_balanced_accuracy"] <= 1.0
 
 
+# The precheck's message is checked directly: capsys would bind absl's handler (imported
+# by the experiment file's ml_collections) to a capture stream closed after the test.
 def test_unknown_config_field_is_an_error_naming_it(tmp_path):
-    with pytest.raises(SystemExit, match="batch_sise"):
-        cli.main(["train", "--config", CONFIG, "--workdir", str(tmp_path), "--config.batch_sise=8"])
+    argv = ["--config", CONFIG, "--workdir", str(tmp_path)]
+    err = cli.precheck_config_args(argv + ["--config.seed=1", "--config.batch_sise=8"])
+    # One line naming only the unknown field (not the valid --config.seed), with a hint.
+    assert "\n" not in err and "batch_sise" in err and "seed" not in err, err
+    assert "did you mean batch_size?" in err
+    assert cli.main(["train", *argv, "--config.batch_sise=8"]) == 2
+
+
+def test_missing_config_file_or_variant_is_one_line(tmp_path):
+    import sys
+
+    path, variant = CONFIG.split(":")
+    bad_file = path.replace(".py", "x.py")
+    for config, words in (
+        (f"{bad_file}:{variant}", ["no such file", bad_file]),
+        (f"{path}:{variant}x", ["unknown variant", f"{variant}x"]),
+    ):
+        heavy_before = "tensorflow" in sys.modules
+        argv = ["--config", config, "--workdir", str(tmp_path)]
+        err = cli.precheck_config_args(argv)
+        assert "\n" not in err and all(w in err for w in words), err
+        assert cli.main(["train", *argv]) == 2
+        # Nothing heavy was started on the way to the error.
+        assert ("tensorflow" in sys.modules) == heavy_before
+
+
+def test_help_is_plain_text(capsys):
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "``" not in out and "`jaxface." not in out
 
 
 def test_missing_flags_and_unknown_command():

@@ -47,16 +47,19 @@ def test_quickstart_writes_a_self_contained_html_report(tmp_path, monkeypatch):
     # The summary table is the printed one; the metric table holds the run's own numbers.
     result = json.loads((run_dir / "result.json").read_text())
     assert rows[0]["results"] in parsed.cells
-    assert f"{result['eval_results'][METRIC]:.4f}" in parsed.cells
+    assert report._fmt(result["eval_results"][METRIC]) in parsed.cells
     # Every picture is an embedded, decodable PNG: the training curves drawn from the
     # event files plus each PNG the evaluators wrote (latest step only).
     on_disk = report.latest_pictures(run_dir)
     assert on_disk, "the tiny run's evaluator wrote no PNG"
     alts = [i["alt"] for i in parsed.imgs]
     assert "training losses" in alts
-    assert sorted(a for a in alts if a.endswith(".png")) == sorted(
+    assert sorted(i["title"] for i in parsed.imgs if "title" in i) == sorted(
         str(p.relative_to(run_dir)) for p in on_disk
     )
+    # Captions are words, not file names; the task's numbers are explained.
+    assert not any(a.endswith(".png") for a in alts), alts
+    assert "LMLE paper reports 84%" in page
     for img in parsed.imgs:
         head, b64 = img["src"].split(",", 1)
         assert head == "data:image/png;base64"
@@ -88,3 +91,32 @@ def test_latest_pictures_keeps_the_last_step(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "x.png").write_bytes(png.getvalue())
     assert [p.name for p in report.latest_pictures(tmp_path)] == ["pr.png", "roc_step300.png"]
+
+
+def test_numbers_are_formatted_for_reading():
+    assert report._fmt(432.4) == "432.4"
+    assert report._fmt(0.96141) == "0.9614"
+    assert report._fmt(0.0633312) == "0.06333"
+    assert report._fmt(12345.67) == "12,346"
+    assert report._fmt(400.0) == "400"
+    assert report._fmt(1000) == "1,000"
+
+
+def test_captions_are_words_and_curves_split_by_scale():
+    assert report.caption("wd/sample_detections_step400.png") == "Detections on held-out scenes"
+    assert "ROC" in report.caption("wd/verification_roc_step3.png")
+    assert report.caption("wd/some_new_plot_step3.png") == "some new plot"
+    steps = np.arange(3)
+    scalars = {
+        "train/loss": (steps, np.array([3.0, 2.0, 1.0])),
+        "train/cls_loss": (steps, np.array([2.0, 1.0, 0.5])),
+        "train/accuracy": (steps, np.array([0.1, 0.5, 0.9])),
+        "train/grad_norm": (steps, np.array([40.0, 12.0, 9.0])),
+        "train/nonfinite_total": (steps, np.zeros(3)),
+    }
+    panels = dict(report.curve_panels(scalars))
+    assert panels["training losses"] == ["train/cls_loss", "train/loss"]
+    assert panels["training accuracies and rates (0 to 1)"] == ["train/accuracy"]
+    assert panels["other training quantities"] == ["train/grad_norm"]
+    png = report.plot_curves(scalars, ["train/loss", "train/cls_loss"], "training losses")
+    assert png[:4] == b"\x89PNG"

@@ -85,8 +85,16 @@ def get_builder(
                 f"{REAL_DATA_BUILDERS[name]}/"
             )
         if jax.process_index() == 0:
-            cfg_name = builder.builder_config.name if builder.builder_config else "(no config)"
-            logging.info("preparing %s/%s in %s", name, cfg_name, data_dir)
+            if config_overrides:
+                # The builder config's description is the default variant's; these are the
+                # fields that differ (e.g. the quickstart's smaller scenes).
+                changed = ", ".join(f"{k}={v}" for k, v in sorted(config_overrides.items()))
+                if len(changed) > 120:
+                    changed = changed[:117] + "..."
+                logging.info("%s: %s", name, changed)
+            # tqdm bars ("Generating splits...", "Shuffling ...") write carriage returns
+            # into logs; jaxface's builders log their own progress lines instead.
+            tfds.disable_progress_bar()
             dl_config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
             builder.download_and_prepare(download_config=dl_config, file_format="array_record")
         if jax.process_count() > 1:

@@ -29,6 +29,7 @@ import inspect
 import json
 import logging
 import os
+import time
 import zipfile
 from typing import Any, Callable, Optional
 
@@ -140,6 +141,24 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             fmt = tfds.core.FileFormat.from_value(value)
             if fmt not in info.alternative_file_formats:
                 info.alternative_file_formats.append(fmt)
+
+    # tfds prints "Downloading and preparing dataset Unknown size (download: Unknown
+    # size ...)" and "... downloaded and prepared" to stdout; nothing of this project is
+    # downloaded (data is generated, or read from local files), so say what happens.
+    def _log_download_bytes(self) -> None:
+        self._prepare_t0 = time.monotonic()
+        logging.info(
+            "preparing %s/%s (nothing to download) in %s",
+            self.name,
+            self.builder_config.name if self.builder_config else "default",
+            getattr(self, "_data_dir_root", self.data_dir),
+        )
+
+    def _log_download_done(self) -> None:
+        from jaxface import progress  # pylint: disable=import-outside-toplevel
+
+        dt = time.monotonic() - getattr(self, "_prepare_t0", time.monotonic())
+        logging.info("prepared %s in %s", self.name, progress.format_duration(dt))
 
     def _download_and_prepare(self, dl_manager, download_config=None, **kwargs):
         self._skipped_during_build = []

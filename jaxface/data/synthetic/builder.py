@@ -55,17 +55,17 @@ Feature schema (per ``kind``):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import io
 import multiprocessing
 import os
+import sys
 
 import numpy as np
-from PIL import Image
 import tensorflow_datasets as tfds
 
 from jaxface.data import tfds_base
-from jaxface.data.synthetic import render
+from jaxface.data.synthetic import encode, render
 
 KINDS = ("attributes", "identity", "detection")
 
@@ -281,8 +281,13 @@ class SyntheticFaces(tfds_base.Builder):
         }
 
     def _generate_examples(self, split: str, num_examples: int):
+        from jaxface import progress  # pylint: disable=import-outside-toplevel
+
         cfg = self.builder_config
-        yield from generate(cfg.kind, cfg.seed, split, num_examples, cfg.spec(), features=True)
+        counter = progress.RateLogger(f"generating {self.name}/{cfg.name} {split}", num_examples)
+        yield from counter.wrap(
+            generate(cfg.kind, cfg.seed, split, num_examples, cfg.spec(), features=True)
+        )
 
 
 def num_workers(num_examples: int) -> int:
@@ -294,16 +299,41 @@ def num_workers(num_examples: int) -> int:
             return max(1, int(env))
         except ValueError:
             raise ValueError(f"JAXFACE_SYNTHETIC_WORKERS={env!r}: expected an integer") from None
-    if num_examples < 2000 or not hasattr(os, "fork"):
+    if num_examples < 2000 or "forkserver" not in multiprocessing.get_all_start_methods():
         return 1
     return max(1, min(8, os.cpu_count() or 1))
 
 
 def _render_chunk(args):
-    kind, seed, split, spec, start, stop, features = args
-    make = getattr(render, f"{kind}_example")
-    out = [make(seed, split, i, spec) for i in range(start, stop)]
-    return [_to_features(kind, ex) for ex in out] if features else out
+    """`encode.render_chunk`, with tfds' ``BBox`` for detection boxes."""
+    return _with_bboxes(args[0], args[6], encode.render_chunk(args))
+
+
+def _with_bboxes(kind: str, features: bool, examples: list) -> list:
+    if not (features and kind == "detection"):
+        return examples
+    for ex in examples:
+        ex["faces"]["bbox"] = [tfds.features.BBox(*b) for b in ex["faces"]["bbox"]]
+    return examples
+
+
+@contextlib.contextmanager
+def _main_module_hidden():
+    """While the workers start, the caller's ``__main__`` names no file or module.
+
+    A ``forkserver`` (or ``spawn``) worker re-imports the parent's main module before it
+    runs anything; the workers here need only `encode` (an importable module), and
+    re-running a script without an ``if __name__ == "__main__"`` guard in every worker
+    would fail. Restored as soon as the pool has started its workers."""
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__}
+    try:
+        main.__dict__.pop("__file__", None)
+        main.__dict__["__spec__"] = None
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
 
 
 def generate(
@@ -318,8 +348,10 @@ def generate(
     """Yields ``(index, example)`` for ``index`` in order, rendering in parallel when it pays.
 
     Examples are pure functions of their index, so the workers' output is byte-identical
-    to rendering in-process. Workers are forked (they run NumPy/PIL only, never TF) and
-    receive contiguous chunks; results come back in order. ``features=True`` yields the
+    to rendering in-process. Workers come from a ``forkserver`` context: forking the
+    calling process itself (JAX's and TensorFlow's threads included) could deadlock, and
+    the worker function (`encode.render_chunk`) imports NumPy and PIL only. They receive
+    contiguous chunks; results come back in order. ``features=True`` yields the
     tfds feature dicts (PNG-encoded by PIL in the workers: tfds would otherwise encode
     every image through a TF graph in the writing process, its main cost).
     """
@@ -335,43 +367,13 @@ def generate(
         (kind, seed, split, spec, a, min(a + chunk, num_examples), features)
         for a in range(0, num_examples, chunk)
     ]
-    ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(workers) as pool:
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["jaxface.data.synthetic.encode"])
+    with _main_module_hidden():
+        pool = ctx.Pool(workers)  # starts every worker now
+    with pool:
         index = 0
-        for part in pool.imap(_render_chunk, jobs):
-            for ex in part:
+        for part in pool.imap(encode.render_chunk, jobs):
+            for ex in _with_bboxes(kind, features, part):
                 yield index, ex
                 index += 1
-
-
-def _png(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="png", compress_level=1)
-    return buf.getvalue()
-
-
-def _to_features(kind: str, ex: dict) -> dict:
-    """A renderer's NumPy example -> the tfds feature dict (PNG bytes, detection boxes normalised)."""
-    if kind != "detection":
-        return {**ex, "image": _png(ex["image"])}
-    h, w = ex["image"].shape[:2]
-    boxes = ex["faces"]["boxes"]  # [N, 4] pixels x0, y0, x1, y1
-    n = len(boxes)
-    bbox = [
-        tfds.features.BBox(
-            ymin=float(b[1]) / h, xmin=float(b[0]) / w, ymax=float(b[3]) / h, xmax=float(b[2]) / w
-        )
-        for b in boxes
-    ]
-    return {
-        "image": _png(ex["image"]),
-        "image/id": ex["image/id"],
-        "faces": {
-            "bbox": bbox,
-            "landmarks": np.asarray(ex["faces"]["landmarks"], np.float32).reshape(n, 5, 2),
-            "blur": np.asarray(ex["faces"]["blur"], np.int32).reshape(n),
-            "occlusion": np.asarray(ex["faces"]["occlusion"], np.int32).reshape(n),
-            "pose": np.asarray(ex["faces"]["pose"], np.int32).reshape(n),
-            "invalid": np.asarray(ex["faces"]["invalid"], np.int32).reshape(n),
-        },
-    }
