@@ -48,6 +48,8 @@ __all__ = [
     "roc_auc",
     "eer",
     "tar_at_far",
+    "read_roc",
+    "threshold_at_far",
     "kfold_accuracy",
     "kfold_tar_at_far",
     "evaluate_folds",
@@ -476,25 +478,68 @@ def tar_at_far(
     cannot be measured: it returns the TAR at FPR 0 for "closest" and is interpolated
     towards (0, 0) by "interpolated" -- report the impostor count beside it.
     """
-    fpr, tpr, _ = roc_curve(scores, same, kind=kind)
+    fpr, tpr, thr = roc_curve(scores, same, kind=kind)
     targets = np.asarray(far_targets, np.float64)
     if np.any((targets < 0) | (targets > 1)):
         raise ValueError(f"far_targets must lie in [0, 1], got {far_targets}")
-    if method == "closest":
-        out = np.array([tpr[np.argmin(np.abs(fpr - t))] for t in targets.ravel()])
-    elif method == "closest_upper":
-        out = []
-        for t in targets.ravel():
+    return read_roc(fpr, tpr, thr, targets, method=method)["tar"]
+
+
+def read_roc(fpr, tpr, thresholds, far_targets, *, method: str = "closest") -> dict:
+    """The one TAR@FAR reading of a ROC (points ordered by decreasing threshold, from
+    (0, 0)), for `tar_at_far` (exact pair scores) and
+    `jaxface.evaluation.all_pairs.histogram_tar_at_far` (histogram bin edges).
+
+    ``method``: ``"closest"`` the first point whose FPR is closest to the target,
+    ``"closest_upper"`` the best TPR among those points, ``"interpolated"`` TPR (and
+    threshold; an infinite one counts as 1.0) linear in FPR. Returns ``tar``, ``far``
+    (reached; the target for "interpolated") and ``threshold``, shaped like
+    ``far_targets``."""
+    fpr, tpr, thresholds = (np.asarray(a) for a in (fpr, tpr, thresholds))
+    targets = np.asarray(far_targets, np.float64)
+    flat = targets.ravel()
+    if method in ("closest", "closest_upper"):
+        idx = []
+        for t in flat:
             gap = np.abs(fpr - t)
-            out.append(tpr[gap == gap.min()].max())
-        out = np.array(out)
+            if method == "closest":
+                idx.append(int(np.argmin(gap)))
+            else:
+                tied = np.flatnonzero(gap == gap.min())
+                idx.append(int(tied[np.argmax(tpr[tied])]))
+        idx = np.asarray(idx, np.int64)
+        out = {"tar": tpr[idx], "far": fpr[idx], "threshold": thresholds[idx]}
     elif method == "interpolated":
-        out = np.interp(targets.ravel(), fpr, tpr)
+        out = {
+            "tar": np.interp(flat, fpr, tpr),
+            "far": flat.copy(),
+            "threshold": np.interp(flat, fpr, np.where(np.isfinite(thresholds), thresholds, 1.0)),
+        }
     else:
         raise ValueError(
             f"method: expected 'closest', 'closest_upper' or 'interpolated', got {method!r}"
         )
-    return out.reshape(targets.shape)
+    return {k: v.reshape(targets.shape) for k, v in out.items()}
+
+
+def threshold_at_far(impostor: np.ndarray, far: float, genuine=None) -> dict:
+    """The lowest threshold t with FAR(t) = #(impostor >= t) / n <= far (``same`` iff
+    ``score >= t``), with the FAR and (given genuine scores) TAR achieved there."""
+    imp = np.sort(np.asarray(impostor, np.float64))[::-1]
+    n = len(imp)
+    if n == 0:
+        raise ValueError("threshold_at_far: no impostor scores")
+    k = int(np.floor(far * n))  # at most k impostors may reach t
+    t = float(np.nextafter(imp[k], np.inf)) if k < n else float(imp[-1])
+    achieved = float(np.mean(imp >= t))
+    out = {
+        "threshold": t,
+        "far": achieved,
+        "far_resolution": 1.0 / n,
+    }
+    if genuine is not None and len(genuine):
+        out["tar"] = float(np.mean(np.asarray(genuine) >= t))
+    return out
 
 
 # --------------------------------------------------------------------------- folds
