@@ -46,7 +46,8 @@ from jaxface.models import pretrained as pretrained_lib
 
 @dataclasses.dataclass
 class Hook:
-    """A periodic host-side action: ``fn(state, ctx) -> state`` every ``every_steps``."""
+    """A host-side action ``fn(state, ctx) -> state``: every ``every_steps`` steps (0:
+    never periodically) and, with ``at_start``, once before the first step of a fresh run."""
 
     name: str
     every_steps: int

@@ -633,7 +633,7 @@ class RecognitionTask(Task):
         return [
             Hook(
                 "stitching_targets",
-                every_steps=int(self.config.num_train_steps) + 1,
+                every_steps=0,
                 fn=self._stitching_start,
                 at_start=True,
             )
