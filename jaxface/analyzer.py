@@ -51,6 +51,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from jaxface.ops.norm import l2_normalize
+
 __all__ = ["FaceAnalyzer", "LoadedModel", "load_model", "read_config"]
 
 
@@ -216,7 +218,7 @@ def embed_core(recognizer: LoadedModel):
         out = model.apply(variables, x, None if learned else yaw, train=False)
         out_f = model.apply(variables, x[:, :, ::-1], out["yaw"], train=False)
         e = out["embedding"].astype(jnp.float32) + out_f["embedding"].astype(jnp.float32)
-        e = e / jnp.maximum(jnp.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
+        e = l2_normalize(e)
         return e, out["yaw"].astype(jnp.float32), out["gate"].astype(jnp.float32)
 
     return fn
