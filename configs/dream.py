@@ -14,7 +14,7 @@ everything else) and the DREAM ones ``X_stitch`` (stitching, started from ``X``)
            identities, 5,600 images, 64 px centre crops fed at 48 px) and evaluates FF / FP on the
            unseen identities of splits 09-10; the gate's yaw is CFP's frontal/profile
            folder flag (the fiducial fit under-estimates profile yaw, see
-           `jaxface.models.pose.yaw_from_cfp_fiducials`).
+           `jaxface.ops.pose.yaw_from_cfp_fiducials`).
   synthetic the quickstart's: synthetic_faces ``identity`` shrunk to 500 train / 100
            test identities x 10 images at 48 px, a ResNet-10 at width 1/4; FF / FP
            verification and rank-1 identification on the held-out identities.
@@ -92,7 +92,7 @@ def base() -> ml_collections.ConfigDict:
     )
     c.cfp = ml_collections.ConfigDict(dict(manual_dir="", eval_splits=[9, 10]))
     # Evaluators "lfw" (LFW View 2 from its original layout) and "bins" (insightface .bin
-    # sets): see jaxface/tasks/recognition_protocols.py. Add them with e.g.
+    # sets): see jaxface/tasks/recognition_evaluators.py. Add them with e.g.
     #   --config.evals='("cfp","lfw")' --config.lfw.manual_dir=/data/lfw
     # crop_fraction 0.6: the centre of LFW's 250 px images that holds the face (a choice).
     c.lfw = ml_collections.ConfigDict(

@@ -37,8 +37,8 @@ Run:
       --config.data.manual_dir=/data/widerface \
       --config.wider_gt_dir=/data/widerface/eval_tools/ground_truth
 Predictions on any image folder (WIDER `<event>/<image>.txt`):
-  python -m jaxface.tasks.detection --config configs/scaleface.py:synthetic \
-      --workdir /tmp/jaxface/scaleface --images WIDER_val/images --out /tmp/pred
+  jaxface predict-wider --detector /tmp/jaxface/scaleface --images WIDER_val/images \
+      --out /tmp/pred
 """
 
 import ml_collections

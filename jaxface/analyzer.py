@@ -26,7 +26,7 @@ Pipeline and preprocessing (each as its task did in training):
   of its mirror image with the DREAM gate's yaw, fused as the evaluators fuse them
   (``L2-normalise(f(x) + f(flip x))``, `jaxface.evaluation.verification.fuse_flip`);
   the yaw is the 3D mean-face fit of the 5 landmarks
-  (`jaxface.models.pose.yaw_from_landmarks`) unless given (or the recogniser's learned
+  (`jaxface.ops.pose.yaw_from_landmarks`) unless given (or the recogniser's learned
   yaw head when it has one).
 * ``attributes``: the aligned crop resized (antialiased) to the attribute model's
   ``config.image_size``; per attribute the probability ``sigmoid(logit)`` (``bce``
@@ -50,6 +50,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+
+from jaxface.ops.norm import l2_normalize
 
 __all__ = ["FaceAnalyzer", "LoadedModel", "load_model", "read_config"]
 
@@ -81,22 +83,6 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
         return ml_collections.ConfigDict(json.load(f))
 
 
-def example_batch(task, config) -> dict:
-    """A one-example batch with the fields ``task.init_variables`` reads (zeros)."""
-    s = int(config.image_size)
-    batch = {"image": np.zeros((1, s, s, 3), np.float32)}
-    if config.task == "detection":
-        batch["image_hw"] = np.full((1, 2), s, np.float32)
-        batch["scale"] = np.ones((1,), np.float32)
-    elif config.task == "recognition":
-        batch["yaw"] = np.zeros((1,), np.float32)
-        batch["is_profile"] = np.zeros((1,), bool)
-        batch["landmarks"] = np.tile(
-            np.float32([[0, 0], [2, 0], [1, 1], [0, 2], [2, 2]]), (1, 1, 1)
-        )
-    return batch
-
-
 def load_model(workdir: str, step: Optional[int] = None) -> LoadedModel:
     """The task of ``workdir/config.json`` with the weights of ``step`` (default latest)."""
     from jaxface import tasks, train  # pylint: disable=import-outside-toplevel
@@ -104,10 +90,10 @@ def load_model(workdir: str, step: Optional[int] = None) -> LoadedModel:
     config = read_config(workdir)
     task = tasks.get_task(config.task)(config)
     rng = jax.random.key(0)
-    abstract = dict(jax.eval_shape(task.init_variables, rng, example_batch(task, config)))
+    abstract = dict(jax.eval_shape(task.init_variables, rng, task.example_batch()))
     params = abstract.pop("params")
     target = {"params": params, "model_state": abstract}
-    metric_attrs = config.task == "attributes" and getattr(task, "metric", False)
+    metric_attrs = bool(getattr(task, "metric", False))  # LMLE: centroids in the task state
     if metric_attrs:
         full = {"params": params, **abstract}
         target["task_state"] = jax.eval_shape(lambda: task.init_task_state(rng, full))
@@ -164,8 +150,6 @@ def recluster_attributes(model: LoadedModel) -> dict:
     """Re-clusters an LMLE model's training embeddings at its checkpoint exactly as its
     ``cluster_knn`` evaluator does (`AttributesTask.cluster`, reading the training data)
     and writes ``WD/calibration/attribute_centroids.npz``; returns a summary."""
-    import types  # pylint: disable=import-outside-toplevel
-
     from jaxface import train  # pylint: disable=import-outside-toplevel
     from jaxface.tasks.base import EvalContext  # pylint: disable=import-outside-toplevel
 
@@ -179,11 +163,7 @@ def recluster_attributes(model: LoadedModel) -> dict:
         process_count=1,
     )
     variables = jax.device_put(model.variables, ctx.replicated)  # onto the whole mesh
-    state = types.SimpleNamespace(
-        params=variables["params"],
-        model_state={k: v for k, v in variables.items() if k != "params"},
-    )
-    new = jax.device_get(model.task.cluster(state, ctx))
+    new = jax.device_get(model.task.cluster(variables, ctx))
     path = os.path.join(model.workdir, CENTROIDS_FILE)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     np.savez(
@@ -238,7 +218,7 @@ def embed_core(recognizer: LoadedModel):
         out = model.apply(variables, x, None if learned else yaw, train=False)
         out_f = model.apply(variables, x[:, :, ::-1], out["yaw"], train=False)
         e = out["embedding"].astype(jnp.float32) + out_f["embedding"].astype(jnp.float32)
-        e = e / jnp.maximum(jnp.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
+        e = l2_normalize(e)
         return e, out["yaw"].astype(jnp.float32), out["gate"].astype(jnp.float32)
 
     return fn
@@ -567,7 +547,7 @@ def _align_padded(image, landmarks, *, size, supersample, zoom, border):
 
 
 def _yaw_from_landmarks(landmarks):
-    from jaxface.models import pose  # pylint: disable=import-outside-toplevel
+    from jaxface.ops import pose  # pylint: disable=import-outside-toplevel
 
     return pose.yaw_from_landmarks(landmarks)
 
@@ -593,8 +573,3 @@ def largest_face(det: dict) -> Optional[int]:
     if not len(b):
         return None
     return int(np.argmax((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])))
-
-
-def cosine_scores(a, b) -> np.ndarray:
-    """Cosine similarity of rows of L2-normalised ``[N, D]`` and ``[M, D]`` -> ``[N, M]``."""
-    return np.asarray(a, np.float64) @ np.asarray(b, np.float64).T

@@ -47,7 +47,6 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 __all__ = ["export_analyzer", "load", "ExportedFunctions", "EXTENSION"]
 
@@ -233,8 +232,3 @@ def load(path: str) -> ExportedFunctions:
         with open(os.path.join(path, info["file"]), "rb") as f:
             exported[name] = jax.export.deserialize(bytearray(f.read()))
     return ExportedFunctions(manifest, exported)
-
-
-def to_numpy(tree) -> Any:
-    """Outputs of an exported function as NumPy arrays."""
-    return jax.tree.map(np.asarray, tree)

@@ -27,20 +27,22 @@ similarity; ``same`` iff ``score >= threshold``.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import pathlib
 import sys
 import time
-from typing import Optional
 
 import numpy as np
 
 from jaxface import compile_cache
+from jaxface.calibration import (  # noqa: F401  (threshold_at_far: public here too)
+    CALIBRATION_DIR,
+    calibrate,
+    load_calibration,
+    threshold_at_far,
+)
 from jaxface.data.images import SkipReport
-
-CALIBRATION_DIR = "calibration"
 
 
 # ---------------------------------------------------------------------------------
@@ -153,7 +155,7 @@ def _check_finite(name: str, x, workdir: str) -> None:
 
 def list_images(root) -> list[pathlib.Path]:
     """``root`` itself if it is a file, else every image below it (sorted)."""
-    from jaxface.tasks.detection import list_images as relative_images  # pylint: disable=import-outside-toplevel
+    from jaxface.data.images import list_images as relative_images  # pylint: disable=import-outside-toplevel
 
     root = pathlib.Path(root)
     if root.is_file():
@@ -165,10 +167,10 @@ def list_images(root) -> list[pathlib.Path]:
 
 def draw_faces(image: np.ndarray, det: dict, path) -> None:
     """PNG of the image with every face of ``det`` drawn: box, score and 5 landmarks
-    (`jaxface.tasks.detection.draw_detections`, the picture the evaluators log)."""
+    (`jaxface.evaluation.draw.draw_detections`, the picture the evaluators log)."""
     from PIL import Image  # pylint: disable=import-outside-toplevel
 
-    from jaxface.tasks.detection import draw_detections  # pylint: disable=import-outside-toplevel
+    from jaxface.evaluation.draw import draw_detections  # pylint: disable=import-outside-toplevel
 
     drawn = draw_detections(
         image, det["boxes"], det["scores"], landmarks=det["landmarks"], threshold=-np.inf
@@ -287,119 +289,8 @@ def cmd_detect(argv) -> int:
 
 
 # ---------------------------------------------------------------------------------
-# calibration (verify's threshold) and verify
+# verify (its threshold: `jaxface.calibration`)
 # ---------------------------------------------------------------------------------
-
-
-def calibrate(recognizer, *, max_images: int = 2000, batch_size: int = 64) -> dict:
-    """Scores every frontal pair of the recogniser's held-out split; writes
-    ``WD/calibration/{verification.json, impostor_scores.npy, genuine_scores.npy}``.
-
-    ``recognizer``: a `jaxface.analyzer.LoadedModel` of a recognition run. Images are
-    prepared by the task's own evaluation transform (what its evaluators score), and
-    scored as they are (flip-fused L2-normalised embeddings); frontal = CFP's folder
-    flag, else ``|yaw| <= config.verification.frontal_max_yaw``, else every image.
-    """
-    import jax  # pylint: disable=import-outside-toplevel
-
-    from jaxface.data import pipeline  # pylint: disable=import-outside-toplevel
-    from jaxface.evaluation import verification as verif  # pylint: disable=import-outside-toplevel
-    from jaxface.tasks.recognition import Subset  # pylint: disable=import-outside-toplevel
-
-    task, cfg = recognizer.task, recognizer.config
-    split = cfg.eval_split
-    meta = task.metadata(split)
-    labels = np.asarray(meta["label"])
-    if "is_profile" in meta:
-        frontal = ~np.asarray(meta["is_profile"], bool)
-        rule = "CFP folder flag: frontal/"
-    elif "abs_yaw" in meta:
-        frontal = np.asarray(meta["abs_yaw"]) <= float(cfg.verification.frontal_max_yaw)
-        rule = f"|yaw| <= {float(cfg.verification.frontal_max_yaw)}"
-    else:
-        frontal = np.ones(len(labels), bool)
-        rule = "all images (no pose metadata)"
-    rows = np.flatnonzero(frontal)[: int(max_images)]
-    transform = functools.partial(task.transform, train=False)
-    source = Subset(task.source(split), rows)
-    predict = jax.jit(task.predict)
-    emb, emb_f = [], []
-    for batch in pipeline.eval_batches(source, batch_size, transform):
-        valid = np.asarray(batch.pop("_valid"), bool)
-        batch.pop("_global_index")
-        batch.pop("label", None)
-        out = jax.device_get(predict(recognizer.variables, batch))
-        emb.append(np.asarray(out["embedding"])[valid])
-        emb_f.append(np.asarray(out["embedding_flip"])[valid])
-    fused = verif.fuse_flip(np.concatenate(emb), np.concatenate(emb_f))
-    lab = labels[rows]
-    sims = fused @ fused.T
-    iu, ju = np.triu_indices(len(rows), 1)
-    same = lab[iu] == lab[ju]
-    s = sims[iu, ju].astype(np.float32)
-    genuine, impostor = np.sort(s[same]), np.sort(s[~same])
-    out_dir = os.path.join(recognizer.workdir, CALIBRATION_DIR)
-    os.makedirs(out_dir, exist_ok=True)
-    np.save(os.path.join(out_dir, "impostor_scores.npy"), impostor)
-    np.save(os.path.join(out_dir, "genuine_scores.npy"), genuine)
-    info = {
-        "source": (
-            f"{cfg.data.builder} split {split!r} (identities unseen in training"
-            + (
-                f"; CFP protocol splits {list(cfg.cfp.eval_splits)}"
-                if cfg.data.builder == "cfp_manual"
-                else ""
-            )
-            + f"), frontal images ({rule}), every pair"
-        ),
-        "crops": f"the task's evaluation transform (config.data.crop={cfg.data.get('crop', 'center')!r})",
-        "score": "cosine similarity of flip-fused L2-normalised embeddings",
-        "checkpoint_step": recognizer.step,
-        "num_images": int(len(rows)),
-        "num_identities": int(len(np.unique(lab))),
-        "num_genuine": int(len(genuine)),
-        "num_impostor": int(len(impostor)),
-        "thresholds": {
-            f"{far:g}": threshold_at_far(impostor, far, genuine) for far in (1e-1, 1e-2, 1e-3, 1e-4)
-        },
-    }
-    with open(os.path.join(out_dir, "verification.json"), "w") as f:
-        json.dump(info, f, indent=1)
-    return info
-
-
-def threshold_at_far(impostor: np.ndarray, far: float, genuine=None) -> dict:
-    """The lowest threshold t with FAR(t) = #(impostor >= t) / n <= far (``same`` iff
-    ``score >= t``), with the FAR and (given genuine scores) TAR achieved there."""
-    imp = np.sort(np.asarray(impostor, np.float64))[::-1]
-    n = len(imp)
-    if n == 0:
-        raise ValueError("threshold_at_far: no impostor scores")
-    k = int(np.floor(far * n))  # at most k impostors may reach t
-    t = float(np.nextafter(imp[k], np.inf)) if k < n else float(imp[-1])
-    achieved = float(np.mean(imp >= t))
-    out = {
-        "threshold": t,
-        "far": achieved,
-        "far_resolution": 1.0 / n,
-    }
-    if genuine is not None and len(genuine):
-        out["tar"] = float(np.mean(np.asarray(genuine) >= t))
-    return out
-
-
-def load_calibration(recognizer_workdir: str) -> Optional[tuple[dict, np.ndarray, np.ndarray]]:
-    d = os.path.join(recognizer_workdir, CALIBRATION_DIR)
-    path = os.path.join(d, "verification.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        info = json.load(f)
-    return (
-        info,
-        np.load(os.path.join(d, "impostor_scores.npy")),
-        np.load(os.path.join(d, "genuine_scores.npy")),
-    )
 
 
 def _face_embedding_or_report(analyzer, path, command: str):
@@ -707,6 +598,32 @@ def cmd_export(argv) -> int:
     return 0
 
 
+def cmd_predict_wider(argv) -> int:
+    p = argparse.ArgumentParser(
+        prog="jaxface predict-wider",
+        description="Write WIDER FACE prediction files for every image under a folder: "
+        "OUT/<relative path without extension>.txt (image name, count, then 'x y w h score' "
+        "in original pixels), the input of 'jaxface widerface-eval'.",
+    )
+    p.add_argument("--detector", required=True, help="detector training workdir")
+    p.add_argument("--images", required=True, help="image folder (e.g. WIDER_val/images)")
+    p.add_argument("--out", required=True, help="prediction folder to write")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--batch-size", type=_positive_int, default=8)
+    args = p.parse_args(argv)
+    from jaxface import analyzer  # pylint: disable=import-outside-toplevel
+    from jaxface.tasks import detection  # pylint: disable=import-outside-toplevel
+
+    model = analyzer.load_model(args.detector, args.step)
+    if model.config.task != "detection":
+        raise ValueError(f"{args.detector}: a {model.config.task!r} run, not a detector")
+    n = detection.write_folder_predictions(
+        model.task, model.variables, args.images, args.out, batch_size=args.batch_size
+    )
+    print(f"wrote predictions for {n} images (checkpoint step {model.step}) to {args.out}")
+    return 0
+
+
 COMMANDS = {
     "detect": cmd_detect,
     "verify": cmd_verify,
@@ -714,4 +631,5 @@ COMMANDS = {
     "identify": cmd_identify,
     "calibrate": cmd_calibrate,
     "export": cmd_export,
+    "predict-wider": cmd_predict_wider,
 }

@@ -12,6 +12,7 @@ Inference with trained workdirs:
   jaxface identify --gallery DIR QUERY --detector WD --recognizer WD [--top-k 5]
   jaxface calibrate [--recognizer WD] [--attributes WD]   (verify's thresholds; LMLE centroids)
   jaxface export --detector WD --recognizer WD [--attributes WD] --out DIR
+  jaxface predict-wider --detector WD --images DIR --out DIR   (WIDER prediction files)
 
 --config.<field>=<value> overrides any declared field; an unknown field is an error
 naming it, and every value is checked before anything runs (ranges, positivity,
@@ -285,7 +286,15 @@ COMMANDS = {
     "widerface-eval": cmd_widerface_eval,
     **{
         name: _infer(name)
-        for name in ("detect", "verify", "attributes", "identify", "calibrate", "export")
+        for name in (
+            "detect",
+            "verify",
+            "attributes",
+            "identify",
+            "calibrate",
+            "export",
+            "predict-wider",
+        )
     },
 }
 

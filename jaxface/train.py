@@ -57,8 +57,6 @@ import functools
 import json
 import logging
 import os
-import signal
-import threading
 import time
 from typing import Any, Mapping
 
@@ -71,7 +69,6 @@ import optax
 from clu import metric_writers, metrics as clu_metrics
 import orbax.checkpoint as ocp
 
-from jaxface import checkpoint_checks
 from jaxface import config as config_lib
 from jaxface import tasks as tasks_lib
 from jaxface import parallel
@@ -79,6 +76,21 @@ from jaxface import progress
 from jaxface import workdir_lock
 from jaxface.data import pipeline
 from jaxface.tasks.base import EvalContext, Task
+from jaxface.training.checkpoints import (  # noqa: F401  (public names of jaxface.train)
+    FAULT_MARKER,
+    FAULT_SLEEP_IN_SAVE,
+    abstract_like,
+    make_checkpoint_manager,
+    restore_partial,
+    restore_state,
+    restore_weights,
+    save_checkpoint,
+    tree_all_finite,
+    tree_finite,
+)
+from jaxface.training.optimizer import make_optimizer, make_schedule, optimizer_for  # noqa: F401
+from jaxface.training.precision import cast_batch, cast_params
+from jaxface.training.preemption import PreemptionFlag
 
 
 @flax.struct.dataclass
@@ -97,7 +109,7 @@ class NonFiniteError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------------
-# Mesh, optimizer
+# Mesh
 # ---------------------------------------------------------------------------------
 
 
@@ -110,125 +122,6 @@ def create_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
     return jax.sharding.Mesh(
         devices.reshape(-1, model), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2
     )
-
-
-def make_schedule(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
-    lr = float(opt.learning_rate)
-    warmup = int(opt.warmup_steps)
-    kind = opt.schedule
-    if kind == "constant":
-        main = optax.constant_schedule(lr)
-    elif kind == "cosine":
-        main = optax.cosine_decay_schedule(lr, max(1, num_steps - warmup))
-    elif kind == "steps":
-        # Multiply by `decay_factor` at each fraction of training (DREAM: 0.8, 0.9, 0.95).
-        bounds = {int(f * num_steps) - warmup: float(opt.decay_factor) for f in opt.decay_at}
-        main = optax.piecewise_constant_schedule(lr, bounds)
-    else:
-        raise ValueError(
-            f"config.optimizer.schedule: unknown schedule {kind!r} "
-            "(expected 'constant', 'cosine' or 'steps')"
-        )
-    if warmup:
-        return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
-    return main
-
-
-def make_optimizer(opt: ml_collections.ConfigDict, num_steps: int, trainable_mask=None):
-    """SGD (momentum, nesterov) or AdamW with a schedule; decoupled weight decay on
-    kernels only (ndim > 1); optional global-norm clipping; frozen params via mask."""
-    schedule = make_schedule(opt, num_steps)
-    wd = float(opt.get("weight_decay", 0.0))
-    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
-    name = opt.name
-    if name == "sgd":
-        chain = [optax.add_decayed_weights(wd, decay_mask)] if wd else []
-        chain.append(
-            optax.sgd(
-                schedule,
-                momentum=opt.momentum or None,
-                nesterov=bool(opt.nesterov),
-            )
-        )
-        tx = optax.chain(*chain)
-    elif name == "adamw":
-        tx = optax.adamw(schedule, weight_decay=wd, mask=decay_mask)
-    else:
-        raise ValueError(
-            f"config.optimizer.name: unknown optimizer {name!r} (expected 'sgd' or 'adamw')"
-        )
-    clip = float(opt.grad_clip_norm)
-    if clip:
-        tx = optax.chain(optax.clip_by_global_norm(clip), tx)
-    if trainable_mask is not None:
-        tx = optax.multi_transform(
-            {True: tx, False: optax.set_to_zero()}, lambda params: trainable_mask
-        )
-    return tx
-
-
-def _tree_all_finite(tree) -> jax.Array:
-    leaves = [
-        jnp.all(jnp.isfinite(x))
-        for x in jax.tree.leaves(tree)
-        if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)
-    ]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
-
-
-def tree_all_finite(tree) -> bool:
-    """Host-side check that every float leaf of a pytree is finite."""
-    return bool(jax.jit(_tree_all_finite)(tree))
-
-
-# ---------------------------------------------------------------------------------
-# Preemption
-# ---------------------------------------------------------------------------------
-
-
-class PreemptionFlag:
-    """Sets itself on SIGTERM / SIGINT while installed (main thread only)."""
-
-    def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
-        self.signals = signals
-        self._event = threading.Event()
-        self._previous = {}
-        self.received = None
-
-    def _handler(self, signum, frame):
-        del frame
-        self.received = signal.Signals(signum).name
-        logging.warning(
-            "received %s: finishing the step, saving a checkpoint, exiting", self.received
-        )
-        self._event.set()
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for s in self.signals:
-                self._previous[s] = signal.signal(s, self._handler)
-        return self
-
-    def __exit__(self, *exc):
-        for s, h in self._previous.items():
-            signal.signal(s, h)
-        return False
-
-    def is_set(self, step: int, sync_every: int = 1) -> bool:
-        """Whether any process received a signal.
-
-        With several processes every host must agree (they all save, then stop), which
-        takes a cross-host all-gather; that sync runs only every ``sync_every`` steps so
-        it is not a collective on every step's hot path.
-        """
-        local = self._event.is_set()
-        if jax.process_count() > 1:
-            if step % max(1, sync_every):
-                return False
-            from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-
-            return bool(np.any(multihost_utils.process_allgather(np.asarray(local))))
-        return local
 
 
 # ---------------------------------------------------------------------------------
@@ -245,40 +138,6 @@ class TrainResult:
     wall_time_s: float
     nonfinite_total: int
     data_report: str
-
-
-def make_checkpoint_manager(
-    workdir: str, config: ml_collections.ConfigDict
-) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=int(config.keep_checkpoints),
-        create=True,
-        enable_async_checkpointing=bool(config.async_checkpointing),
-    )
-    return ocp.CheckpointManager(
-        os.path.abspath(os.path.join(workdir, "checkpoints")), options=options
-    )
-
-
-def _cast_floating(x, dtype):
-    return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
-
-
-def cast_params(params, dtype):
-    """The precision contract's parameter cast: every floating leaf to ``dtype`` (the
-    train state keeps the fp32 master copy)."""
-    if jnp.dtype(dtype) == jnp.float32:
-        return params
-    return jax.tree.map(lambda x: _cast_floating(x, dtype), params)
-
-
-def cast_batch(batch: Mapping[str, Any], fields: tuple[str, ...], dtype) -> dict[str, Any]:
-    """The precision contract's batch cast: only ``fields`` (a task's
-    ``compute_fields``, its image inputs) go to ``dtype``; geometry, labels, masks and
-    targets keep their dtype."""
-    if jnp.dtype(dtype) == jnp.float32:
-        return dict(batch)
-    return {k: (_cast_floating(v, dtype) if k in fields else v) for k, v in batch.items()}
 
 
 class Trainer:
@@ -330,6 +189,7 @@ class Trainer:
         self.collection = clu_metrics.Collection.create(
             **{k: clu_metrics.Average.from_output(k) for k in self.metric_names}
         )
+        self._tx = None  # `optimizer`: built once
 
     # -- data ------------------------------------------------------------------
     def train_loader(self) -> pipeline.BatchLoader:
@@ -351,7 +211,7 @@ class Trainer:
         vrng, trng = jax.random.split(rng)
         variables = dict(self.task.init_variables(vrng, batch))
         params = variables.pop("params")
-        tx = self.tx(params)
+        tx = self.optimizer(params)
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
@@ -362,12 +222,12 @@ class Trainer:
             nonfinite_total=jnp.zeros((), jnp.int32),
         )
 
-    def tx(self, params):
-        mask = self.task.trainable_mask(params)
-        all_trainable = all(jax.tree.leaves(mask))
-        return make_optimizer(
-            self.config.optimizer, int(self.config.num_train_steps), None if all_trainable else mask
-        )
+    def optimizer(self, params):
+        """The optimizer (`jaxface.training.optimizer.optimizer_for`), built on the first
+        call (from the parameters or their shapes) and the same object afterwards."""
+        if self._tx is None:
+            self._tx = optimizer_for(self.config, self.task, params)
+        return self._tx
 
     def state_sharding(self, abstract_state):
         """Replicated, except the parameters the task splits over the ``model`` axis
@@ -429,7 +289,6 @@ class Trainer:
     # -- step ------------------------------------------------------------------
     def make_train_step(self, state_sharding):
         task, collection = self.task, self.collection
-        tx_holder = {}
 
         accum = int(self.config.grad_accum_steps)
         compute_dtype = jnp.dtype(self.config.compute_dtype)
@@ -459,9 +318,7 @@ class Trainer:
             return loss, ms, {k: jnp.asarray(v, jnp.float32) for k, v in aux.items()}, grads
 
         def train_step(state: TrainState, batch, rng):
-            if "tx" not in tx_holder:
-                tx_holder["tx"] = self.tx(state.params)
-            tx = tx_holder["tx"]
+            tx = self.optimizer(state.params)
             step_rng = jax.random.fold_in(rng, state.step)
 
             if accum == 1:
@@ -500,7 +357,7 @@ class Trainer:
 
             updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
             new_params = optax.apply_updates(state.params, updates)
-            finite = jnp.isfinite(loss) & _tree_all_finite(grads) & _tree_all_finite(new_params)
+            finite = jnp.isfinite(loss) & tree_finite(grads) & tree_finite(new_params)
             keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
             new_state = state.replace(
                 step=state.step + 1,
@@ -528,29 +385,13 @@ class Trainer:
     def restore(self, mngr: ocp.CheckpointManager, state, sharding):
         """Resume order: latest checkpoint in workdir, then config.init_from, then the task's
         pretrained weights (`Task.load_pretrained`), then scratch."""
-        abstract = jax.tree.map(
-            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, sharding
-        )
         latest = mngr.latest_step()
         if latest is not None:
             logging.info("resuming from %s step %d", mngr.directory, latest)
-            try:
-                restored = mngr.restore(
-                    latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
-                )
-            except Exception as err:  # pylint: disable=broad-except
-                corrupt = checkpoint_checks.corrupt_checkpoint_error(err, mngr.directory, latest)
-                if corrupt is not None:
-                    raise corrupt from None
-                if not isinstance(err, ValueError):
-                    raise
-                raise ValueError(
-                    f"the checkpoint of step {latest} in {mngr.directory} does not match the train state "
-                    f"of this config (was it written by another model or config?). Use a fresh --workdir "
-                    f"or restore the config it was trained with. Details (truncated): {str(err)[:1500]}"
-                ) from None
-            checkpoint_checks.check_finite(restored["state"], mngr.directory, latest)
-            return restored["state"], f"resumed from step {latest}"
+            restored = restore_state(
+                mngr, abstract_like(state, sharding), latest, explain_mismatch=True
+            )
+            return restored, f"resumed from step {latest}"
         init_from = self.config.init_from
         if init_from:
             params, model_state, step = restore_weights(
@@ -593,107 +434,6 @@ class Trainer:
             results.update({f"{name}/{k}": float(v) for k, v in out.items()})
             results[f"{name}/eval_time_s"] = time.time() - t0
         return results
-
-
-def save_checkpoint(
-    mngr: ocp.CheckpointManager, state, step: int, *, force: bool = False, workdir: str = ""
-) -> bool:
-    """Saves ``state`` as checkpoint ``step`` unless its parameters or model state hold a
-    NaN or infinity (then logs an error, writes nothing and returns False)."""
-    if not tree_all_finite((state.params, state.model_state)):
-        logging.error("step %d: parameters are not finite; checkpoint NOT written", step)
-        return False
-    if os.environ.get(FAULT_SLEEP_IN_SAVE) == str(step):
-        _install_sleep_before_commit(workdir or os.path.dirname(str(mngr.directory)))
-    return mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=force)
-
-
-FAULT_SLEEP_IN_SAVE = "JAXFACE_FAULT_SLEEP_IN_SAVE"
-FAULT_MARKER = "FAULT_SLEEPING_IN_SAVE"
-
-
-def _install_sleep_before_commit(workdir: str) -> None:
-    """Fault injection (see the module docstring): the next orbax commit writes a marker
-    file and sleeps instead of renaming the finished temporary directory into place."""
-    from orbax.checkpoint._src.path import atomicity  # pylint: disable=import-outside-toplevel
-
-    cls = atomicity.AtomicRenameTemporaryPath
-
-    async def finalize(self, *args, **kwargs):
-        del args, kwargs
-        logging.error("%s: sleeping before committing %s", FAULT_SLEEP_IN_SAVE, self.get())
-        with open(os.path.join(workdir, FAULT_MARKER), "w") as f:
-            f.write(str(self.get()))
-        while True:  # until killed
-            time.sleep(1.0)
-
-    cls.finalize = finalize
-
-
-def restore_partial(workdir: str, abstract, step: int | None = None, *, what: str = "init_from"):
-    """``(restored, step)``: the parts of a checkpoint named by ``abstract`` (a pytree of
-    ``jax.ShapeDtypeStruct`` with shardings, e.g. ``{"params": ..., "model_state": ...}``),
-    nothing else (orbax partial restore). ``workdir`` is a run directory (its
-    ``checkpoints/``) or a checkpoints directory; ``step`` defaults to the latest. A
-    structure or shape mismatch is a ValueError naming ``what`` and the step."""
-    path = os.path.abspath(workdir)
-    if os.path.isdir(os.path.join(path, "checkpoints")):
-        path = os.path.join(path, "checkpoints")
-    src = ocp.CheckpointManager(path)
-    try:
-        step = src.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"{what}={workdir!r}: no checkpoint found in {path}")
-        try:
-            restored = src.restore(
-                step,
-                args=ocp.args.Composite(
-                    state=ocp.args.PyTreeRestore(
-                        item=abstract,
-                        restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-                        partial_restore=True,
-                    )
-                ),
-            )["state"]
-        except Exception as err:  # pylint: disable=broad-except
-            corrupt = checkpoint_checks.corrupt_checkpoint_error(err, path, step, what=what)
-            if corrupt is not None:
-                raise corrupt from None
-            if not isinstance(err, (ValueError, KeyError)):
-                raise
-            raise ValueError(
-                f"{what}={workdir!r}: the checkpoint of step {step} does not match this "
-                f"config's model. Details (truncated): {str(err)[:1500]}"
-            ) from None
-    finally:
-        src.close()
-    checkpoint_checks.check_finite(restored, path, step, what=what)
-    return restored, step
-
-
-def restore_weights(
-    workdir: str,
-    params,
-    model_state,
-    params_sharding,
-    model_state_sharding,
-    step: int | None = None,
-):
-    """``(params, model_state, step)`` from another run's checkpoint, nothing else.
-
-    Only the weights and model state (e.g. BatchNorm statistics) are read (orbax
-    partial restore), so the source run may have had another optimizer, frozen
-    parameters or task state (e.g. end-to-end training -> DREAM stitching). Their
-    structure and shapes must match this config's model; a mismatch is an error.
-    ``workdir`` is a run directory (its ``checkpoints/``) or a checkpoints directory.
-    """
-    target = {"params": params, "model_state": model_state}
-    shard = {"params": params_sharding, "model_state": model_state_sharding}
-    abstract = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), target, shard
-    )
-    restored, step = restore_partial(workdir, abstract, step)
-    return restored["params"], restored["model_state"], step
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
@@ -798,7 +538,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trai
                     )
 
             for hook in hooks:
-                if step % hook.every_steps == 0 and step < num_steps:
+                if hook.every_steps and step % hook.every_steps == 0 and step < num_steps:
                     t0 = time.time()
                     with report.timed(hook.name):
                         trainer.ctx.step = step
@@ -863,12 +603,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trai
 def load_state(config: ml_collections.ConfigDict, workdir: str, step: int | None = None):
     """``(trainer, state, step)`` restored from a checkpoint of ``workdir`` (latest by default)."""
     trainer = Trainer(config, workdir)
-    source, transform = trainer.task.data(config.train_split, train=True)
-    n = trainer.global_batch
-    example = pipeline.collate(
-        [transform(source[i % len(source)], np.random.default_rng(i)) for i in range(n)]
-    )
-    state, sharding = trainer.init_state(example)
+    # Shapes from the config (`Task.example_batch`): restoring reads no data.
+    state, sharding = trainer.init_state(trainer.task.example_batch(trainer.per_host_batch))
     mngr = make_checkpoint_manager(workdir, config)
     step = mngr.latest_step() if step is None else step
     if step is None:
@@ -878,21 +614,10 @@ def load_state(config: ml_collections.ConfigDict, workdir: str, step: int | None
             f"no checkpoint of step {step} in {mngr.directory}; "
             f"available: {sorted(mngr.all_steps())}"
         )
-    abstract = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, sharding
-    )
     try:
-        state = mngr.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
-        )["state"]
-    except Exception as err:  # pylint: disable=broad-except
-        corrupt = checkpoint_checks.corrupt_checkpoint_error(err, mngr.directory, step)
-        if corrupt is not None:
-            raise corrupt from None
-        raise
+        state = restore_state(mngr, abstract_like(state, sharding), step)
     finally:
         mngr.close()
-    checkpoint_checks.check_finite(state, mngr.directory, step)
     return trainer, state, step
 
 

@@ -34,7 +34,6 @@ def workdirs(tmp_path_factory) -> dict[str, str]:
     import numpy as np
 
     from jaxface import train
-    from jaxface.analyzer import example_batch
     from jaxface.quickstart import load_config
 
     root = tmp_path_factory.mktemp("tiny_models")
@@ -54,9 +53,7 @@ def workdirs(tmp_path_factory) -> dict[str, str]:
         workdir.mkdir()
         (workdir / "config.json").write_text(c.to_json_best_effort(indent=2))
         trainer = train.Trainer(c, str(workdir))
-        one = example_batch(trainer.task, c)
-        batch = {k: np.repeat(v, int(c.batch_size), axis=0) for k, v in one.items()}
-        state, _ = trainer.init_state(batch)
+        state, _ = trainer.init_state(trainer.task.example_batch(int(c.batch_size)))
         if name == "attributes":
             ts = dict(state.task_state)
             rng = np.random.default_rng(0)

@@ -97,7 +97,7 @@ def test_embed_matches_task_predict_fused(analyzer, tiny):
     import jax
 
     from jaxface.evaluation.verification import fuse_flip
-    from jaxface.models import pose
+    from jaxface.ops import pose
 
     images, _ = _tiny_models.identity_images(tiny["data_dir"], 3)
     s = analyzer.crop_size

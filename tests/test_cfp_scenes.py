@@ -294,12 +294,13 @@ def test_cfp_scenes_config_traces_init_loss_and_predict():
 
 
 def test_sample_detections_are_drawn_and_written(tmp_path):
+    from jaxface.evaluation import draw
     from jaxface.quickstart import load_config
     from jaxface.tasks import detection as det
     from jaxface.tasks.base import EvalContext
 
     image = np.full((60, 80, 3), 40, np.uint8)
-    drawn = det.draw_detections(
+    drawn = draw.draw_detections(
         image,
         np.array([[10, 10, 40, 50], [50, 5, 70, 20]], np.float32),
         np.array([0.9, 0.1], np.float32),
@@ -310,7 +311,7 @@ def test_sample_detections_are_drawn_and_written(tmp_path):
     assert (drawn[10, 10:41] == [255, 255, 0]).all()  # the kept box's top edge, yellow
     assert (drawn[5, 50:71] == 40).all()  # the 0.1 detection is below the threshold
     assert (drawn[30, 12] == [0, 255, 0]).all()  # ground truth, green
-    assert tuple(drawn[25, 20]) in {tuple(c) for c in det.LANDMARK_COLOURS}
+    assert tuple(drawn[25, 20]) in {tuple(c) for c in draw.LANDMARK_COLOURS}
 
     class Writer:
         def __init__(self):

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxface.evaluation import host_staging
 from jaxface.evaluation import identification as I
 from jaxface.evaluation import verification as V
 
@@ -145,7 +146,7 @@ def test_search_top_k_exact_ties(gallery_kind, k, chunk, window, tmp_path, monke
     elif gallery_kind == "npy_readonly":  # chunks read in place from the mapping
         np.save(tmp_path / "g.npy", g)
         g_in = np.load(tmp_path / "g.npy", mmap_mode="r")
-        assert I._in_place_source(g_in) is not None
+        assert host_staging.in_place_source(g_in) is not None
     elif gallery_kind == "device":
         g_in = jnp.asarray(g)
     else:
@@ -184,15 +185,15 @@ def test_in_place_source_rules(tmp_path):
     g = np.zeros((256, 32), np.float32)
     np.save(tmp_path / "g.npy", g)
     ro = np.load(tmp_path / "g.npy", mmap_mode="r")
-    src = I._in_place_source(ro)
+    src = host_staging.in_place_source(ro)
     assert src is not None and src.flags.writeable and src.ctypes.data % 64 == 0
-    assert I._in_place_source(ro[8:]) is None  # a view of a read-only mapping
+    assert host_staging.in_place_source(ro[8:]) is None  # a view of a read-only mapping
     raw = np.zeros(256 * 32 + 32, np.float32)
     start = (-raw.ctypes.data % 64) // 4 + 1  # 4 bytes past a 64-byte boundary
     unaligned = raw[start : start + 256 * 32].reshape(256, 32)
-    assert unaligned.ctypes.data % 64 == 4 and I._in_place_source(unaligned) is None
-    assert I._in_place_source(g.astype(np.float64)) is None
-    assert I._in_place_source(np.asfortranarray(g)) is None
+    assert unaligned.ctypes.data % 64 == 4 and host_staging.in_place_source(unaligned) is None
+    assert host_staging.in_place_source(g.astype(np.float64)) is None
+    assert host_staging.in_place_source(np.asfortranarray(g)) is None
 
 
 def test_cmc_rank_k_and_dir_at_fpir():

@@ -215,3 +215,40 @@ def test_detect_second_process_reads_the_compile_cache(tiny, images, tmp_path):
     second = json.loads((tmp_path / "second" / "a.png.json").read_text())
     assert first["faces"] == second["faces"]
     print(f"jaxface detect wall time: first {t1:.1f} s, second {t2:.1f} s")
+
+
+def test_predict_wider_writes_wider_prediction_files(tiny, images, tmp_path, capsys):
+    from jaxface.evaluation import widerface as wider_eval
+
+    root, _ = images
+    clean = tmp_path / "imgs"
+    (clean / "sub").mkdir(parents=True)
+    for rel in ("a.png", "sub/b.jpg"):
+        (clean / rel).write_bytes((root / rel).read_bytes())
+    out = tmp_path / "pred"
+    rc = cli.main(
+        ["predict-wider", "--detector", tiny["detector"], "--images", str(clean), "--out", str(out)]
+    )
+    assert rc == 0
+    assert "wrote predictions for 2 images (checkpoint step" in capsys.readouterr().out
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.txt")) == [
+        "a.txt",
+        "sub/b.txt",
+    ]
+    lines = (out / "sub" / "b.txt").read_text().splitlines()
+    assert lines[0] == "b" and int(lines[1]) == len(lines) - 2
+    boxes, scores = wider_eval.read_prediction_file(out / "sub" / "b.txt")
+    assert boxes.shape == (len(scores), 4) and np.all(np.diff(scores) <= 0)
+    # A workdir of another task is refused with one line.
+    rc = cli.main(
+        [
+            "predict-wider",
+            "--detector",
+            tiny["recognizer"],
+            "--images",
+            str(clean),
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 1 and "not a detector" in capsys.readouterr().err

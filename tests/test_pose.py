@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from jaxface.evaluation.verification import read_cfp_fiducials
-from jaxface.models import pose as PZ
+from jaxface.ops import pose as PZ
 
 RNG = np.random.default_rng(0)
 

@@ -882,12 +882,13 @@ def test_workdir_lock_refuses_a_second_run_and_takes_over_a_stale_lock(tmp_path)
 
 def test_evaluation_skips_and_names_unreadable_images_and_drops_their_pairs(tmp_path):
     from jaxface.data import pipeline
-    from jaxface.tasks import recognition_protocols as rp
+    from jaxface.data.recognition_sources import ImageListSource
+    from jaxface.evaluation.face_pairs import drop_skipped_pairs
 
     rng = np.random.default_rng(0)
     imgs = [_jpeg(12, 12, seed=k) for k in range(24)]
     imgs[5] = _truncated_jpeg(40, 40)
-    src = rp.ImageListSource(imgs, names=[f"set.bin[{k}]" for k in range(24)])
+    src = ImageListSource(imgs, names=[f"set.bin[{k}]" for k in range(24)])
 
     def transform(ex, rng_):
         return {"x": ex["image"].astype(np.float32).mean(axis=(0, 1))}
@@ -904,7 +905,7 @@ def test_evaluation_skips_and_names_unreadable_images_and_drops_their_pairs(tmp_
     # Pairs using the skipped image are dropped; the others point at the right rows.
     i, j = np.arange(0, 24, 2), np.arange(1, 24, 2)
     same, fold = rng.integers(0, 2, 12).astype(bool), np.arange(12) % 4
-    ri, rj, s2, f2, dropped = rp.drop_skipped_pairs(index, 24, i, j, same, fold)
+    ri, rj, s2, f2, dropped = drop_skipped_pairs(index, 24, i, j, same, fold)
     assert dropped == 1 and len(ri) == 11
     np.testing.assert_array_equal(index[ri], np.delete(i, 2))
     np.testing.assert_array_equal(index[rj], np.delete(j, 2))
@@ -913,7 +914,7 @@ def test_evaluation_skips_and_names_unreadable_images_and_drops_their_pairs(tmp_
     with pytest.raises(pipeline.BadRecordError, match="set.bin"):
         list(
             pipeline.eval_batches(
-                rp.ImageListSource(
+                ImageListSource(
                     [b"junk"] * 6 + imgs[:2], names=[f"set.bin[{k}]" for k in range(8)]
                 ),
                 4,

@@ -18,6 +18,7 @@ from jaxface.evaluation import attributes as attr_eval
 from jaxface.ops import cluster_knn_predict
 from jaxface.quickstart import load_config
 from jaxface.tasks import attributes as task_lib
+from jaxface.tasks import common
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -97,8 +98,8 @@ def test_cluster_knn_evaluator_equals_by_hand(lmle):
     got = trainer.evaluate(state, 5)
     # By hand: the same clustering, test embeddings, cluster_knn_predict per attribute.
     trainer.ctx.step = 5
-    clusters = jax.device_get(task.cluster(state, trainer.ctx))
-    out = task.embed(state, trainer.ctx, task.source("test"))
+    clusters = jax.device_get(task.cluster(common.variables_of(state), trainer.ctx))
+    out = task.embed(common.variables_of(state), trainer.ctx, task.source("test"))
     emb, labels = out["embedding"], out["attributes"]
     assert emb.shape == (64, 40, 16)
     preds = []

@@ -12,6 +12,7 @@ import pytest
 
 from jaxface import train
 from jaxface.data import pipeline
+from jaxface.evaluation import face_pairs
 from jaxface.evaluation import verification as verif
 from jaxface.quickstart import load_config
 from jaxface.tasks import common
@@ -121,7 +122,7 @@ def test_verification_evaluator_equals_direct_computation(trained):
     fused = _direct_test_embeddings(task, state)
     meta = task.metadata("test")
     v = trainer.config.verification
-    pairs = rec.build_verification_pairs(
+    pairs = face_pairs.build_verification_pairs(
         meta["label"],
         meta["abs_yaw"],
         frontal_max_yaw=v.frontal_max_yaw,
@@ -310,7 +311,7 @@ def test_lfw_and_bin_evaluators_equal_direct_computation(trained, tmp_path):
 
     from PIL import Image
 
-    from jaxface.tasks import recognition_protocols as rp
+    from jaxface.tasks import recognition_evaluators as rp
 
     trainer, state, _ = trained
     task = trainer.task
@@ -360,13 +361,13 @@ def test_lfw_and_bin_evaluators_equal_direct_computation(trained, tmp_path):
 
 
 def test_lfw_evaluator_reads_the_real_pairs_file_and_names_missing_images(real_data, tmp_path):
-    from jaxface.tasks import recognition_protocols as rp
+    from jaxface.data import recognition_sources as rs
 
     # The real-data folder's lfw/ holds pairs.txt and only two of its 7,701 images.
     lfw = real_data("lfw")
     with pytest.raises(FileNotFoundError, match=r"LFW: 77\d\d of the 7701 images .* missing"):
-        rp.lfw_pairs_source(lfw / "pairs.txt", lfw)
-    src = rp.ImageListSource([lfw / "Anthony_Hopkins_0001.jpg"], crop_fraction=0.6)
+        rs.lfw_pairs_source(lfw / "pairs.txt", lfw)
+    src = rs.ImageListSource([lfw / "Anthony_Hopkins_0001.jpg"], crop_fraction=0.6)
     assert src[0]["image"].shape == (150, 150, 3)
 
 

@@ -33,7 +33,7 @@ Features per example:
   index: int64, 0-based position in ``Pair_list_F.txt`` (frontal) or
     ``Pair_list_P.txt`` (profile): what the protocol's pair files refer to;
   landmarks: float32 [30, 2], the fiducials in crop pixels;
-  yaw: float32 degrees, `jaxface.models.pose.yaw_from_cfp_fiducials` of the original
+  yaw: float32 degrees, `jaxface.ops.pose.yaw_from_cfp_fiducials` of the original
     fiducials (profiles come out at ~37-55 degrees, below their true angle: see that
     function; the folder flag is the better pose signal on CFP);
   protocol_split: int64, the 1-based protocol split that holds the identity.
@@ -48,14 +48,14 @@ import pathlib
 
 import numpy as np
 
-from jaxface.evaluation import verification
+from jaxface.data import protocol_files
 
 __all__ = ["CFPIndex", "index_cfp", "identity_splits", "crop_image", "DEFAULT_TRAIN_SPLITS"]
 
 DEFAULT_TRAIN_SPLITS = (1, 2, 3, 4, 5, 6, 7, 8)
 
 
-def identity_splits(protocol: verification.CFPProtocol) -> np.ndarray:
+def identity_splits(protocol: protocol_files.CFPProtocol) -> np.ndarray:
     """int64 [500]: the 1-based protocol split of each CFP identity (0 = in no split).
 
     Read off the FF and FP pair files; an identity claimed by two splits is an error.
@@ -79,7 +79,7 @@ def identity_splits(protocol: verification.CFPProtocol) -> np.ndarray:
 class CFPIndex:
     """Every CFP image with its identity, flag, protocol number and protocol split."""
 
-    protocol: verification.CFPProtocol
+    protocol: protocol_files.CFPProtocol
     paths: list  # [7000] image paths: the 5,000 frontal, then the 2,000 profile
     identity: np.ndarray  # [7000] 0-based CFP identity
     is_profile: np.ndarray  # [7000] bool
@@ -93,7 +93,7 @@ class CFPIndex:
 
 def index_cfp(root: str | os.PathLike, *, check_exists: bool = True) -> CFPIndex:
     """Parses CFP's protocol under ``root`` and lists every image (`CFPIndex`)."""
-    proto = verification.parse_cfp_protocol(root, check_exists=check_exists)
+    proto = protocol_files.parse_cfp_protocol(root, check_exists=check_exists)
     per_id = identity_splits(proto)
     nf, npf = len(proto.frontal_paths), len(proto.profile_paths)
     identity = np.concatenate([proto.frontal_identity, proto.profile_identity]).astype(np.int64)
@@ -226,7 +226,7 @@ if tfds is not None:
             renumbers the others."""
             from PIL import Image  # pylint: disable=import-outside-toplevel
 
-            from jaxface.models import pose  # pylint: disable=import-outside-toplevel
+            from jaxface.ops import pose  # pylint: disable=import-outside-toplevel
 
             size = int(self.builder_config.image_size)
             ids = np.unique(idx.identity[rows])
@@ -239,7 +239,7 @@ if tfds is not None:
             for r in rows:
                 fpath = idx.protocol.fiducial_path(idx.paths[r])
                 fid = self.read_or_skip(
-                    split, key_of(r), fpath, lambda: verification.read_cfp_fiducials(fpath)
+                    split, key_of(r), fpath, lambda: protocol_files.read_cfp_fiducials(fpath)
                 )
                 if fid is not None:
                     fids[int(r)] = fid

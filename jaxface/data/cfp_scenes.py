@@ -145,14 +145,14 @@ class FacePool:
 
 def face_pool(root, splits) -> FacePool:
     """The CFP images (all of them, frontal and profile) of the identities in ``splits``."""
-    from jaxface.evaluation import verification  # pylint: disable=import-outside-toplevel
+    from jaxface.data import protocol_files  # pylint: disable=import-outside-toplevel
 
     idx = cfp_data.index_cfp(root)
     rows = idx.select(splits)
     if not len(rows):
         raise ValueError(f"{root}: no CFP identity in protocol splits {tuple(splits)}")
     fid = np.stack(
-        [verification.read_cfp_fiducials(idx.protocol.fiducial_path(idx.paths[r])) for r in rows]
+        [protocol_files.read_cfp_fiducials(idx.protocol.fiducial_path(idx.paths[r])) for r in rows]
     )
     return FacePool(
         paths=tuple(str(idx.paths[r]) for r in rows),

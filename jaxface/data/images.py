@@ -28,11 +28,21 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import pathlib
 from typing import Union
 
 import numpy as np
 
-__all__ = ["MAX_PIXELS", "UnreadableImageError", "read_image", "to_rgb8", "SkipReport"]
+from jaxface.data import recognition_formats
+
+__all__ = [
+    "MAX_PIXELS",
+    "UnreadableImageError",
+    "read_image",
+    "to_rgb8",
+    "SkipReport",
+    "list_images",
+]
 
 # Pixels (width x height) an image may declare. PIL warns above 89 M and refuses above
 # 179 M; 100 M is a 10000 x 10000 photo, 300 MB as RGB once decoded.
@@ -138,3 +148,16 @@ class SkipReport:
         if len(self.skipped) > limit:
             lines.append(f"  ... and {len(self.skipped) - limit} more")
         return "\n".join(lines)
+
+
+def list_images(image_dir) -> list[str]:
+    """Image paths under ``image_dir`` (recursive), relative, ``/``-separated, sorted;
+    an image is a file named with one of `recognition_formats.IMAGE_EXTENSIONS`."""
+    root = pathlib.Path(image_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    return sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and p.suffix.lower() in recognition_formats.IMAGE_EXTENSIONS
+    )

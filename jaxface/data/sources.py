@@ -4,7 +4,7 @@ Builders of this project register themselves with tfds when their module is
 imported; :data:`BUILDER_MODULES` names the module of each so that a config can
 refer to a builder by its tfds name alone. Preparation happens on process 0; the
 other processes wait for it. Real datasets are read from ``manual_dir`` in their
-original layout; nothing is downloaded.
+original layout; nothing is downloaded. `Subset`: rows of any random-access source.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import os
 from typing import Any, Mapping
 
 import jax
+import numpy as np
 
 BUILDER_MODULES = {
     "synthetic_faces": "jaxface.data.synthetic.builder",
@@ -147,3 +148,16 @@ def source_from_config(data_config, split: str):
             f"split {split!r} not in {data_config.builder}: {list(builder.info.splits)}"
         )
     return builder.as_data_source(split)
+
+
+class Subset:
+    """Rows ``rows`` of a random-access source."""
+
+    def __init__(self, source, rows):
+        self.source, self.rows = source, np.asarray(rows, np.int64)
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return self.source[int(self.rows[int(i)])]

@@ -1,7 +1,9 @@
 """Evaluation protocols, reproduced to the last digit.
 
 ``widerface`` (the official WIDER FACE tool's semantics), ``verification`` (LFW View 2
-and CFP FF/FP: 10-fold accuracy, EER, AUC, TAR@FAR, ROC), ``identification`` (streamed
-all-pairs TAR@FAR, 1:N rank-k / CMC / DIR@FPIR), ``attributes`` (balanced accuracy).
+and CFP FF/FP: 10-fold accuracy, EER, AUC, TAR@FAR, ROC), ``all_pairs`` (streamed
+all-pairs TAR@FAR), ``identification`` (1:N rank-k / CMC / DIR@FPIR, through
+``host_staging``), ``face_pairs`` (the recognition evaluators' pair sets and report),
+``attributes`` (balanced accuracy), ``draw`` (pictures of detections).
 They import NumPy / JAX / matplotlib only, never the trainer or TensorFlow.
 """

@@ -25,13 +25,9 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 from jaxface.models.cnn import ConvTrunk
-
-
-def l2_normalize(x, axis: int = -1, eps: float = 1e-12):
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), eps)
+from jaxface.ops.norm import l2_normalize
 
 
 class AttributeNet(nn.Module):

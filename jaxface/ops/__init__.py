@@ -1,4 +1,5 @@
-"""Fixed-shape, jit-able ops: boxes, NMS, RoI pooling (anchors, kNN, k-means live beside them).
+"""Fixed-shape, jit-able ops: boxes, NMS, RoI pooling (anchors, kNN, k-means, 3D-face pose
+fits and landmark alignment live beside them).
 
 Public names are re-exported here; implementations live in the submodules.
 """

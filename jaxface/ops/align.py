@@ -2,7 +2,7 @@
 
 * `arcface_template(size)`: the insightface / ArcFace 5-point template of the 112 x 112
   recognition crop (image-left eye, image-right eye, nose tip, image-left and
-  image-right mouth corner; the order of `jaxface.models.pose.MEAN_FACE_5`), scaled
+  image-right mouth corner; the order of `jaxface.ops.pose.MEAN_FACE_5`), scaled
   to a ``size`` x ``size`` crop.
 * `estimate_similarity(src, dst)`: the least-squares similarity transform (rotation,
   isotropic scale, translation; no reflection) taking ``src`` points onto ``dst``

@@ -230,19 +230,6 @@ def knn_predict_all_attributes(emb, centroids, valid, *, k: int):
 # ---------------------------------------------------------------------------------
 
 
-class SubsetSource:
-    """``source[indices[i]]`` for ``i < len(indices)``."""
-
-    def __init__(self, source, indices):
-        self.source, self.indices = source, np.asarray(indices, np.int64)
-
-    def __len__(self):
-        return len(self.indices)
-
-    def __getitem__(self, i):
-        return self.source[int(self.indices[i])]
-
-
 class ClassBalancedSource:
     """A virtual training source whose record ``v`` is a slot of a class-balanced batch.
 
@@ -372,9 +359,9 @@ class AttributesTask(Task):
         if split not in self._labels:
             d = self.config.data
             src = self.source(split)
-            try:
-                import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+            import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
+            try:
                 builder = sources.get_builder(
                     d.builder,
                     d.get("config") or None,
@@ -506,14 +493,14 @@ class AttributesTask(Task):
         out = self.model.apply(variables, batch["image"], train=False)
         return {"logits": out["logits"], "embedding": self._embeddings(out)}
 
-    def embed(self, state, ctx: EvalContext, source, *, limit=None):
-        """``predict_split`` of a source: dict with ``embedding [N, A, D]``, ``logits``,
-        ``attributes``."""
+    def embed(self, variables, ctx: EvalContext, source, *, limit=None):
+        """``predict_split`` of a source with ``variables`` (params and model state): dict
+        with ``embedding [N, A, D]``, ``logits``, ``attributes``."""
         transform = functools.partial(self.transform, train=False)
         return common.predict_split(
             ctx,
             self.predict,
-            common.variables_of(state),
+            variables,
             source,
             transform,
             int(self.config.eval_batch_size),
@@ -521,9 +508,9 @@ class AttributesTask(Task):
             keep=("attributes",),
         )
 
-    def cluster(self, state, ctx: EvalContext) -> dict:
-        """New cluster state for ``state``'s embeddings at ``ctx.step`` (a pure function of
-        the parameters, the seed and the step)."""
+    def cluster(self, variables, ctx: EvalContext) -> dict:
+        """New cluster state for the embeddings of ``variables`` (params and model state)
+        at ``ctx.step`` (a pure function of the parameters, the seed and the step)."""
         split = self.config.train_split
         src = self.source(split)
         n = len(src)
@@ -533,8 +520,8 @@ class AttributesTask(Task):
             idx = np.sort(
                 np.random.default_rng([seed, 7, int(ctx.step)]).choice(n, sample, replace=False)
             )
-            src = SubsetSource(src, idx)
-        out = self.embed(state, ctx, src)
+            src = sources.Subset(src, idx)
+        out = self.embed(variables, ctx, src)
         key = jax.random.fold_in(jax.random.key(seed + 2), int(ctx.step))
         res = cluster_all_attributes(
             key,
@@ -551,7 +538,7 @@ class AttributesTask(Task):
         }
 
     def _recluster_hook(self, state, ctx: EvalContext):
-        new = self.cluster(state, ctx)
+        new = self.cluster(common.variables_of(state), ctx)
         task_state = dict(state.task_state)
         task_state.update(new)
         task_state = jax.device_put(task_state, ctx.replicated)
@@ -586,7 +573,10 @@ class AttributesTask(Task):
     def _eval_outputs(self, state, ctx):
         split = self.config.eval_split
         return self.embed(
-            state, ctx, self.source(split), limit=self.config.get("eval_limit") or None
+            common.variables_of(state),
+            ctx,
+            self.source(split),
+            limit=self.config.get("eval_limit") or None,
         )
 
     def _evaluate_balanced(self, state, ctx: EvalContext):
@@ -611,7 +601,7 @@ class AttributesTask(Task):
                 f"config.evals: 'cluster_knn' needs an embedding loss (config.loss in "
                 f"{METRIC_LOSSES}), got config.loss={self.config.loss!r}"
             )
-        clusters = self.cluster(state, ctx)
+        clusters = self.cluster(common.variables_of(state), ctx)
         out = self._eval_outputs(state, ctx)
         pred = self.cluster_knn_predictions(clusters, out["embedding"])
         return self.report("cluster_knn", pred, out["attributes"], ctx)

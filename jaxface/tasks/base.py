@@ -46,7 +46,8 @@ from jaxface.models import pretrained as pretrained_lib
 
 @dataclasses.dataclass
 class Hook:
-    """A periodic host-side action: ``fn(state, ctx) -> state`` every ``every_steps``."""
+    """A host-side action ``fn(state, ctx) -> state``: every ``every_steps`` steps (0:
+    never periodically) and, with ``at_start``, once before the first step of a fresh run."""
 
     name: str
     every_steps: int
@@ -104,6 +105,13 @@ class Task(abc.ABC):
         """(source, transform) for a split."""
 
     # -- model ----------------------------------------------------------------
+    def example_batch(self, batch_size: int = 1) -> dict[str, np.ndarray]:
+        """Zeros shaped like a batch of ``batch_size`` examples with every field
+        ``init_variables`` reads, from the config alone: loading a model needs no data.
+        Default: ``image`` float32 ``[B, S, S, 3]``, ``S = config.image_size``."""
+        s = int(self.config.image_size)
+        return {"image": np.zeros((batch_size, s, s, 3), np.float32)}
+
     @abc.abstractmethod
     def init_variables(self, rng: jax.Array, batch: Mapping[str, jax.Array]) -> Mapping[str, Any]:
         """Flax variables for a (global) example batch."""
@@ -160,7 +168,3 @@ class Task(abc.ABC):
     def trainable_mask(self, params) -> Any:
         """Pytree of bools (same structure as params): False = frozen. Default: all."""
         return jax.tree.map(lambda _: True, params)
-
-    def summary_metrics(self, results: Mapping[str, float]) -> dict[str, float]:
-        """The few headline numbers of this task for the quickstart table."""
-        return dict(results)

@@ -29,20 +29,18 @@ Evaluation (``config.evals = ["wider"]``): the exact WIDER FACE protocol
 hard from the face labels (`jaxface.data.synthetic.render.difficulty_subsets`),
 plus one AP per face-size bucket (``config.eval_size_buckets``, original pixels).
 
-Predictions for any image folder, in WIDER's ``<event>/<image>.txt`` format::
+Predictions for any image folder, in WIDER's ``<event>/<image>.txt`` format
+(`write_folder_predictions`)::
 
-  python -m jaxface.tasks.detection --config configs/scaleface.py:synthetic \
-      --workdir /tmp/jaxface/scaleface --images DIR --out PRED_DIR
+  jaxface predict-wider --detector /tmp/jaxface/scaleface --images DIR --out PRED_DIR
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import os
 import pathlib
-import sys
 from typing import Mapping, Optional, Sequence
 
 import flax.linen as nn
@@ -53,11 +51,12 @@ from PIL import Image
 
 from jaxface import losses
 from jaxface.data import detection_aug, sources
-from jaxface.data.images import read_image
+from jaxface.data.images import list_images, read_image
 from jaxface.data.recognition_formats import IMAGE_EXTENSIONS
 from jaxface.data.synthetic.render import difficulty_subsets
 from jaxface.data.widerface import WiderFaceAnnotations
 from jaxface.evaluation import widerface as wider_eval
+from jaxface.evaluation.draw import draw_detections
 from jaxface.models import scaleface
 from jaxface.ops.boxes import xyxy_to_xywh
 from jaxface.ops.targets import (
@@ -207,6 +206,12 @@ class DetectionTask(Task):
         return self.source(split), functools.partial(self.transform, train=train)
 
     # -- model ------------------------------------------------------------------
+    def example_batch(self, batch_size: int = 1) -> dict[str, np.ndarray]:
+        batch = super().example_batch(batch_size)
+        batch["image_hw"] = np.full((batch_size, 2), int(self.config.image_size), np.float32)
+        batch["scale"] = np.ones((batch_size,), np.float32)
+        return batch
+
     def init_variables(self, rng, batch):
         return self.model.init(rng, batch["image"], train=False)
 
@@ -530,13 +535,6 @@ class DetectionTask(Task):
             os.path.join(ctx.workdir, f"sample_detections_step{ctx.step}.png")
         )
 
-    def summary_metrics(self, results):
-        return {
-            k: v
-            for k, v in results.items()
-            if k.split("/")[-1] in ("ap_easy", "ap_medium", "ap_hard")
-        }
-
 
 # ---------------------------------------------------------------------------------
 # Ground truth and predictions for the WIDER evaluation module
@@ -612,67 +610,8 @@ def predictions_from_arrays(boxes, scores, valid) -> wider_eval.Predictions:
 
 
 # ---------------------------------------------------------------------------------
-# Drawing
-# ---------------------------------------------------------------------------------
-
-LANDMARK_COLOURS = ((255, 0, 0), (0, 0, 255), (0, 255, 0), (255, 0, 255), (0, 255, 255))
-
-
-def draw_detections(
-    image: np.ndarray,
-    boxes: np.ndarray,
-    scores: np.ndarray,
-    *,
-    landmarks: Optional[np.ndarray] = None,
-    gt_boxes: Optional[np.ndarray] = None,
-    threshold: float = 0.5,
-) -> np.ndarray:
-    """uint8 [H, W, 3]: ``image`` with the detections scoring >= ``threshold`` drawn.
-
-    Detections (``boxes`` [n, 4] x1 y1 x2 y2 pixels, ``scores`` [n]) in yellow with their
-    score; ``landmarks`` [n, 5, 2] as dots (left eye red, right eye blue, nose green,
-    left / right mouth corner magenta / cyan); ``gt_boxes`` [m, 4] in green underneath.
-    """
-    from PIL import ImageDraw  # pylint: disable=import-outside-toplevel
-
-    im = np.asarray(image, np.uint8)
-    if im.ndim == 2:
-        im = np.repeat(im[..., None], 3, axis=-1)
-    canvas = Image.fromarray(np.ascontiguousarray(im[..., :3]))
-    d = ImageDraw.Draw(canvas)
-    for b in np.asarray(gt_boxes if gt_boxes is not None else np.zeros((0, 4)), np.float64):
-        d.rectangle([float(v) for v in b], outline=(0, 255, 0), width=1)
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    scores = np.asarray(scores, np.float64).reshape(-1)
-    lms = None if landmarks is None else np.asarray(landmarks, np.float64).reshape(-1, 5, 2)
-    for j in np.argsort(scores):  # best drawn last (on top)
-        if scores[j] < threshold:
-            continue
-        b = boxes[j]
-        d.rectangle([float(v) for v in b], outline=(255, 255, 0), width=2)
-        d.text((float(b[0]) + 2, float(b[1]) + 1), f"{scores[j]:.2f}", fill=(255, 255, 0))
-        if lms is not None:
-            r = max(1.5, 0.02 * float(b[3] - b[1]))
-            for (x, y), c in zip(lms[j], LANDMARK_COLOURS):
-                d.ellipse([x - r, y - r, x + r, y + r], fill=c)
-    return np.asarray(canvas, np.uint8)
-
-
-# ---------------------------------------------------------------------------------
 # Predictions for any image folder
 # ---------------------------------------------------------------------------------
-
-
-def list_images(image_dir) -> list[str]:
-    """Image paths under ``image_dir`` (recursive), relative, ``/``-separated, sorted."""
-    root = pathlib.Path(image_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder not found: {root}")
-    return sorted(
-        p.relative_to(root).as_posix()
-        for p in root.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
 
 
 def write_folder_predictions(
@@ -704,29 +643,3 @@ def write_folder_predictions(
             all_scores.append(np.asarray(out["scores"][j], np.float64)[v])
     wider_eval.write_predictions(out_dir, rels, all_boxes, all_scores)
     return len(rels)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m jaxface.tasks.detection --config F.py:variant --workdir W --images DIR --out OUT``."""
-    from jaxface import train  # pylint: disable=import-outside-toplevel
-    from jaxface.quickstart import load_config  # pylint: disable=import-outside-toplevel
-
-    p = argparse.ArgumentParser(description=main.__doc__)
-    p.add_argument("--config", required=True, help="configs/scaleface.py:<variant>")
-    p.add_argument("--workdir", required=True, help="a training workdir holding checkpoints")
-    p.add_argument("--images", required=True, help="image folder (e.g. WIDER_val/images)")
-    p.add_argument("--out", required=True, help="prediction folder to write")
-    p.add_argument("--batch_size", type=int, default=8)
-    args = p.parse_args(argv)
-    path, _, variant = args.config.partition(":")
-    config = load_config(pathlib.Path(path), variant)
-    trainer, state, step = train.load_state(config, args.workdir)
-    n = write_folder_predictions(
-        trainer.task, common.variables_of(state), args.images, args.out, batch_size=args.batch_size
-    )
-    print(f"wrote predictions for {n} images (checkpoint step {step}) to {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """The ``recognition`` task: pose-robust face embeddings (DREAM, DeepID2, margin heads).
 
-Model (`RecognitionNet`): `jaxface.models.dream.FaceEmbedder` -- a ResNet stem, global
+Model (`jaxface.models.recognition.RecognitionNet`): `jaxface.models.dream.FaceEmbedder` -- a ResNet stem, global
 average pool, Dense to ``config.model.embed_dim`` (``phi``), then optionally the DREAM
 block ``f = phi + Y(yaw) R(phi)`` (``config.model.use_dream``; False = the "naive"
 baseline) -- plus an identity classifier and, optionally, a learned yaw head and a
@@ -18,7 +18,7 @@ cuts detected faces, so a recogniser trained so is usable on real photos.
 Yaw for the gate (``config.yaw_source``):
   ``metadata``      the dataset's ``yaw`` field (degrees);
   ``landmarks``     a 3D mean-face fit of the example's landmarks in JAX
-                    (`jaxface.models.pose`: 5 points -> `yaw_from_landmarks`, CFP's 30
+                    (`jaxface.ops.pose`: 5 points -> `yaw_from_landmarks`, CFP's 30
                     fiducials -> `yaw_from_cfp_fiducials`);
   ``profile_flag``  the dataset's ``is_profile`` folder flag (CFP): 0 deg frontal, 90 deg profile;
   ``learned``       a yaw head (Dense 64 -> ReLU -> Dense 1 on ``stop_gradient(phi)``)
@@ -53,10 +53,11 @@ Training modes (``config.mode``):
   (which reads only params and model state, so the optimizer may differ). Commands in
   ``configs/dream.py``.
 
-Evaluators (``config.evals``):
+Evaluators (``config.evals``, `jaxface.tasks.recognition_evaluators`):
   ``verification``   held-out identities of ``config.eval_split``: frontal-frontal (FF) and
                      frontal-profile (FP) pair sets built deterministically from the yaw
-                     metadata (`build_verification_pairs`), ``config.verification.folds``
+                     metadata (`jaxface.evaluation.face_pairs.build_verification_pairs`),
+                     ``config.verification.folds``
                      identity-disjoint folds; accuracy (threshold from the other folds),
                      EER, AUC mean +- std (`jaxface.evaluation.verification.evaluate_folds`
                      on squared L2 distances of flip-fused embeddings) and a ROC PNG.
@@ -70,12 +71,10 @@ Evaluators (``config.evals``):
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -83,13 +82,14 @@ from PIL import Image
 
 from jaxface import losses
 from jaxface.data import sources
-from jaxface.evaluation import identification as ident_eval
-from jaxface.evaluation import verification as verif
-from jaxface.models import pose
-from jaxface.models.dream import FaceEmbedder
-from jaxface.models.resnet import ResNet
+from jaxface.data.recognition_sources import IdentityFolderSource, InsightFaceSource
+from jaxface.data.sources import Subset
+from jaxface.evaluation.face_pairs import build_verification_pairs
+from jaxface.models.recognition import STAGES, RecognitionNet
 from jaxface.ops import align as align_ops
-from jaxface.tasks import common, recognition_protocols
+from jaxface.ops import pose
+from jaxface.tasks import common
+from jaxface.tasks import recognition_evaluators as evaluators
 from jaxface.tasks.base import EvalContext, Hook, Task
 
 MODES = ("end_to_end", "stitching")
@@ -120,326 +120,8 @@ def align_settings(config) -> dict:
     }
 
 
-_STAGES = {
-    "resnet18": ((2, 2, 2, 2), "basic"),
-    "resnet34": ((3, 4, 6, 3), "basic"),
-    "resnet50": ((3, 4, 6, 3), "bottleneck"),
-    "resnet10": ((1, 1, 1, 1), "basic"),
-}
 # 5-point order of `pose.MEAN_FACE_5`: swapping left/right under a horizontal flip.
 _FLIP_5 = np.array([1, 0, 2, 4, 3])
-
-
-# ---------------------------------------------------------------------------------
-# Model
-# ---------------------------------------------------------------------------------
-
-
-class YawHead(nn.Module):
-    """Yaw in degrees from a feature: Dense(hidden) -> ReLU -> Dense(1), times 90."""
-
-    hidden: int = 64
-
-    @nn.compact
-    def __call__(self, x):
-        h = nn.relu(nn.Dense(self.hidden, name="fc1")(x))
-        return 90.0 * nn.Dense(1, name="fc2")(h)[..., 0]
-
-
-class RecognitionNet(nn.Module):
-    """FaceEmbedder + identity classifier (+ yaw head, + learned DeepID2 margin).
-
-    Methods: ``features(images, train) -> phi [B, D]``; ``__call__(images, yaw, train)``
-    -> dict ``phi``, ``embedding``, ``gate``, ``yaw`` (the gate's yaw), ``yaw_pred``
-    (learned head, else absent); ``head(phi, yaw)`` the part after phi;
-    ``classifier_params()`` -> (kernel [D, C], bias [C] or None); ``margin()``.
-    """
-
-    backbone: str = "resnet18"
-    width: float = 1.0
-    stem: str = "small"
-    input_norm: str = "none"
-    embed_dim: int = 256
-    use_dream: bool = True
-    num_classes: int = 10
-    #: Classifier columns (``>= num_classes``); the extra ones are zero padding so the
-    #: classes split evenly over devices (`RecognitionTask.classifier_columns`).
-    padded_classes: int | None = None
-    head_type: str = "softmax"
-    yaw_head: bool = False
-    learn_margin: bool = False
-    margin_init: float = 1.0
-
-    def setup(self):
-        stages, block = _STAGES[self.backbone]
-        self.embedder = FaceEmbedder(
-            backbone=ResNet(
-                stage_sizes=stages,
-                block=block,
-                width=self.width,
-                stem=self.stem,
-                input_norm=self.input_norm,
-            ),
-            embed_dim=self.embed_dim,
-            use_dream=self.use_dream,
-        )
-        if self.yaw_head:
-            self.yaw_net = YawHead()
-        init = (
-            nn.initializers.normal(0.01)
-            if self.head_type != "softmax"
-            else nn.initializers.lecun_normal()
-        )
-        cols = self.padded_classes or self.num_classes
-        if cols < self.num_classes:
-            raise ValueError(f"padded_classes={cols} < num_classes={self.num_classes}")
-
-        def kernel_init(key, shape, dtype=jnp.float32):
-            # The real classes' columns do not depend on the padding.
-            w = init(key, (shape[0], self.num_classes), dtype)
-            return jnp.pad(w, ((0, 0), (0, shape[1] - self.num_classes)))
-
-        self.classifier_kernel = self.param(
-            "classifier_kernel", kernel_init, (self.embed_dim, cols)
-        )
-        if self.head_type == "softmax":
-            self.classifier_bias = self.param("classifier_bias", nn.initializers.zeros, (cols,))
-        if self.learn_margin:
-            self.verif_margin = self.param(
-                "verif_margin", nn.initializers.constant(self.margin_init), ()
-            )
-
-    def features(self, images, train: bool = False):
-        return self.embedder.embed(self.embedder.stem(images, train=train)["pooled"])
-
-    def head(self, phi, yaw):
-        return self.embedder.head(phi, yaw)
-
-    def __call__(self, images, yaw=None, train: bool = False):
-        phi = self.features(images, train)
-        out = {}
-        if self.yaw_head:
-            out["yaw_pred"] = self.yaw_net(jax.lax.stop_gradient(phi))
-            if yaw is None:
-                yaw = jax.lax.stop_gradient(out["yaw_pred"])
-        if yaw is None:
-            yaw = jnp.zeros(phi.shape[:1], phi.dtype)
-        out.update(self.head(phi, yaw))
-        out["yaw"] = yaw
-        return out
-
-    def classifier_params(self):
-        return self.classifier_kernel, (
-            self.classifier_bias if self.head_type == "softmax" else None
-        )
-
-    def margin(self):
-        return self.verif_margin
-
-
-# ---------------------------------------------------------------------------------
-# Pairs for the synthetic-style verification protocol
-# ---------------------------------------------------------------------------------
-
-
-def build_verification_pairs(
-    labels,
-    abs_yaw,
-    *,
-    frontal_max_yaw: float = 20.0,
-    profile_min_yaw: float = 50.0,
-    pairs_per_identity: int = 3,
-    num_folds: int = 10,
-    seed: int = 0,
-) -> dict[str, tuple]:
-    """Deterministic FF and FP pair sets over the images of held-out identities.
-
-    Identities are shuffled by ``seed`` and dealt into ``num_folds`` identity-disjoint
-    folds (as CFP's splits are). Per identity and protocol, up to ``pairs_per_identity``
-    genuine pairs (FF: two distinct frontal images; FP: a frontal and a profile image)
-    and as many impostor pairs (a frontal image of the identity with a frontal (FF) or
-    profile (FP) image of another identity of the same fold). Frontal: ``|yaw| <=
-    frontal_max_yaw``; profile: ``|yaw| >= profile_min_yaw``.
-
-    Args:
-      labels: ``[N]`` identity of each image. abs_yaw: ``[N]`` absolute yaw (degrees).
-
-    Returns:
-      ``{"FF": (i, j, same, fold), "FP": (i, j, same, fold)}``: int64 row indices into the
-      inputs, bool, int64 fold ids.
-    """
-    labels = np.asarray(labels)
-    abs_yaw = np.abs(np.asarray(abs_yaw, np.float64))
-    rng = np.random.default_rng(seed)
-    ids = np.unique(labels)
-    ids = ids[rng.permutation(len(ids))]
-    fold_of = {int(k): n % num_folds for n, k in enumerate(ids)}
-    frontal = {int(k): np.flatnonzero((labels == k) & (abs_yaw <= frontal_max_yaw)) for k in ids}
-    profile = {int(k): np.flatnonzero((labels == k) & (abs_yaw >= profile_min_yaw)) for k in ids}
-    by_fold = [[int(k) for k in ids if fold_of[int(k)] == f] for f in range(num_folds)]
-    out = {}
-    for name, second in (("FF", frontal), ("FP", profile)):
-        rows = []
-        for k in ids:
-            k = int(k)
-            fk = frontal[k]
-            if name == "FF":
-                cand = [(a, b) for x, a in enumerate(fk) for b in fk[x + 1 :]]
-            else:
-                cand = [(a, b) for a in fk for b in profile[k]]
-            if not cand:
-                continue
-            pick = rng.permutation(len(cand))[:pairs_per_identity]
-            others = [o for o in by_fold[fold_of[k]] if o != k and len(second[o])]
-            for p in pick:
-                a, b = cand[p]
-                rows.append((a, b, True, fold_of[k]))
-                if others:
-                    o = others[int(rng.integers(len(others)))]
-                    rows.append(
-                        (
-                            int(fk[rng.integers(len(fk))]),
-                            int(second[o][rng.integers(len(second[o]))]),
-                            False,
-                            fold_of[k],
-                        )
-                    )
-        if not rows:
-            raise ValueError(
-                f"build_verification_pairs: no {name} pair could be built (no identity has "
-                f"{'two frontal' if name == 'FF' else 'frontal and profile'} images with "
-                f"frontal |yaw| <= {frontal_max_yaw}, profile |yaw| >= {profile_min_yaw})"
-            )
-        r = list(zip(*rows))
-        out[name] = (
-            np.array(r[0], np.int64),
-            np.array(r[1], np.int64),
-            np.array(r[2], bool),
-            np.array(r[3], np.int64),
-        )
-    return out
-
-
-def verification_report(
-    emb, emb_flip, pairs: dict[str, tuple], *, far: float | None = None
-) -> dict[str, Any]:
-    """Per protocol: `verification.evaluate_folds` on squared L2 distances of the
-    flip-fused, L2-normalised embeddings, plus the pooled ROC (fpr, tpr) and, with ``far``,
-    the k-fold TAR at that FAR (`verification.kfold_tar_at_far`: ``tar_at_far`` per fold,
-    ``tar_at_far_mean`` / ``_std``)."""
-    fused = verif.fuse_flip(emb, emb_flip)
-    out = {}
-    for name, (i, j, same, fold) in pairs.items():
-        dist = verif.pair_distances(fused[i], fused[j])
-        rep = verif.evaluate_folds(dist, same, fold, kind="distance")
-        fpr, tpr, _ = verif.roc_curve(dist, same, kind="distance")
-        out[name] = {**rep, "roc": (fpr, tpr), "num_pairs": len(same)}
-        if far is not None:
-            val = verif.kfold_tar_at_far(dist, same, fold, far, kind="distance")
-            out[name].update(
-                far_target=far,
-                tar_at_far=val["tar"],
-                tar_at_far_mean=val["tar_mean"],
-                tar_at_far_std=val["tar_std"],
-            )
-    return out
-
-
-def _flatten_report(report: dict[str, Any]) -> dict[str, float]:
-    flat = {}
-    for name, rep in report.items():
-        p = name.lower()
-        for m in ("accuracy", "eer", "auc"):
-            flat[f"{p}_{m}_mean"] = rep[f"{m}_mean"]
-            flat[f"{p}_{m}_std"] = rep[f"{m}_std"]
-    return flat
-
-
-# ---------------------------------------------------------------------------------
-# Sources
-# ---------------------------------------------------------------------------------
-
-
-class Subset:
-    """Rows ``rows`` of a random-access source."""
-
-    def __init__(self, source, rows):
-        self.source, self.rows = source, np.asarray(rows, np.int64)
-
-    def __len__(self):
-        return len(self.rows)
-
-    def __getitem__(self, i):
-        return self.source[int(self.rows[int(i)])]
-
-
-def _load_yaw(yaw_file: str, n: int, root) -> np.ndarray | None:
-    """The per-image yaw array (``.npy``, degrees, the source's order) or None."""
-    if not yaw_file:
-        return None
-    yaw = np.load(yaw_file, mmap_mode="r", allow_pickle=False)
-    if yaw.shape != (n,):
-        raise ValueError(
-            f"config.data.yaw_file={yaw_file!r}: shape {yaw.shape}, expected ({n},) "
-            f"(one yaw per image of {root})"
-        )
-    return yaw
-
-
-class InsightFaceSource:
-    """Random access over insightface's RecordIO (``train.rec/.idx/property`` in a folder):
-    examples ``{"image": uint8 [H, W, 3], "label"}`` (JPEG decoded with PIL), plus ``yaw``
-    from ``yaw_file`` (a ``.npy`` of one yaw in degrees per image, RecordIO order) if given."""
-
-    def __init__(self, root, yaw_file: str = ""):
-        from jaxface.data.recognition_formats import InsightFaceRecordDataset  # pylint: disable=import-outside-toplevel
-
-        self.ds = InsightFaceRecordDataset(root)
-        self.yaw = _load_yaw(yaw_file, len(self.ds), root)
-
-    def __len__(self):
-        return len(self.ds)
-
-    def __getitem__(self, i):
-        from jaxface.data.images import read_image  # pylint: disable=import-outside-toplevel
-
-        data, label = self.ds[int(i)]
-        image = read_image(data, name=f"{self.ds.reader.path} image {int(i)}")
-        ex = {"image": image, "label": np.int64(label)}
-        if self.yaw is not None:
-            ex["yaw"] = np.float32(self.yaw[int(i)])
-        return ex
-
-
-class IdentityFolderSource:
-    """Random access over ``root/<identity>/<image>`` (`jaxface.data.recognition_formats.
-    list_identity_folder`: identities sorted by folder name are labels 0, 1, ...), with
-    ``yaw`` from ``yaw_file`` (one per image, in the listing's order) if given."""
-
-    def __init__(self, root, yaw_file: str = "", min_images: int = 1):
-        from jaxface.data.recognition_formats import list_identity_folder  # pylint: disable=import-outside-toplevel
-
-        self.folder = list_identity_folder(root, min_images=min_images)
-        self.yaw = _load_yaw(yaw_file, len(self.folder), root)
-
-    def __len__(self):
-        return len(self.folder)
-
-    def __getitem__(self, i):
-        from jaxface.data.images import read_image  # pylint: disable=import-outside-toplevel
-
-        i = int(i)
-        ex = {"image": read_image(self.folder.paths[i]), "label": self.folder.labels[i]}
-        if self.yaw is not None:
-            ex["yaw"] = np.float32(self.yaw[i])
-        return ex
-
-    def light_metadata(self) -> dict[str, np.ndarray]:
-        """Labels (and yaw) without decoding an image."""
-        meta = {"label": self.folder.labels.copy()}
-        if self.yaw is not None:
-            meta["yaw"] = np.asarray(self.yaw, np.float32)
-        return meta
 
 
 # ---------------------------------------------------------------------------------
@@ -470,9 +152,9 @@ class RecognitionTask(Task):
             raise ValueError(
                 f"config.model.backbone: expected dict(name=..., pretrained=...), got {backbone!r}"
             )
-        if backbone.name not in _STAGES:
+        if backbone.name not in STAGES:
             raise ValueError(
-                f"config.model.backbone.name: unknown {backbone.name!r} (expected one of {sorted(_STAGES)})"
+                f"config.model.backbone.name: unknown {backbone.name!r} (expected one of {sorted(STAGES)})"
             )
         # A torchvision file for the stem (`jaxface.models.pretrained`); the model then
         # feeds the ResNet torchvision's ImageNet input normalisation.
@@ -580,9 +262,9 @@ class RecognitionTask(Task):
             self._meta[key] = meta
             return meta
         reader = src
-        try:  # tfds: skip image decoding
-            import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+        import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
+        try:  # tfds: skip image decoding
             if d.builder in sources.BUILDER_MODULES:
                 b = sources.get_builder(
                     d.builder,
@@ -766,6 +448,16 @@ class RecognitionTask(Task):
         return None
 
     # -- model ------------------------------------------------------------------
+    def example_batch(self, batch_size: int = 1) -> dict[str, np.ndarray]:
+        """The image plus every pose field `gate_yaw` may read (zeros)."""
+        batch = super().example_batch(batch_size)
+        batch["yaw"] = np.zeros((batch_size,), np.float32)
+        batch["is_profile"] = np.zeros((batch_size,), bool)
+        batch["landmarks"] = np.tile(
+            np.float32([[0, 0], [2, 0], [1, 1], [0, 2], [2, 2]]), (batch_size, 1, 1)
+        )
+        return batch
+
     def init_variables(self, rng, batch):
         return self.model.init(rng, batch["image"], self.gate_yaw(batch), train=False)
 
@@ -932,7 +624,7 @@ class RecognitionTask(Task):
         return [
             Hook(
                 "stitching_targets",
-                every_steps=int(self.config.num_train_steps) + 1,
+                every_steps=0,
                 fn=self._stitching_start,
                 at_start=True,
             )
@@ -1007,11 +699,14 @@ class RecognitionTask(Task):
     # -- evaluators --------------------------------------------------------------------
     def evaluators(self):
         return {
-            "verification": self._evaluate_verification,
-            "cfp": self._evaluate_cfp,
-            "identification": self._evaluate_identification,
-            "lfw": functools.partial(recognition_protocols.evaluate_lfw, self),
-            "bins": functools.partial(recognition_protocols.evaluate_bins, self),
+            name: functools.partial(fn, self)
+            for name, fn in (
+                ("verification", evaluators.evaluate_verification),
+                ("cfp", evaluators.evaluate_cfp),
+                ("identification", evaluators.evaluate_identification),
+                ("lfw", evaluators.evaluate_lfw),
+                ("bins", evaluators.evaluate_bins),
+            )
         }
 
     def verification_pairs(self, split: str, n: int | None = None):
@@ -1031,131 +726,3 @@ class RecognitionTask(Task):
             num_folds=int(v.folds),
             seed=int(v.seed),
         )
-
-    def _write(self, ctx, name, report, title):
-        if ctx.process_index != 0:
-            return
-        curves = {k: rep["roc"] for k, rep in report.items()}
-        verif.plot_roc(
-            curves, os.path.join(ctx.workdir, f"{name}_roc_step{ctx.step}.png"), title=title
-        )
-        with open(os.path.join(ctx.workdir, f"{name}_eval_step{ctx.step}.json"), "w") as f:
-            json.dump(
-                {
-                    k: {m: (np.asarray(x).tolist() if m != "roc" else None) for m, x in rep.items()}
-                    for k, rep in report.items()
-                },
-                f,
-                indent=1,
-            )
-
-    def _evaluate_verification(self, state, ctx: EvalContext):
-        split = self.config.eval_split
-        out = self.embed_split(state, ctx, split)
-        pairs = self.verification_pairs(split, n=len(out["label"]))
-        report = verification_report(out["embedding"], out["embedding_flip"], pairs)
-        self._write(
-            ctx,
-            "verification",
-            report,
-            f"{split}: FF / FP ({self.config.model.use_dream and 'DREAM' or 'naive'})",
-        )
-        return _flatten_report(report)
-
-    def _evaluate_cfp(self, state, ctx: EvalContext):
-        c = self.config
-        d = c.data
-        if d.builder == "cfp_manual":
-            data_cfg, split, root = d, c.eval_split, d.manual_dir
-        else:  # trained on other data (e.g. MS-Celeb): CFP's eval splits from their own builder
-            import ml_collections  # pylint: disable=import-outside-toplevel
-
-            root = c.cfp.manual_dir
-            rest = [k for k in range(1, 11) if k not in [int(x) for x in c.cfp.eval_splits]]
-            data_cfg = ml_collections.ConfigDict(
-                dict(
-                    builder="cfp_manual",
-                    config="",
-                    data_dir=d.data_dir,
-                    manual_dir=root,
-                    overrides=dict(image_size=int(c.image_size), train_splits=rest),
-                )
-            )
-            split = "test"
-        if not root:
-            raise ValueError(
-                "config.data.manual_dir (CFP data) or config.cfp.manual_dir (other training data): "
-                "the CFP root holding Data/ and Protocol/ is needed by the 'cfp' evaluator"
-            )
-        out = self.embed_split(state, ctx, split, data_cfg)
-        meta = self.metadata(split, data_cfg)
-        n = len(out["label"])
-        proto = verif.parse_cfp_protocol(root, check_exists=False)
-        row_of = {
-            (bool(p), int(i)): r
-            for r, (p, i) in enumerate(zip(meta["is_profile"][:n], meta["index"][:n]))
-        }
-        pairs = {}
-        for name in ("FF", "FP"):
-            ii, jj, ss, ff = [], [], [], []
-            for k in c.cfp.eval_splits:
-                a, b, same = proto.splits[name][int(k) - 1]
-                try:
-                    ii.append([row_of[(False, int(x))] for x in a])
-                    jj.append([row_of[(name == "FP", int(x))] for x in b])
-                except KeyError as err:
-                    raise ValueError(
-                        f"config.cfp.eval_splits: split {int(k):02d} refers to image {err} that is not in "
-                        f"split {split!r} (its identities are in config.data.overrides.train_splits?)"
-                    ) from None
-                ss.append(same)
-                ff.append(np.full(len(same), int(k)))
-            pairs[name] = tuple(np.concatenate(x) for x in (ii, jj, ss, ff))
-        report = verification_report(out["embedding"], out["embedding_flip"], pairs)
-        self._write(
-            ctx,
-            "cfp",
-            report,
-            f"CFP splits {list(c.cfp.eval_splits)} ({'DREAM' if c.model.use_dream else 'naive'})",
-        )
-        return _flatten_report(report)
-
-    def _evaluate_identification(self, state, ctx: EvalContext):
-        split = self.config.eval_split
-        out = self.embed_split(state, ctx, split)
-        meta = self.metadata(split)
-        n = len(out["label"])
-        lab = out["label"]
-        yaw = meta["abs_yaw"][:n] if "abs_yaw" in meta else np.zeros(n)
-        fused = verif.fuse_flip(out["embedding"], out["embedding_flip"]).astype(np.float32)
-        gallery = []
-        for k in np.unique(lab):
-            rows = np.flatnonzero(lab == k)
-            gallery.append(rows[np.argmin(yaw[rows])])
-        gallery = np.array(gallery)
-        probes = np.setdiff1d(np.arange(n), gallery)
-        k = min(5, len(gallery))
-        _, idx = ident_eval.search_top_k(fused[probes], fused[gallery], k=k)
-        res, curves = {}, {}
-        frontal_max = float(self.config.verification.frontal_max_yaw)
-        profile_min = float(self.config.verification.profile_min_yaw)
-        for name, m in (
-            ("all", np.ones(len(probes), bool)),
-            ("frontal", yaw[probes] <= frontal_max),
-            ("profile", yaw[probes] >= profile_min),
-        ):
-            if m.any():
-                curve = ident_eval.cmc(idx[m], lab[probes][m], lab[gallery])
-                curves[f"{name} probes"] = curve
-                res[f"{name}_rank1"] = float(curve[0])
-                res[f"{name}_rank{k}"] = float(curve[-1])
-        if ctx.process_index == 0:
-            ident_eval.plot_cmc(
-                curves,
-                os.path.join(ctx.workdir, f"identification_cmc_step{ctx.step}.png"),
-                title=f"{split}: closed-set identification, {len(gallery)}-identity gallery",
-            )
-        return res
-
-    def summary_metrics(self, results):
-        return {k: v for k, v in results.items() if k.endswith("_mean") or "rank1" in k}

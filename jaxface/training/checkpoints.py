@@ -1,0 +1,188 @@
+"""Checkpoint I/O of the trainer (orbax): the manager of a workdir, saving (never a
+non-finite state), restoring a whole train state, or only the weights of another run
+(partial restore), and the fault injection of the reliability tests (see `jaxface.train`)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import orbax.checkpoint as ocp
+
+from jaxface import checkpoint_checks
+
+__all__ = [
+    "make_checkpoint_manager",
+    "save_checkpoint",
+    "restore_state",
+    "restore_partial",
+    "restore_weights",
+    "abstract_like",
+    "tree_finite",
+    "tree_all_finite",
+    "FAULT_SLEEP_IN_SAVE",
+    "FAULT_MARKER",
+]
+
+
+def tree_finite(tree) -> jax.Array:
+    leaves = [
+        jnp.all(jnp.isfinite(x))
+        for x in jax.tree.leaves(tree)
+        if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)
+    ]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def tree_all_finite(tree) -> bool:
+    """Host-side check that every float leaf of a pytree is finite."""
+    return bool(jax.jit(tree_finite)(tree))
+
+
+def make_checkpoint_manager(
+    workdir: str, config: ml_collections.ConfigDict
+) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=int(config.keep_checkpoints),
+        create=True,
+        enable_async_checkpointing=bool(config.async_checkpointing),
+    )
+    return ocp.CheckpointManager(
+        os.path.abspath(os.path.join(workdir, "checkpoints")), options=options
+    )
+
+
+def save_checkpoint(
+    mngr: ocp.CheckpointManager, state, step: int, *, force: bool = False, workdir: str = ""
+) -> bool:
+    """Saves ``state`` as checkpoint ``step`` unless its parameters or model state hold a
+    NaN or infinity (then logs an error, writes nothing and returns False)."""
+    if not tree_all_finite((state.params, state.model_state)):
+        logging.error("step %d: parameters are not finite; checkpoint NOT written", step)
+        return False
+    if os.environ.get(FAULT_SLEEP_IN_SAVE) == str(step):
+        _install_sleep_before_commit(workdir or os.path.dirname(str(mngr.directory)))
+    return mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=force)
+
+
+FAULT_SLEEP_IN_SAVE = "JAXFACE_FAULT_SLEEP_IN_SAVE"
+FAULT_MARKER = "FAULT_SLEEPING_IN_SAVE"
+
+
+def _install_sleep_before_commit(workdir: str) -> None:
+    """Fault injection (see the module docstring): the next orbax commit writes a marker
+    file and sleeps instead of renaming the finished temporary directory into place."""
+    from orbax.checkpoint._src.path import atomicity  # pylint: disable=import-outside-toplevel
+
+    cls = atomicity.AtomicRenameTemporaryPath
+
+    async def finalize(self, *args, **kwargs):
+        del args, kwargs
+        logging.error("%s: sleeping before committing %s", FAULT_SLEEP_IN_SAVE, self.get())
+        with open(os.path.join(workdir, FAULT_MARKER), "w") as f:
+            f.write(str(self.get()))
+        while True:  # until killed
+            time.sleep(1.0)
+
+    cls.finalize = finalize
+
+
+def restore_partial(workdir: str, abstract, step: int | None = None, *, what: str = "init_from"):
+    """``(restored, step)``: the parts of a checkpoint named by ``abstract`` (a pytree of
+    ``jax.ShapeDtypeStruct`` with shardings, e.g. ``{"params": ..., "model_state": ...}``),
+    nothing else (orbax partial restore). ``workdir`` is a run directory (its
+    ``checkpoints/``) or a checkpoints directory; ``step`` defaults to the latest. A
+    structure or shape mismatch is a ValueError naming ``what`` and the step."""
+    path = os.path.abspath(workdir)
+    if os.path.isdir(os.path.join(path, "checkpoints")):
+        path = os.path.join(path, "checkpoints")
+    src = ocp.CheckpointManager(path)
+    try:
+        step = src.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"{what}={workdir!r}: no checkpoint found in {path}")
+        try:
+            restored = src.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.PyTreeRestore(
+                        item=abstract,
+                        restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+                        partial_restore=True,
+                    )
+                ),
+            )["state"]
+        except Exception as err:  # pylint: disable=broad-except
+            corrupt = checkpoint_checks.corrupt_checkpoint_error(err, path, step, what=what)
+            if corrupt is not None:
+                raise corrupt from None
+            if not isinstance(err, (ValueError, KeyError)):
+                raise
+            raise ValueError(
+                f"{what}={workdir!r}: the checkpoint of step {step} does not match this "
+                f"config's model. Details (truncated): {str(err)[:1500]}"
+            ) from None
+    finally:
+        src.close()
+    checkpoint_checks.check_finite(restored, path, step, what=what)
+    return restored, step
+
+
+def restore_weights(
+    workdir: str,
+    params,
+    model_state,
+    params_sharding,
+    model_state_sharding,
+    step: int | None = None,
+):
+    """``(params, model_state, step)`` from another run's checkpoint, nothing else.
+
+    Only the weights and model state (e.g. BatchNorm statistics) are read (orbax
+    partial restore), so the source run may have had another optimizer, frozen
+    parameters or task state (e.g. end-to-end training -> DREAM stitching). Their
+    structure and shapes must match this config's model; a mismatch is an error.
+    ``workdir`` is a run directory (its ``checkpoints/``) or a checkpoints directory.
+    """
+    target = {"params": params, "model_state": model_state}
+    shard = {"params": params_sharding, "model_state": model_state_sharding}
+    abstract = abstract_like(target, shard)
+    restored, step = restore_partial(workdir, abstract, step)
+    return restored["params"], restored["model_state"], step
+
+
+def abstract_like(tree, sharding):
+    """``jax.ShapeDtypeStruct`` of each leaf of ``tree`` with the matching ``sharding``."""
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, sharding
+    )
+
+
+def restore_state(
+    mngr: ocp.CheckpointManager, abstract, step: int, *, explain_mismatch: bool = False
+):
+    """The train state of checkpoint ``step`` (``abstract``: its shapes and shardings).
+    A corrupt checkpoint is a `checkpoint_checks` error naming it; with
+    ``explain_mismatch`` a structure mismatch is a ValueError saying what to do;
+    non-finite parameters are an error."""
+    try:
+        restored = mngr.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+        )
+    except Exception as err:  # pylint: disable=broad-except
+        corrupt = checkpoint_checks.corrupt_checkpoint_error(err, mngr.directory, step)
+        if corrupt is not None:
+            raise corrupt from None
+        if not explain_mismatch or not isinstance(err, ValueError):
+            raise
+        raise ValueError(
+            f"the checkpoint of step {step} in {mngr.directory} does not match the train state "
+            f"of this config (was it written by another model or config?). Use a fresh --workdir "
+            f"or restore the config it was trained with. Details (truncated): {str(err)[:1500]}"
+        ) from None
+    checkpoint_checks.check_finite(restored["state"], mngr.directory, step)
+    return restored["state"]
