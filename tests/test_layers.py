@@ -19,7 +19,15 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "jaxface"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     (
         "core",
-        ("jaxface.config", "jaxface.parallel", "jaxface.workdir_lock", "jaxface.checkpoint_checks"),
+        (
+            "jaxface.config",
+            "jaxface.parallel",
+            "jaxface.workdir_lock",
+            "jaxface.checkpoint_checks",
+            "jaxface.progress",
+            "jaxface.logs",
+            "jaxface.compile_cache",
+        ),
     ),
     ("ops", ("jaxface.ops", "jaxface.losses")),
     ("data", ("jaxface.data",)),
