@@ -134,3 +134,34 @@ def test_per_class_matches_single_class_runs():
         assert np.array_equal(np.asarray(res.assignments)[sel], np.asarray(single.assignments)[sel])
     assert (np.asarray(res.assignments)[:3] == -1).all()
     np.testing.assert_array_equal(res.flat_valid, res.valid.reshape(-1))
+
+
+def test_cluster_size_gives_cluster_counts_proportional_to_class_sizes():
+    rng = np.random.default_rng(0)
+    pts = jnp.asarray(rng.normal(size=(1000, 4)).astype(np.float32))
+    labels = jnp.asarray(np.r_[np.zeros(900, np.int32), np.ones(100, np.int32)])
+    fn = jax.jit(
+        kmeans_per_class, static_argnames=("num_classes", "k", "max_iters", "cluster_size")
+    )
+    res = fn(jax.random.key(1), pts, labels, num_classes=2, k=32, max_iters=20, cluster_size=50)
+    # 900 / 50 = 18 clusters for the majority, 100 / 50 = 2 for the minority.
+    np.testing.assert_array_equal(np.asarray(res.valid).sum(1), [18, 2])
+    assert not np.asarray(res.valid)[0, 18:].any() and not np.asarray(res.valid)[1, 2:].any()
+    counts = np.asarray(res.counts)
+    assert counts[0].sum() == 900 and counts[1].sum() == 100
+    # Roughly the asked size: mean 50 for both classes.
+    assert counts[0][counts[0] > 0].mean() == 50 and counts[1][counts[1] > 0].mean() == 50
+    a = np.asarray(res.assignments)
+    assert a[:900].max() < 18 and a[900:].max() < 2
+    # The cap: 900 / 10 = 90 clusters capped at 32; 100 / 10 = 10.
+    capped = fn(jax.random.key(1), pts, labels, num_classes=2, k=32, max_iters=5, cluster_size=10)
+    np.testing.assert_array_equal(np.asarray(capped.valid).sum(1), [32, 10])
+
+
+def test_clusters_for_sizes_rounding_and_clip():
+    from jaxface.ops import clusters_for_sizes
+
+    got = clusters_for_sizes(jnp.array([0, 10, 74, 75, 1000]), 50, 8)
+    np.testing.assert_array_equal(np.asarray(got), [1, 1, 1, 2, 8])
+    with pytest.raises(ValueError):
+        clusters_for_sizes(jnp.array([3]), 0, 4)

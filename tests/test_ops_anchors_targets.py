@@ -182,6 +182,61 @@ def test_ohem_gradient_flows_only_through_kept():
     np.testing.assert_array_equal(g, [[0, 1, 1, 0, 0]])
 
 
+def _iou_np(a, b):
+    x1, y1 = np.maximum(a[0], b[0]), np.maximum(a[1], b[1])
+    x2, y2 = np.minimum(a[2], b[2]), np.minimum(a[3], b[3])
+    inter = max(x2 - x1, 0.0) * max(y2 - y1, 0.0)
+    area = lambda r: (r[2] - r[0]) * (r[3] - r[1])  # noqa: E731
+    return inter / (area(a) + area(b) - inter)
+
+
+def _ohem_nms_ref(losses, cand, boxes, k, iou):
+    """OHEM with NMS (Shrivastava et al.), a plain loop: visit the candidates by descending
+    loss (ties: lower index), drop one overlapping a kept RoI by IoU > iou, stop at k."""
+    out = np.zeros_like(cand)
+    for r in range(losses.shape[0]):
+        kept = []
+        for i in np.argsort(-np.where(cand[r], losses[r], -np.inf), kind="stable"):
+            if not cand[r, i] or len(kept) == k:
+                break
+            if all(_iou_np(boxes[r, i], boxes[r, j]) <= iou for j in kept):
+                kept.append(i)
+        out[r, kept] = True
+    return out
+
+
+@pytest.mark.parametrize("k,iou", [(3, 0.7), (8, 0.7), (50, 0.5), (8, 0.0)])
+def test_ohem_nms_matches_numpy_reference(k, iou):
+    rng = np.random.default_rng(k + int(10 * iou))
+    n = 40
+    xy = rng.uniform(0, 60, size=(3, n, 2))
+    # Clusters of near-duplicates (jittered copies of a few boxes), the case NMS is for.
+    xy[:, n // 2 :] = xy[:, : n // 2] + rng.normal(scale=2.0, size=(3, n // 2, 2))
+    wh = rng.uniform(8, 30, size=(3, n, 2))
+    wh[:, n // 2 :] = wh[:, : n // 2]
+    boxes = np.concatenate([xy, xy + wh], -1).astype(np.float32)
+    losses = rng.exponential(size=(3, n)).astype(np.float32)
+    cand = rng.random((3, n)) < 0.8
+    cand[2] = False  # no candidate at all
+    fn = jax.jit(lambda l, c, b: T.ohem_select(l, c, k, boxes=b, nms_iou=iou))
+    got = np.asarray(fn(losses, cand, boxes))
+    ref = _ohem_nms_ref(losses, cand, boxes, k, iou) if iou > 0 else _ohem_ref(losses, cand, k)
+    np.testing.assert_array_equal(got, ref)
+    if iou > 0:
+        # NMS changes the selection on these duplicates: not the plain top-k.
+        assert not np.array_equal(ref, _ohem_ref(losses, cand, k)) or k >= n
+
+
+def test_ohem_nms_keeps_leading_axes_and_gradient_mask():
+    boxes = jnp.array([[[0, 0, 10, 10], [0, 0, 10, 11], [20, 20, 30, 30]]], jnp.float32)
+    losses = jnp.array([[1.0, 2.0, 0.5]])
+    cand = jnp.ones((1, 3), bool)
+    g = jax.grad(lambda l: jnp.sum(l * T.ohem_select(l, cand, 2, boxes=boxes, nms_iou=0.7)))(losses)
+    np.testing.assert_array_equal(g, [[0, 1, 1]])  # box 0 is a duplicate of harder box 1
+    with pytest.raises(ValueError):
+        T.ohem_select(losses, cand, 2, nms_iou=0.7)
+
+
 def test_sample_balanced_counts():
     labels = jnp.array([1] * 10 + [0] * 50 + [-1] * 20)
     pos, neg = jax.jit(

@@ -3,6 +3,7 @@ trains, the re-clustering hook changes the task state, the balanced source is a
 deterministic class-balanced stream, and the cluster_knn evaluator equals
 `cluster_knn_predict` applied by hand."""
 
+import functools
 import json
 import os
 import pathlib
@@ -209,3 +210,222 @@ def test_bad_config_fields_are_named(tfds_dir):
     c = load_config(REPO / "configs" / "lmle.py", "celeba")
     with pytest.raises(ValueError, match="config.data.manual_dir"):
         task_lib.AttributesTask(c).source("train")
+
+
+# -- the paper's recipe options (docs/methods.md, LMLE) ---------------------------------
+
+
+def _step_batch(task, config, step):
+    """The host batch the trainer reads at ``step`` from the balanced source."""
+    src, transform = task.data("train", train=True)
+    sampler = pipeline.IndexSampler(len(src), config.batch_size, seed=config.seed)
+    return pipeline.collate(
+        [transform(src[v], np.random.default_rng(int(v))) for v in sampler.indices(step)]
+    )
+
+
+def test_balanced_attribute_weights_match_numpy_reference():
+    rng = np.random.default_rng(0)
+    for balanced_for in (np.full(16, 7), rng.integers(0, 40, size=16)):
+        got = np.asarray(task_lib.balanced_attribute_weights(jnp.asarray(balanced_for), 40))
+        ref = np.zeros(40)
+        for a in balanced_for:  # loop reference: each record adds 1/B to its attribute
+            ref[a] += 1.0 / len(balanced_for)
+        np.testing.assert_allclose(got, ref, rtol=1e-6)
+
+
+def test_metric_loss_only_on_batches_balanced_for_the_attribute(tfds_dir):
+    """With metric_loss_balanced_only, the batch of step s carries balanced_for = s mod 40,
+    the loss is the NumPy-weighted sum of the per-attribute losses (only attribute s mod 40
+    on a per-step batch), and no other attribute's embedding gets a gradient."""
+    config = tiny(tfds_dir, "lmle", metric_loss_balanced_only=True, num_train_steps=40)
+    task = task_lib.AttributesTask(config)
+    step = 4  # Bald: rare, but half of this batch is positive
+    batch = _step_batch(task, config, step)
+    np.testing.assert_array_equal(batch["balanced_for"], np.full(config.batch_size, step))
+    assert batch["attributes"][:, step].sum() == config.batch_size // 2
+    variables = task.init_variables(jax.random.key(0), batch)
+    params = variables["params"]
+    mstate = {k: v for k, v in variables.items() if k != "params"}
+    ts = task.init_task_state(jax.random.key(1), variables)
+    jb = {k: jnp.asarray(v) for k, v in batch.items()}
+
+    def per_attribute(b):
+        out, _ = task.model.apply(
+            {"params": params, **mstate}, b["image"], train=True, mutable=list(mstate)
+        )
+        fn = functools.partial(
+            task_lib.metric_loss_per_attribute,
+            loss="lmle",
+            margins=tuple(config.lmle_margins),
+            triplet_margin=float(config.triplet_margin),
+        )
+        per, _, _ = jax.vmap(fn, in_axes=(1, 1, 0, 0))(
+            out["embedding"], b["attributes"], ts["centroids"], ts["centroid_valid"]
+        )
+        return np.asarray(per)
+
+    for balanced_for in (batch["balanced_for"], np.arange(config.batch_size) % 3):
+        b = dict(jb, balanced_for=jnp.asarray(balanced_for, jnp.int32))
+        loss, _ = task.loss(params, mstate, b, jax.random.key(2), ts)
+        per = per_attribute(b)
+        ref = sum(per[a] for a in balanced_for) / len(balanced_for)
+        assert float(loss) == pytest.approx(ref, rel=1e-5)
+
+    grads = jax.grad(lambda p: task.loss(p, mstate, jb, jax.random.key(2), ts)[0])(params)
+    g = np.abs(np.asarray(grads["embedding"]["kernel"]))  # [F, A * D]
+    per_attr = g.reshape(g.shape[0], 40, -1).sum(axis=(0, 2))
+    assert per_attr[step] > 0 and np.all(per_attr[np.arange(40) != step] == 0)
+    # Option off: every attribute's embedding learns on the same batch.
+    off = task_lib.AttributesTask(tiny(tfds_dir, "lmle", num_train_steps=40))
+    src_off, _ = off.data("train", train=True)
+    assert "balanced_for" not in src_off[0]
+    g_off = jax.grad(lambda p: off.loss(p, mstate, jb, jax.random.key(2), ts)[0])(params)
+    g_off = np.abs(np.asarray(g_off["embedding"]["kernel"]))
+    assert (g_off.reshape(g_off.shape[0], 40, -1).sum(axis=(0, 2)) > 0).sum() > 20
+    with pytest.raises(ValueError, match="balanced_sampling"):
+        task_lib.AttributesTask(
+            tiny(tfds_dir, "lmle", metric_loss_balanced_only=True, balanced_sampling=False)
+        )
+
+
+def test_embedding_head_without_batchnorm(tfds_dir):
+    config = tiny(tfds_dir, "lmle")
+    config.model.embedding_bn = False
+    task = task_lib.AttributesTask(config)
+    images = jnp.zeros((4, config.image_size, config.image_size, 3))
+    variables = task.model.init(jax.random.key(0), images, train=False)
+    names = jax.tree_util.keystr(variables)
+    assert "embedding_bn" not in names and "embedding" in variables["params"]
+    out = task.model.apply(variables, images + 0.1, train=False)
+    np.testing.assert_allclose(np.linalg.norm(out["embedding"], axis=-1), 1.0, rtol=1e-5)
+    with_bn = task_lib.AttributesTask(tiny(tfds_dir, "lmle"))
+    assert (
+        "embedding_bn" in with_bn.model.init(jax.random.key(0), images, train=False)["batch_stats"]
+    )
+
+
+def test_cluster_size_gives_each_class_clusters_in_proportion(tfds_dir):
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(400, 3, 4)).astype(np.float32)
+    labels = np.zeros((400, 3), np.int32)
+    labels[:200, 0] = 1  # balanced: 10 / 10 clusters of ~20
+    labels[:20, 1] = 1  # 5% positive: 1 cluster for the minority, 16 (cap) for the majority
+    res = task_lib.cluster_all_attributes(
+        jax.random.key(0),
+        jnp.asarray(emb),
+        jnp.asarray(labels),
+        k=16,
+        max_iters=10,
+        cluster_size=20,
+    )
+    np.testing.assert_array_equal(
+        np.asarray(res["centroid_valid"]).sum(-1), [[10, 10], [16, 1], [16, 0]]
+    )
+    # A task with cluster_size sizes its state by the cap and clusters with it.
+    t = task_lib.AttributesTask(tiny(tfds_dir, "lmle", cluster_size=50, clusters_per_class=8))
+    assert t.k == 8 and t.cluster_size == 50
+
+
+def test_recipe_defaults_paper_except_published_variants():
+    def cfg(v):
+        return load_config(REPO / "configs" / "lmle.py", v)
+
+    c = cfg("celeba")
+    assert c.metric_loss_balanced_only and c.cluster_size > 0 and c.model.embedding_bn
+    for v, k in (("synthetic", 4), ("triplet_knn", 4), ("tiny", 2)):
+        c = cfg(v)
+        assert not c.metric_loss_balanced_only and c.cluster_size == 0, v
+        assert c.clusters_per_class == k and c.model.embedding_bn, v
+
+
+def _triplet_with_pool_ref(emb, labels, pool_emb, pool_labels, pool_valid, margin):
+    """NumPy loop reference of the batch-hard triplet loss whose partners come from the
+    batch and the valid pool entries (anchors: the batch's), weights 1 / (#classes present
+    * #points of the anchor's class in the batch)."""
+    cand = np.concatenate([emb, pool_emb[pool_valid]])
+    cand_y = np.concatenate([labels, pool_labels[pool_valid]])
+    b = len(emb)
+    total = 0.0
+    present = len(set(labels.tolist()))
+    for i in range(b):
+        d = ((cand - emb[i]) ** 2).sum(-1)
+        same = (cand_y == labels[i]) & (np.arange(len(cand)) != i)
+        other = cand_y != labels[i]
+        if not same.any() or not other.any():
+            continue
+        per = max(0.0, margin + d[same].max() - d[other].min())
+        total += per / (present * (labels == labels[i]).sum())
+    return total
+
+
+def test_mining_pool_partners_come_from_the_pool():
+    rng = np.random.default_rng(0)
+
+    def unit(x):
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+    emb = unit(rng.normal(size=(6, 4))).astype(np.float32)
+    labels = np.array([1, 0, 0, 0, 0, 0], np.int32)  # the positive has no batch partner
+    pool_emb = unit(rng.normal(size=(5, 4))).astype(np.float32)
+    pool_labels = np.array([1, 1, 0, 1, 0], np.int32)
+    pool_valid = np.array([True, True, True, False, False])
+    pool_emb[3] = emb[0]  # an invalid slot right on the anchor: must never be drawn
+    cent = jnp.zeros((2, 1, 4))
+    cvalid = jnp.ones((2, 1), bool)
+    kw = dict(loss="triplet_knn", margins=(0.05, 0.05, 0.2), triplet_margin=0.2)
+    args = [jnp.asarray(x) for x in (pool_emb, pool_labels, pool_valid)]
+    loss, complete, _ = task_lib.metric_loss_per_attribute(
+        jnp.asarray(emb), jnp.asarray(labels), cent, cvalid, *args, **kw
+    )
+    ref = _triplet_with_pool_ref(emb, labels, pool_emb, pool_labels, pool_valid, 0.2)
+    assert float(loss) == pytest.approx(ref, rel=1e-5)
+    assert float(complete) == 1.0  # every anchor has partners, thanks to the pool
+    alone, complete_alone, _ = task_lib.metric_loss_per_attribute(
+        jnp.asarray(emb), jnp.asarray(labels), cent, cvalid, **kw
+    )
+    assert float(complete_alone) < 1.0  # without the pool the positive anchor has none
+    # The pool is a constant: no gradient flows into it.
+    g = jax.grad(
+        lambda p: task_lib.metric_loss_per_attribute(
+            jnp.asarray(emb), jnp.asarray(labels), cent, cvalid, p, *args[1:], **kw
+        )[0]
+    )(args[0])
+    assert np.all(np.asarray(g) == 0)
+
+
+def test_mining_pool_state_is_filled_newest_first(tfds_dir):
+    config = tiny(tfds_dir, "lmle", mining_pool=24)
+    task = task_lib.AttributesTask(config)
+    src, transform = task.data("train", train=True)
+    batch = pipeline.collate([transform(src[i], np.random.default_rng(i)) for i in range(16)])
+    jb = {k: jnp.asarray(v) for k, v in batch.items()}
+    variables = task.init_variables(jax.random.key(0), jb)
+    pool = variables[task_lib.POOL]
+    assert pool["embedding"].shape == (24, 40, 16) and not np.asarray(pool["valid"]).any()
+    mstate = {k: v for k, v in variables.items() if k != "params"}
+    ts = task.init_task_state(jax.random.key(1), variables)
+    loss, (new_state, _) = task.loss(variables["params"], mstate, jb, jax.random.key(2), ts)
+    assert np.isfinite(float(loss))
+    new_pool = new_state[task_lib.POOL]
+    np.testing.assert_array_equal(np.asarray(new_pool["valid"]), np.r_[[True] * 16, [False] * 8])
+    np.testing.assert_array_equal(np.asarray(new_pool["labels"])[:16], batch["attributes"])
+    emb = task.predict(variables, jb)["embedding"]  # running-statistics embedding
+    assert np.asarray(new_pool["embedding"]).shape == (24, 40, 16)
+    assert np.asarray(emb).shape == (16, 40, 16)
+    # A second step uses the filled pool and pushes the oldest entries out.
+    _, (state2, _) = task.loss(
+        variables["params"], {**mstate, **new_state}, jb, jax.random.key(2), ts
+    )
+    assert np.asarray(state2[task_lib.POOL]["valid"]).all()
+
+
+def test_balanced_only_and_mining_pool_train_on_8_devices(tfds_dir, tmp_path):
+    """Both options through the trainer's sharded step: the batch carries balanced_for,
+    the pool in the model state fills up across steps."""
+    config = tiny(tfds_dir, "lmle", metric_loss_balanced_only=True, mining_pool=32)
+    trainer, gbatch, state, sharding = setup(config, str(tmp_path))
+    assert "balanced_for" in gbatch
+    m, state = fixed_batch_losses(trainer, gbatch, state, sharding, 2)
+    assert 0 < m[-1]["violating_anchors"] <= 1  # before any clustering: no p- yet
+    assert np.asarray(state.model_state[task_lib.POOL]["valid"]).all()

@@ -146,7 +146,7 @@ def test_synthetic_ground_truth_perfect_predictions_give_ap_one():
     assert res2["hard"].ap == pytest.approx(0.5) and res2["easy"].ap == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("variant", ["wider", "synthetic", "single_branch"])
+@pytest.mark.parametrize("variant", ["wider", "synthetic", "single_branch", "single_branch_s8"])
 def test_every_variant_traces_init_loss_and_predict(variant):
     """Shape-level check (no compilation) of the real variants on a 256 px batch."""
     config = load_config(CONFIGS / "scaleface.py", variant)
@@ -173,6 +173,20 @@ def test_every_variant_traces_init_loss_and_predict(variant):
     assert loss.shape == ()
     out = jax.eval_shape(task.predict, variables, batch)
     assert out["boxes"].shape == (2, config.max_detections, 4)
+
+
+def test_recipe_options_default_to_the_paper_except_on_the_cpu_variants():
+    """OHEM's NMS is on (IoU 0.7) for the paper's setting; the CPU variants whose numbers
+    are published keep the old recipe; the stride control is one res2+res3 branch at 8."""
+    assert load_config(CONFIGS / "scaleface.py", "wider").ohem_nms_iou == 0.7
+    for v in ("synthetic", "single_branch", "single_branch_s8", "cfp_scenes", "tiny"):
+        assert not load_config(CONFIGS / "scaleface.py", v).ohem_nms_iou, v
+    s8 = load_config(CONFIGS / "scaleface.py", "single_branch_s8")
+    one = load_config(CONFIGS / "scaleface.py", "single_branch")
+    (b8,), (b16,) = s8.model.branches, one.model.branches
+    assert (list(b8.stages), b8.stride) == (["res2", "res3"], 8)
+    assert list(b8.anchors) == list(b16.anchors) and list(b8.size_range) == list(b16.size_range)
+    assert s8.ohem_rois == one.ohem_rois and s8.targets.rpn_batch == one.targets.rpn_batch
 
 
 def test_augmentation_keeps_boxes_on_the_pixels():

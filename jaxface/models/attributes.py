@@ -36,6 +36,10 @@ class AttributeNet(nn.Module):
     widths: Sequence[int] = (32, 64, 128, 256)
     convs_per_stage: int = 2
     per_attribute_embedding: bool = True
+    # False: no BatchNorm on the embedding (then the loss's cluster ids and the clustering
+    # see the same function of the image; with it, batch statistics in the step and
+    # running statistics at clustering time).
+    embedding_bn: bool = True
     dtype: Any = None
 
     @nn.compact
@@ -57,13 +61,14 @@ class AttributeNet(nn.Module):
         # hinge of LMLE drives it there: shrinking every distance lowers
         # D(a,p+) - D(a,n) whenever the hardest positive is farther than the hardest
         # negative, which is the rule early in training).
-        emb = nn.BatchNorm(
-            use_running_average=not train,
-            use_scale=False,
-            use_bias=False,
-            momentum=0.9,
-            name="embedding_bn",
-        )(emb)
+        if self.embedding_bn:
+            emb = nn.BatchNorm(
+                use_running_average=not train,
+                use_scale=False,
+                use_bias=False,
+                momentum=0.9,
+                name="embedding_bn",
+            )(emb)
         if self.per_attribute_embedding:
             emb = emb.reshape(feat.shape[0], self.num_attributes, self.embedding_dim)
         logits = nn.Dense(self.num_attributes, name="classifier")(feat)

@@ -39,6 +39,7 @@ from jaxface.ops.knn import cluster_knn_predict, pairwise_sq_distances  # noqa: 
 from jaxface.ops.kmeans import (
     KMeansResult,
     PerClassKMeansResult,
+    clusters_for_sizes,
     kmeans,
     kmeans_per_class,
     kmeans_plusplus_init,

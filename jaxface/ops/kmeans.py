@@ -35,6 +35,7 @@ __all__ = [
     "kmeans",
     "kmeans_per_class",
     "kmeans_plusplus_init",
+    "clusters_for_sizes",
     "lloyd",
 ]
 
@@ -138,8 +139,11 @@ def kmeans_plusplus_init(
     return centres
 
 
-def _assign(points, centroids, mask):
+def _assign(points, centroids, mask, num_active=None):
     d = pairwise_sq_distances(points, centroids)  # [N, k]
+    if num_active is not None:
+        # Only the first `num_active` centroids take points; the others stay empty.
+        d = jnp.where(jnp.arange(centroids.shape[0])[None, :] < num_active, d, jnp.inf)
     a = jnp.argmin(d, axis=-1).astype(jnp.int32)
     dmin = jnp.take_along_axis(d, a[:, None], axis=-1)[:, 0]
     return jnp.where(mask, a, -1), jnp.where(mask, dmin, 0.0)
@@ -161,6 +165,7 @@ def lloyd(
     *,
     mask: Optional[jax.Array] = None,
     max_iters: int = 100,
+    num_active: Optional[jax.Array] = None,
 ) -> KMeansResult:
     """Lloyd's iterations from given centroids until assignments stop changing.
 
@@ -174,13 +179,16 @@ def lloyd(
       init_centroids: ``[k, D]``.
       mask: optional bool ``[N]``.
       max_iters: static bound on the iterations.
+      num_active: optional int (may be traced): only centroids ``0..num_active-1`` are
+        used; the others end empty (``valid`` False). Gives a data-dependent ``k`` under
+        a static cap.
 
     Returns:
       `KMeansResult`.
     """
     n = points.shape[0]
     mask = _as_mask(mask, n)
-    assign0, _ = _assign(points, init_centroids, mask)
+    assign0, _ = _assign(points, init_centroids, mask, num_active)
 
     def cond(state):
         i, _, _, changed = state
@@ -189,13 +197,13 @@ def lloyd(
     def body(state):
         i, centroids, assign, _ = state
         centroids, _ = _update(points, centroids, assign, mask)
-        new_assign, _ = _assign(points, centroids, mask)
+        new_assign, _ = _assign(points, centroids, mask, num_active)
         return i + 1, centroids, new_assign, jnp.any(new_assign != assign)
 
     num_iters, centroids, assign, _ = jax.lax.while_loop(
         cond, body, (jnp.int32(0), init_centroids, assign0, jnp.bool_(True))
     )
-    assign, dmin = _assign(points, centroids, mask)
+    assign, dmin = _assign(points, centroids, mask, num_active)
     k = centroids.shape[0]
     counts = jnp.sum((assign[:, None] == jnp.arange(k)[None, :]) & mask[:, None], axis=0).astype(
         jnp.int32
@@ -217,6 +225,7 @@ def kmeans(
     k: int,
     mask: Optional[jax.Array] = None,
     max_iters: int = 100,
+    num_active: Optional[jax.Array] = None,
 ) -> KMeansResult:
     """k-means++ seeding followed by Lloyd's iterations, on the points selected by ``mask``.
 
@@ -227,12 +236,25 @@ def kmeans(
       mask: optional bool ``[N]``; masked-out points neither seed nor move centroids and
         get assignment ``-1``.
       max_iters: static bound on Lloyd iterations.
+      num_active: optional int (may be traced) ``<= k``: cluster into that many clusters
+        only (seeded by the first ``num_active`` k-means++ centres); clusters
+        ``num_active..k-1`` end empty.
 
     Returns:
       `KMeansResult`.
     """
     init = kmeans_plusplus_init(key, points, k=k, mask=mask)
-    return lloyd(points, init, mask=mask, max_iters=max_iters)
+    return lloyd(points, init, mask=mask, max_iters=max_iters, num_active=num_active)
+
+
+def clusters_for_sizes(class_sizes, cluster_size, k_max: int):
+    """``clip(round(class_sizes / cluster_size), 1, k_max)`` as int32 (half rounds up):
+    the number of clusters of each class for clusters of roughly ``cluster_size`` points."""
+    if cluster_size is not None and not isinstance(cluster_size, jax.Array):
+        if cluster_size <= 0:
+            raise ValueError(f"cluster_size={cluster_size} must be > 0")
+    k = jnp.floor(jnp.asarray(class_sizes, jnp.float32) / cluster_size + 0.5)
+    return jnp.clip(k, 1, k_max).astype(jnp.int32)
 
 
 def kmeans_per_class(
@@ -244,6 +266,7 @@ def kmeans_per_class(
     k: int,
     mask: Optional[jax.Array] = None,
     max_iters: int = 100,
+    cluster_size: Optional[int] = None,
 ) -> PerClassKMeansResult:
     """k-means run separately on the points of every class, vmapped over classes.
 
@@ -258,9 +281,14 @@ def kmeans_per_class(
       points: ``[N, D]``.
       labels: ``[N]`` int class of each point.
       num_classes: ``C`` (static).
-      k: clusters per class (static).
+      k: clusters per class (static); with ``cluster_size``, the cap.
       mask: optional bool ``[N]`` (e.g. padding).
       max_iters: static bound on Lloyd iterations.
+      cluster_size: optional target number of points per cluster. Class ``c`` with
+        ``n_c`` points then gets ``k_c = clip(round(n_c / cluster_size), 1, k)``
+        clusters (LMLE's clusters of roughly equal size: a majority class gets
+        proportionally more clusters than a minority one); its clusters ``k_c..k-1`` are
+        empty (``valid`` False). None: ``k`` clusters for every class.
 
     Returns:
       `PerClassKMeansResult`.
@@ -272,9 +300,14 @@ def kmeans_per_class(
     classes = jnp.arange(num_classes)
     class_masks = (labels[None, :] == classes[:, None]) & mask[None, :]  # [C, N]
     keys = jax.vmap(lambda c: jax.random.fold_in(key, c))(classes)
-    res = jax.vmap(lambda kk, m: kmeans(kk, points, k=k, mask=m, max_iters=max_iters))(
-        keys, class_masks
-    )
+    if cluster_size is None:
+        res = jax.vmap(lambda kk, m: kmeans(kk, points, k=k, mask=m, max_iters=max_iters))(
+            keys, class_masks
+        )
+    else:
+        res = jax.vmap(
+            lambda kk, m, a: kmeans(kk, points, k=k, mask=m, max_iters=max_iters, num_active=a)
+        )(keys, class_masks, clusters_for_sizes(jnp.sum(class_masks, axis=1), cluster_size, k))
     in_range = (labels >= 0) & (labels < num_classes) & mask
     safe = jnp.clip(labels, 0, num_classes - 1)
     own = jnp.take_along_axis(res.assignments, safe[None, :], axis=0)[0]  # [N]

@@ -24,12 +24,14 @@ faces by height; `jaxface.data.synthetic.render.difficulty_subsets` does too).
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 
 from jaxface.ops.boxes import encode_boxes, encode_landmarks, ioa_matrix, iou_matrix
+from jaxface.ops.nms import batched_nms
 
 __all__ = [
     "Assignment",
@@ -288,19 +290,52 @@ def sample_balanced(labels, rng, *, num_samples: int, positive_fraction: float =
     return pos_sel, neg_sel
 
 
-def ohem_select(losses, candidates, num_keep: int):
+def ohem_select(
+    losses,
+    candidates,
+    num_keep: int,
+    *,
+    boxes=None,
+    nms_iou: Optional[float] = None,
+):
     """Online hard example mining (Shrivastava et al. 2016): keep the ``num_keep``
     highest-loss candidates of each row.
 
     Selection is on ``stop_gradient(losses)``; ties keep the lower index (a stable
     sort). Rows with fewer candidates keep all of them.
 
+    With ``nms_iou`` (OHEM's own step; the paper uses 0.7), overlapping RoIs first go
+    through greedy NMS ranked by loss (`jaxface.ops.nms.batched_nms`: a RoI is dropped when
+    its IoU with a kept, higher-loss RoI is > ``nms_iou``), so one hard region cannot fill
+    the budget with near-duplicates; the ``num_keep`` highest-loss survivors are kept.
+    ``None`` or ``<= 0``: no NMS. Shapes stay static either way (jit-able).
+
     Args:
       losses: ``[..., N]`` per-box loss (classification + regression).
       candidates: ``[..., N]`` bool, the boxes eligible (labelled, not ignored).
       num_keep: static number to keep per row.
+      boxes: ``[..., N, 4]`` corner boxes of the RoIs (needed with ``nms_iou``).
+      nms_iou: static IoU threshold of the NMS over the RoIs, or None.
     Returns:
       ``[..., N]`` bool mask of the kept boxes.
     """
+    if nms_iou is not None and float(nms_iou) > 0:
+        if boxes is None:
+            raise ValueError("ohem_select: nms_iou needs the RoI boxes")
+        n = losses.shape[-1]
+        if boxes.shape != (*losses.shape, 4):
+            raise ValueError(f"ohem_select: boxes {boxes.shape} for losses {losses.shape}")
+        rows = int(math.prod(losses.shape[:-1]))
+        kept = batched_nms(
+            jax.lax.stop_gradient(boxes).reshape(rows, n, 4),
+            jax.lax.stop_gradient(losses).reshape(rows, n),
+            iou_threshold=float(nms_iou),
+            max_output=int(num_keep),
+            valid=jnp.asarray(candidates, bool).reshape(rows, n),
+        )
+        # Scatter the kept indices back to a mask (invalid slots land out of range, dropped).
+        slot = jnp.where(kept.valid, kept.indices, n)
+        mask = jnp.zeros((rows, n), bool).at[jnp.arange(rows)[:, None], slot].set(True, mode="drop")
+        return mask.reshape(losses.shape)
     key = jnp.where(candidates, jax.lax.stop_gradient(losses), -jnp.inf)
     return candidates & (_ranks(key) < num_keep)

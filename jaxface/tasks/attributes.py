@@ -51,6 +51,15 @@ restored clusters to the host. (The trainer change that would allow it: a task-p
 sampler, rebuilt from the state after every hook and after a restore, with the loader's
 read-ahead dropped at that point.)
 
+Recipe options (docs/methods.md, LMLE): ``config.metric_loss_balanced_only`` weights
+attribute ``a``'s metric loss by the share of the batch drawn balanced for ``a`` (each
+record carries ``balanced_for``; a per-step batch trains one attribute's embedding);
+``config.cluster_size`` sizes every class's clustering to clusters of about that many
+points, ``config.clusters_per_class`` then being the cap (`ops.clusters_for_sizes`);
+``config.model.embedding_bn`` (False: no BatchNorm on the embedding); ``config.mining_pool``
+mines the partners from the batch plus a pool of the last P training embeddings, kept in
+the model-state collection ``mining_pool`` (newest first; constants).
+
 Evaluation (``config.evals``): ``balanced_accuracy`` (linear heads, for ``bce``) and
 ``cluster_knn`` (re-clusters the current embeddings exactly as the hook does at this
 step, then `cluster_knn_predict` per attribute over its ``2k`` class centroids, ``k =
@@ -89,6 +98,8 @@ from jaxface.tasks.base import EvalContext, Hook, Task
 
 LOSSES = ("bce", "lmle", "triplet_knn")
 METRIC_LOSSES = ("lmle", "triplet_knn")
+# The model-state collection holding the mining pool (config.mining_pool).
+POOL = "mining_pool"
 # A virtual balanced source longer than this wraps (see ClassBalancedSource).
 MAX_VIRTUAL_RECORDS = 1 << 22
 
@@ -120,6 +131,22 @@ def balanced_anchor_weights(labels: jax.Array, clusters: jax.Array, *, k: int) -
     return 1.0 / (num_classes * per_class[labels] * cnt).astype(jnp.float32)
 
 
+def balanced_attribute_weights(balanced_for: jax.Array, num_attributes: int) -> jax.Array:
+    """``[A]`` weight of each attribute's metric loss when it applies only on batches
+    balanced for that attribute: ``w_a = mean_i [balanced_for_i == a]``.
+
+    Every record of a batch comes from the balanced batch of one attribute
+    (`ClassBalancedSource`), so a per-step batch gives ``w = one_hot(a)`` and the step
+    trains attribute ``a``'s embedding only; the weights sum to 1 (a batch that mixes
+    slots of several balanced batches splits the weight by slot count).
+
+    Args:
+      balanced_for: ``[B]`` int, the attribute each record's batch was balanced for.
+    """
+    onehot = jax.nn.one_hot(balanced_for, num_attributes, dtype=jnp.float32)
+    return jnp.mean(onehot, axis=0)
+
+
 def nearest_own_centroid(
     emb: jax.Array, labels: jax.Array, centroids: jax.Array, valid: jax.Array
 ) -> jax.Array:
@@ -138,7 +165,17 @@ def nearest_own_centroid(
 
 
 def metric_loss_per_attribute(
-    emb, labels, centroids, valid, *, loss: str, margins, triplet_margin: float
+    emb,
+    labels,
+    centroids,
+    valid,
+    pool_emb=None,
+    pool_labels=None,
+    pool_valid=None,
+    *,
+    loss: str,
+    margins,
+    triplet_margin: float,
 ):
     """LMLE (or triplet) loss of one attribute on one batch.
 
@@ -146,6 +183,10 @@ def metric_loss_per_attribute(
       emb: ``[B, D]`` unit-norm embeddings of the attribute.
       labels: ``[B]`` {0, 1}.
       centroids, valid: ``[2, k, D]``, ``[2, k]`` the attribute's current clusters.
+      pool_emb, pool_labels, pool_valid: optional ``[P, D]``, ``[P]``, ``[P]`` bool: a
+        mining pool (embeddings of earlier batches, constants). The anchors are the
+        batch's; their partners are mined from the batch and the pool together, with
+        the pool's cluster ids from the same centroids.
       loss: ``"lmle"`` or ``"triplet_knn"``.
 
     Returns:
@@ -158,10 +199,30 @@ def metric_loss_per_attribute(
         clusters = nearest_own_centroid(sg, labels, centroids, valid)
     else:
         clusters = jnp.zeros_like(labels)
-    q = ops.mine_quintuplets(sg, labels, clusters)
+    anchors = emb  # partners index `emb`, the batch's then (with a pool) the pool's rows
+    if pool_emb is None:
+        q = ops.mine_quintuplets(sg, labels, clusters)
+    else:
+        # Mine over batch + pool (the pool's rows as candidates only: the first B rows of
+        # the quintuplets are the batch anchors'); partners index the concatenation.
+        b = emb.shape[0]
+        pool_emb = jax.lax.stop_gradient(pool_emb)
+        pool_clusters = (
+            nearest_own_centroid(pool_emb, pool_labels, centroids, valid)
+            if loss == "lmle"
+            else jnp.zeros_like(pool_labels)
+        )
+        q = ops.mine_quintuplets(
+            jnp.concatenate([sg, pool_emb]),
+            jnp.concatenate([labels, pool_labels]),
+            jnp.concatenate([clusters, pool_clusters]),
+            valid=jnp.concatenate([jnp.ones((b,), bool), pool_valid]),
+        )
+        q = jax.tree.map(lambda x: x[:b], q)
+        emb = jnp.concatenate([emb, pool_emb])
     if loss == "lmle":
         per = losses.triple_header_hinge(
-            emb,
+            anchors,
             emb[q.pos_cluster],
             emb[q.neg_cluster],
             emb[q.pos_far],
@@ -174,7 +235,7 @@ def metric_loss_per_attribute(
     else:
         ok = q.valid[:, 2] & q.valid[:, 3]
         per = losses.triplet_margin(
-            emb, emb[q.pos_far], emb[q.neg_class], margin=triplet_margin, where=ok
+            anchors, emb[q.pos_far], emb[q.neg_class], margin=triplet_margin, where=ok
         )
         complete = ok
         w = balanced_anchor_weights(labels, clusters, k=1)
@@ -185,12 +246,15 @@ def metric_loss_per_attribute(
     )
 
 
-@functools.partial(jax.jit, static_argnames=("k", "max_iters"))
-def cluster_all_attributes(key, emb, labels, *, k: int, max_iters: int):
+@functools.partial(jax.jit, static_argnames=("k", "max_iters", "cluster_size"))
+def cluster_all_attributes(key, emb, labels, *, k: int, max_iters: int, cluster_size=None):
     """`kmeans_per_class` (2 classes) for every attribute.
 
     Args:
       key: PRNG key. emb: ``[N, A, D]``. labels: ``[N, A]`` {0, 1}.
+      k: clusters per class, or their cap with ``cluster_size``.
+      cluster_size: None, or the points per cluster (each class of each attribute gets
+        ``clip(round(n_c / cluster_size), 1, k)`` clusters).
 
     Returns:
       dict: centroids ``[A, 2, k, D]``, centroid_valid ``[A, 2, k]``, counts ``[A, 2, k]``,
@@ -199,7 +263,9 @@ def cluster_all_attributes(key, emb, labels, *, k: int, max_iters: int):
     keys = jax.random.split(key, emb.shape[1])
 
     def one(kk, e, y):
-        r = ops.kmeans_per_class(kk, e, y, num_classes=2, k=k, max_iters=max_iters)
+        r = ops.kmeans_per_class(
+            kk, e, y, num_classes=2, k=k, max_iters=max_iters, cluster_size=cluster_size
+        )
         return r.centroids, r.valid, r.counts, r.inertia
 
     c, v, n, i = jax.vmap(one, in_axes=(0, 1, 1))(keys, emb, labels.astype(jnp.int32))
@@ -248,13 +314,25 @@ class ClassBalancedSource:
     Args:
       source: the real training source. labels: ``[N, A]`` {0, 1} of its records.
       batch_size: the global batch size. seed: the run's seed. num_steps: the run length.
+      tag_attribute: add ``balanced_for`` (the attribute the record's batch is balanced
+        for) to every record, for losses that apply only on their own balanced batches.
     """
 
-    def __init__(self, source, labels, *, batch_size: int, seed: int, num_steps: int):
+    def __init__(
+        self,
+        source,
+        labels,
+        *,
+        batch_size: int,
+        seed: int,
+        num_steps: int,
+        tag_attribute: bool = False,
+    ):
         labels = np.asarray(labels)
         if labels.shape[0] != len(source):
             raise ValueError(f"labels for {labels.shape[0]} records, source has {len(source)}")
         self.source, self.batch_size = source, int(batch_size)
+        self.tag_attribute = bool(tag_attribute)
         total = int(num_steps) * self.batch_size
         cap = (MAX_VIRTUAL_RECORDS // self.batch_size) * self.batch_size
         self.length = max(self.batch_size, min(total, cap))
@@ -291,8 +369,17 @@ class ClassBalancedSource:
         step, slot = divmod(int(self.position[int(v)]), self.batch_size)
         return int(self.batch_indices(step)[slot])
 
+    def balanced_for(self, v: int) -> int:
+        """The attribute the batch of virtual record ``v`` is balanced for."""
+        step = int(self.position[int(v)]) // self.batch_size
+        return step % self.sampler.num_attributes
+
     def __getitem__(self, v):
-        return self.source[self.record_index(v)]
+        record = self.source[self.record_index(v)]
+        if self.tag_attribute:
+            record = dict(record)
+            record["balanced_for"] = np.int32(self.balanced_for(v))
+        return record
 
 
 # ---------------------------------------------------------------------------------
@@ -314,6 +401,7 @@ class AttributesTask(Task):
             widths=tuple(m.widths),
             convs_per_stage=int(m.convs_per_stage),
             per_attribute_embedding=bool(m.get("per_attribute_embedding", True)),
+            embedding_bn=bool(m.get("embedding_bn", True)),
         )
         if config.loss not in LOSSES:
             raise ValueError(
@@ -332,6 +420,18 @@ class AttributesTask(Task):
                 )
             if int(config.recluster_every) < 1:
                 raise ValueError(f"config.recluster_every={config.recluster_every} must be >= 1")
+            self.cluster_size = int(config.get("cluster_size", 0) or 0) or None
+            if self.cluster_size is not None and self.cluster_size < 1:
+                raise ValueError(f"config.cluster_size={config.cluster_size} must be >= 0")
+            self.balanced_only = bool(config.get("metric_loss_balanced_only", False))
+            self.pool_size = int(config.get("mining_pool", 0) or 0)
+            if self.pool_size < 0:
+                raise ValueError(f"config.mining_pool={config.mining_pool} must be >= 0")
+            if self.balanced_only and not config.get("balanced_sampling", True):
+                raise ValueError(
+                    "config.metric_loss_balanced_only needs config.balanced_sampling: only "
+                    "the balanced sampler says which attribute a batch is balanced for"
+                )
             if len(config.lmle_margins) != 3 or min(config.lmle_margins) < 0:
                 raise ValueError(
                     f"config.lmle_margins={list(config.lmle_margins)} must be 3 "
@@ -390,7 +490,10 @@ class AttributesTask(Task):
         if train and self.config.get("random_flip", True) and rng.random() < 0.5:
             image = image[:, ::-1]
         attrs = np.asarray(example["attributes"]).astype(np.int32)
-        return {"image": common.normalize_image(image), "attributes": (attrs > 0).astype(np.int32)}
+        out = {"image": common.normalize_image(image), "attributes": (attrs > 0).astype(np.int32)}
+        if train and "balanced_for" in example:
+            out["balanced_for"] = np.int32(example["balanced_for"])
+        return out
 
     def data(self, split, *, train):
         src = self.source(split)
@@ -401,6 +504,7 @@ class AttributesTask(Task):
                 batch_size=int(self.config.batch_size),
                 seed=int(self.config.seed),
                 num_steps=int(self.config.num_train_steps),
+                tag_attribute=self.balanced_only,
             )
         return src, functools.partial(self.transform, train=train)
 
@@ -421,7 +525,22 @@ class AttributesTask(Task):
 
     # -- model ------------------------------------------------------------------
     def init_variables(self, rng, batch):
-        return self.model.init(rng, batch["image"], train=False)
+        variables = self.model.init(rng, batch["image"], train=False)
+        if self.metric and self.pool_size:
+            # The mining pool (config.mining_pool): the last P training embeddings and
+            # labels, newest first, in the model state so that the step can update it and
+            # checkpoints carry it; `valid` is False until a slot has been filled.
+            p, a = self.pool_size, self.num_attributes
+            d = int(self.config.model.embedding_dim)
+            variables = {
+                **variables,
+                POOL: {
+                    "embedding": jnp.zeros((p, a, d), jnp.float32),
+                    "labels": jnp.zeros((p, a), jnp.int32),
+                    "valid": jnp.zeros((p,), bool),
+                },
+            }
+        return variables
 
     def init_task_state(self, rng, variables):
         del rng, variables
@@ -452,6 +571,8 @@ class AttributesTask(Task):
 
     def loss(self, params, model_state, batch, rng, task_state):
         del rng
+        pool = model_state.get(POOL)
+        model_state = {k: v for k, v in model_state.items() if k != POOL}
         out, new_state = self.model.apply(
             {"params": params, **model_state},
             batch["image"],
@@ -474,15 +595,43 @@ class AttributesTask(Task):
             margins=tuple(float(g) for g in self.config.lmle_margins),
             triplet_margin=float(self.config.triplet_margin),
         )
-        per_attr, complete, violated = jax.vmap(fn, in_axes=(1, 1, 0, 0))(
-            emb,
-            (labels > 0).astype(jnp.int32),
-            task_state["centroids"],
-            task_state["centroid_valid"],
-        )
-        return jnp.mean(per_attr), (
+        labels01 = (labels > 0).astype(jnp.int32)
+        if pool is None:
+            per_attr, complete, violated = jax.vmap(fn, in_axes=(1, 1, 0, 0))(
+                emb, labels01, task_state["centroids"], task_state["centroid_valid"]
+            )
+        else:
+            per_attr, complete, violated = jax.vmap(fn, in_axes=(1, 1, 0, 0, 1, 1, None))(
+                emb,
+                labels01,
+                task_state["centroids"],
+                task_state["centroid_valid"],
+                pool["embedding"],
+                pool["labels"],
+                pool["valid"],
+            )
+            # Newest first: this batch's embeddings push the oldest out.
+            p = self.pool_size
+            new_state = dict(new_state)
+            new_state[POOL] = {
+                "embedding": jnp.concatenate([jax.lax.stop_gradient(emb), pool["embedding"]])[:p],
+                "labels": jnp.concatenate([labels01, pool["labels"]])[:p],
+                "valid": jnp.concatenate([jnp.ones((emb.shape[0],), bool), pool["valid"]])[:p],
+            }
+        if not self.balanced_only:
+            return jnp.mean(per_attr), (
+                new_state,
+                {"complete_partners": jnp.mean(complete), "violating_anchors": jnp.mean(violated)},
+            )
+        # Attribute a's metric loss only on the batches balanced for a: elsewhere its
+        # minority anchors mostly lack partners (config.metric_loss_balanced_only).
+        w = balanced_attribute_weights(batch["balanced_for"], self.num_attributes)
+        return jnp.sum(w * per_attr), (
             new_state,
-            {"complete_partners": jnp.mean(complete), "violating_anchors": jnp.mean(violated)},
+            {
+                "complete_partners": jnp.sum(w * complete),
+                "violating_anchors": jnp.sum(w * violated),
+            },
         )
 
     def metric_names(self):
@@ -490,6 +639,7 @@ class AttributesTask(Task):
 
     # -- clustering ----------------------------------------------------------------
     def predict(self, variables, batch):
+        variables = {k: v for k, v in variables.items() if k != POOL}
         out = self.model.apply(variables, batch["image"], train=False)
         return {"logits": out["logits"], "embedding": self._embeddings(out)}
 
@@ -529,6 +679,7 @@ class AttributesTask(Task):
             jnp.asarray(out["attributes"] > 0),
             k=self.k,
             max_iters=int(self.config.kmeans_iters),
+            cluster_size=self.cluster_size,
         )
         return {
             "centroids": res["centroids"].astype(jnp.float32),

@@ -313,7 +313,15 @@ class DetectionTask(Task):
             per_roi = per_roi + float(c.landmark_weight) * lmk_l
         candidates = rt["labels"] >= 0
         if c.ohem:
-            kept = ohem_select(per_roi, candidates, int(c.ohem_rois))
+            # OHEM's NMS over the RoIs ranked by loss before the hardest are kept
+            # (config.ohem_nms_iou; None or 0 = off).
+            kept = ohem_select(
+                per_roi,
+                candidates,
+                int(c.ohem_rois),
+                boxes=rois,
+                nms_iou=c.get("ohem_nms_iou") or None,
+            )
         else:
             p, n = jax.vmap(
                 functools.partial(
