@@ -463,10 +463,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trai
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
 
-    loader = trainer.train_loader()
-    state, sharding = trainer.init_state(loader.batch(0))
-    mngr = make_checkpoint_manager(workdir, config)
-    state, origin = trainer.restore(mngr, state, sharding)
+    with progress.Phase("setting up the data loader, the initial state and any checkpoint"):
+        loader = trainer.train_loader()
+        state, sharding = trainer.init_state(loader.batch(0))
+        mngr = make_checkpoint_manager(workdir, config)
+        state, origin = trainer.restore(mngr, state, sharding)
     start_step = int(state.step)
     num_steps = int(config.num_train_steps)
     stop_at = int(config.stop_at_step) or num_steps
