@@ -738,17 +738,24 @@ def evaluate(
             m = match_detections(ann, preds, iou_threshold=iou_threshold)
             cache.append((ann, m))
         evaluated = ann.faces_per_image[det_img] > 0  # images with an empty face list are skipped
-        kept_face = np.zeros(m.face.shape, bool)
-        kept_face[m.matched] = ann.keep[m.face[m.matched]]
-        dropped = m.matched & ~kept_face
-        tp_mask = m.first & kept_face & evaluated
-        prop_mask = evaluated & ~dropped
-        nb = num_thresholds + 2
-        tp = np.cumsum(np.bincount(t_first[tp_mask], minlength=nb))[1 : num_thresholds + 1]
-        prop = np.cumsum(np.bincount(t_first[prop_mask], minlength=nb))[1 : num_thresholds + 1]
-        count_face = int(ann.keep_list_lengths.sum())
-        out[s] = _setting_result(tp, prop, count_face, tau, voc_ap)
+        out[s] = _count_setting(ann, m, evaluated, t_first, num_thresholds, tau, voc_ap)
     return out
+
+
+def _count_setting(ann, m, evaluated, t_count, num_thresholds, tau, ap_fn) -> SettingResult:
+    """One setting's PR curve from the matches ``m``: a kept face's first matching
+    detection is a TP, a detection matching an ignored face is dropped, and detection
+    ``k`` counts from threshold index ``t_count[k]`` on (only on ``evaluated`` images)."""
+    kept_face = np.zeros(m.face.shape, bool)
+    kept_face[m.matched] = ann.keep[m.face[m.matched]]
+    dropped = m.matched & ~kept_face
+    tp_mask = m.first & kept_face & evaluated
+    prop_mask = evaluated & ~dropped
+    nb = num_thresholds + 2
+    tp = np.cumsum(np.bincount(t_count[tp_mask], minlength=nb))[1 : num_thresholds + 1]
+    prop = np.cumsum(np.bincount(t_count[prop_mask], minlength=nb))[1 : num_thresholds + 1]
+    count_face = int(ann.keep_list_lengths.sum())
+    return _setting_result(tp, prop, count_face, tau, ap_fn)
 
 
 def _evaluate_python_port(
@@ -796,16 +803,7 @@ def _evaluate_python_port(
                 f"{ann.source}: face lists differ in length from {face.source}; the port "
                 "indexes the face boxes of wider_face_val.mat with the setting's gt_list"
             )
-        kept_face = np.zeros(m.face.shape, bool)
-        kept_face[m.matched] = ann.keep[m.face[m.matched]]
-        dropped = m.matched & ~kept_face
-        tp_mask = m.first & kept_face & evaluated
-        prop_mask = evaluated & ~dropped
-        nb = num_thresholds + 2
-        tp = np.cumsum(np.bincount(incl[tp_mask], minlength=nb))[1 : num_thresholds + 1]
-        prop = np.cumsum(np.bincount(incl[prop_mask], minlength=nb))[1 : num_thresholds + 1]
-        count_face = int(ann.keep_list_lengths.sum())
-        out[s] = _setting_result(tp, prop, count_face, tau, voc_ap_python_port)
+        out[s] = _count_setting(ann, m, evaluated, incl, num_thresholds, tau, voc_ap_python_port)
     return out
 
 
