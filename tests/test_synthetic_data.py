@@ -6,7 +6,7 @@ The renderer tests are NumPy only; the tfds round trip (last test) imports Tenso
 import numpy as np
 import pytest
 
-from jaxface.data.synthetic import render
+from jaxface.data.synthetic import render, scenes
 
 SPEC = render.Spec()
 
@@ -238,7 +238,7 @@ def test_detection_scene_labels():
         # Faces do not overlap one another.
         for j in range(n):
             for k in range(j + 1, n):
-                assert not render._intersects(b[j], b[k])
+                assert not scenes._intersects(b[j], b[k])
     sizes = np.concatenate(sizes_all)
     assert (sizes < 20).mean() > 0.1  # small faces are common
     assert sizes.max() > 80
