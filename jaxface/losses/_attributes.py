@@ -26,6 +26,8 @@ from typing import Optional, Sequence
 import jax
 import jax.numpy as jnp
 
+from jaxface.losses._common import apply_where
+
 __all__ = [
     "DEFAULT_LMLE_MARGINS",
     "DEFAULT_TRIPLET_MARGIN",
@@ -51,15 +53,6 @@ def _sq_dist(x: jax.Array, y: jax.Array) -> jax.Array:
     """Squared Euclidean distance over the last axis: [..., D] x [..., D] -> [...]."""
     d = x - y
     return jnp.sum(d * d, axis=-1)
-
-
-def _apply_where(values: jax.Array, where: Optional[jax.Array]) -> jax.Array:
-    if where is None:
-        return values
-    where = jnp.asarray(where)
-    if where.dtype != jnp.bool_:
-        raise TypeError(f"`where` must be a boolean mask, got dtype {where.dtype}")
-    return jnp.where(jnp.broadcast_to(where, values.shape), values, jnp.zeros_like(values))
 
 
 def triple_header_hinge(
@@ -131,7 +124,7 @@ def triple_header_hinge(
         else:
             # ... or one per example ([...]).
             where = where[..., None]
-        headers = _apply_where(headers, where)
+        headers = apply_where(headers, where, bool_only=True)
     return jnp.sum(headers, axis=-1)
 
 
@@ -163,7 +156,7 @@ def triplet_margin(
             f"negative {negative.shape}"
         )
     loss = jax.nn.relu(margin + _sq_dist(anchor, positive) - _sq_dist(anchor, negative))
-    return _apply_where(loss, where)
+    return apply_where(loss, where, bool_only=True)
 
 
 def sigmoid_binary_cross_entropy(

@@ -16,14 +16,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxface.losses._common import apply_where
+
 __all__ = ["smooth_l1", "sigmoid_bce"]
-
-
-def _apply_where(loss: jax.Array, where: jax.Array | None) -> jax.Array:
-    if where is None:
-        return loss
-    where = jnp.asarray(where, dtype=bool)
-    return jnp.where(where, loss, jnp.zeros_like(loss))
 
 
 def smooth_l1(x: jax.Array, *, beta: float = 1.0, where: jax.Array | None = None) -> jax.Array:
@@ -45,7 +40,7 @@ def smooth_l1(x: jax.Array, *, beta: float = 1.0, where: jax.Array | None = None
     """
     ax = jnp.abs(x)
     loss = jnp.where(ax < beta, 0.5 * ax * ax / beta, ax - 0.5 * beta)
-    return _apply_where(loss, where)
+    return apply_where(loss, where)
 
 
 def sigmoid_bce(
@@ -68,4 +63,4 @@ def sigmoid_bce(
       ``[...]`` the loss per element.
     """
     loss = jnp.maximum(logits, 0) - logits * labels + jnp.log1p(jnp.exp(-jnp.abs(logits)))
-    return _apply_where(loss, where)
+    return apply_where(loss, where)

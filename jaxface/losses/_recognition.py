@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxface.losses._common import apply_where
+
 __all__ = [
     "softmax_identity_cross_entropy",
     "contrastive_verification",
@@ -30,15 +32,6 @@ __all__ = [
     "arcface_logits",
     "dream_stitching_mse",
 ]
-
-
-def _apply_where(loss: jax.Array, where: jax.Array | None) -> jax.Array:
-    if where is None:
-        return loss
-    where = jnp.asarray(where, dtype=bool)
-    if where.shape != loss.shape:
-        raise ValueError(f"where: expected shape {loss.shape}, got {where.shape}")
-    return jnp.where(where, loss, jnp.zeros_like(loss))
 
 
 def _safe_norm(x: jax.Array, axis: int = -1) -> jax.Array:
@@ -54,6 +47,9 @@ def _safe_norm(x: jax.Array, axis: int = -1) -> jax.Array:
     return jnp.where(positive, jnp.sqrt(safe_sq), jnp.zeros_like(sq))
 
 
+# Not `jaxface.ops.norm.l2_normalize` (x / max(|x|, eps)): the rsqrt form rounds
+# differently (about a quarter of float32 entries differ by one ulp, under jit too), and
+# the trained recognition numbers depend on this form.
 def _l2_normalize(x: jax.Array, axis: int, eps: float = 1e-12) -> jax.Array:
     sq = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
     return x * jax.lax.rsqrt(jnp.maximum(sq, eps * eps))
@@ -85,7 +81,7 @@ def softmax_identity_cross_entropy(
         )
     log_z = jax.nn.logsumexp(logits, axis=-1)
     target = jnp.take_along_axis(logits, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
-    return _apply_where(log_z - target, where)
+    return apply_where(log_z - target, where, same_shape=True)
 
 
 def contrastive_verification(
@@ -128,7 +124,7 @@ def contrastive_verification(
     d = _safe_norm(diff)
     hinge = jnp.maximum(jnp.asarray(margin, d.dtype) - d, 0.0)
     loss = jnp.where(same, 0.5 * d2, 0.5 * jnp.square(hinge))
-    return _apply_where(loss, where)
+    return apply_where(loss, where, same_shape=True)
 
 
 def deepid2_joint_loss(
@@ -167,7 +163,7 @@ def deepid2_joint_loss(
     )
     same = jnp.asarray(labels1) == jnp.asarray(labels2)
     verif = contrastive_verification(f1, f2, same, margin=margin)
-    return _apply_where(ident + verification_weight * verif, where)
+    return apply_where(ident + verification_weight * verif, where, same_shape=True)
 
 
 def deepid2_batch_verification(
@@ -335,4 +331,4 @@ def dream_stitching_mse(
         raise ValueError(
             f"expected pred, target of equal shape [B, D]; got {pred.shape} and {target.shape}"
         )
-    return _apply_where(jnp.mean(jnp.square(pred - target), axis=-1), where)
+    return apply_where(jnp.mean(jnp.square(pred - target), axis=-1), where, same_shape=True)
