@@ -70,8 +70,27 @@ from jaxface.data.synthetic import encode, render
 KINDS = ("attributes", "identity", "detection")
 
 
+# The renderer's fields (names, types, defaults, order) are declared once, by
+# `render.Spec`; the config takes them from there, keyword-only, calling
+# ``attribute_image_size`` ``image_size``. `SyntheticFacesConfig.spec` maps them back.
+_CONFIG_NAME = {"attribute_image_size": "image_size"}
+_SpecFields = dataclasses.make_dataclass(
+    "_SpecFields",
+    [
+        (
+            _CONFIG_NAME.get(f.name, f.name),
+            f.type,
+            dataclasses.field(default=f.default, kw_only=True),
+        )
+        for f in dataclasses.fields(render.Spec)
+    ],
+    eq=False,
+    namespace={"__module__": __name__},
+)
+
+
 @dataclasses.dataclass(eq=False)
-class SyntheticFacesConfig(tfds.core.BuilderConfig):
+class SyntheticFacesConfig(tfds.core.BuilderConfig, _SpecFields):
     """A ``synthetic_faces`` variant. Sizes are per split; fields unused by a kind are ignored.
 
     Attributes:
@@ -79,11 +98,10 @@ class SyntheticFacesConfig(tfds.core.BuilderConfig):
       seed: the data seed; with the other fields it fixes every byte.
       num_train, num_validation, num_test: examples per split (attributes, detection);
         a split with 0 examples is not generated.
-      image_size: attribute crop side (identity crops use ``identity_image_size``).
-      identity_image_size: identity crop side (112).
-      num_train_identities, num_test_identities, images_per_identity: identity sizes
-        (identity has exactly ``train`` and ``test``, with disjoint identities).
-      detection_*: scene side range, maximum faces per scene and face height range.
+      image_size, identity_image_size, num_train_identities, num_test_identities,
+        images_per_identity, detection_*: keyword-only, the fields of `render.Spec`
+        (``image_size`` is its ``attribute_image_size``: the attribute crop side), with
+        its defaults. Identity has exactly ``train`` and ``test``, with disjoint identities.
     """
 
     kind: str = "attributes"
@@ -91,16 +109,6 @@ class SyntheticFacesConfig(tfds.core.BuilderConfig):
     num_train: int = 20_000
     num_validation: int = 0
     num_test: int = 4_000
-    image_size: int = 64
-    identity_image_size: int = 112
-    num_train_identities: int = 2_000
-    num_test_identities: int = 200
-    images_per_identity: int = 10
-    detection_min_side: int = 256
-    detection_max_side: int = 640
-    detection_max_faces: int = 40
-    detection_min_face: int = 8
-    detection_max_face: int = 400
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -136,16 +144,10 @@ class SyntheticFacesConfig(tfds.core.BuilderConfig):
     def spec(self) -> render.Spec:
         """The renderer's view of this config."""
         return render.Spec(
-            attribute_image_size=self.image_size,
-            identity_image_size=self.identity_image_size,
-            num_train_identities=self.num_train_identities,
-            num_test_identities=self.num_test_identities,
-            images_per_identity=self.images_per_identity,
-            detection_min_side=self.detection_min_side,
-            detection_max_side=self.detection_max_side,
-            detection_max_faces=self.detection_max_faces,
-            detection_min_face=self.detection_min_face,
-            detection_max_face=self.detection_max_face,
+            **{
+                f.name: getattr(self, _CONFIG_NAME.get(f.name, f.name))
+                for f in dataclasses.fields(render.Spec)
+            }
         )
 
     def fingerprint(self) -> dict:

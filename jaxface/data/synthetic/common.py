@@ -25,8 +25,9 @@ KIND_IDS = {"attributes": 1, "identity": 2, "detection": 3, "identity_params": 4
 class Spec:
     """What a renderer needs to know besides ``(seed, split, index)``.
 
-    ``SyntheticFacesConfig`` (the tfds builder config) carries the same fields and
-    converts with ``config.spec()``; NumPy-only users build one directly.
+    The one declaration of these fields: ``SyntheticFacesConfig`` (the tfds builder
+    config) takes them from here (``attribute_image_size`` is its ``image_size``) and
+    converts back with ``config.spec()``; NumPy-only users build a Spec directly.
 
     Attributes:
       attribute_image_size: side of the square attribute crops (pixels).
