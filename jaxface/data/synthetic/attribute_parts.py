@@ -119,18 +119,6 @@ def make_look(a: dict, arng, rng: np.random.Generator) -> Look:
     )
 
 
-def draw_background(d: ImageDraw.ImageDraw, rng: np.random.Generator, W: int, bg) -> None:
-    """Background clutter (nuisance): one to three rectangles or ellipses."""
-    for _ in range(int(rng.integers(1, 4))):
-        x0, y0 = rng.random(2) * W
-        w, h = (0.2 + 0.6 * rng.random(2)) * W
-        col = _c(_mix(bg, _random_colour(rng), 0.5))
-        if rng.random() < 0.5:
-            d.rectangle([x0 - w / 2, y0 - h / 2, x0 + w / 2, y0 + h / 2], fill=col)
-        else:
-            d.ellipse([x0 - w / 2, y0 - h / 2, x0 + w / 2, y0 + h / 2], fill=col)
-
-
 def draw_body(cv: Canvas, f: Look, rng: np.random.Generator) -> None:
     """Long hair behind the head, shoulders and neck, necktie, necklace (draws the
     shirt colour from ``rng``)."""

@@ -21,6 +21,7 @@ from jaxface.data.synthetic.attribute_stats import (
 from jaxface.data.synthetic.common import (
     Spec,
     _c,
+    _mix,
     _random_colour,
     example_rng,
 )
@@ -102,7 +103,7 @@ def render_attribute_face(
     bg = _random_colour(rng, 30, 230)
     img = Image.new("RGB", (W, W), _c(bg))
     d = ImageDraw.Draw(img)
-    parts.draw_background(d, rng, W, bg)
+    _draw_background(d, rng, W, bg)
 
     # Framing like CelebA's aligned crops: hair to upper chest, face ~55% of the height.
     sc = W * 0.86 * float(rng.uniform(0.94, 1.06))
@@ -130,3 +131,15 @@ def render_attribute_face(
             ImageFilter.GaussianBlur(float(arng("Blurry").uniform(1.2, 2.0)) * size / 64)
         )
     return np.asarray(img, np.uint8)
+
+
+def _draw_background(d: ImageDraw.ImageDraw, rng: np.random.Generator, W: int, bg) -> None:
+    """Background clutter (nuisance): one to three rectangles or ellipses."""
+    for _ in range(int(rng.integers(1, 4))):
+        x0, y0 = rng.random(2) * W
+        w, h = (0.2 + 0.6 * rng.random(2)) * W
+        col = _c(_mix(bg, _random_colour(rng), 0.5))
+        if rng.random() < 0.5:
+            d.rectangle([x0 - w / 2, y0 - h / 2, x0 + w / 2, y0 + h / 2], fill=col)
+        else:
+            d.ellipse([x0 - w / 2, y0 - h / 2, x0 + w / 2, y0 + h / 2], fill=col)
