@@ -1,7 +1,8 @@
 """Procedural face renderers: pure NumPy + PIL, no TensorFlow, no download.
 
 This module gathers the public names of the renderer modules: ``common`` (spec,
-random streams, colours), ``attribute_stats`` (CelebA label model), ``attributes``,
+random streams, colours), ``attribute_stats`` (CelebA label model), ``attributes``
+(with its face parts in ``attribute_parts``),
 ``heads`` (3-D heads), ``identity`` and ``scenes`` (detection).
 
 Every example is a pure function of ``(spec, seed, split, index)``: its random
