@@ -98,6 +98,40 @@ def test_too_many_bad_records_is_an_error():
         loader.batch(0)
 
 
+def test_iterated_batches_equal_direct_batches_for_any_start_and_workers():
+    """The grain read-ahead path gives `batch(step)` bit for bit: start and threads
+    change nothing (the resume contract)."""
+    src = _source(20)
+    sampler = pipeline.IndexSampler(len(src), 6, seed=2)
+    noisy = lambda ex, rng: {"x": ex["x"] + rng.random(), "y": ex["y"]}
+    ref = pipeline.BatchLoader(src, sampler, noisy)
+    want = [ref.batch(s) for s in range(9)]
+    for workers, start in ((1, 0), (2, 3), (4, 7)):
+        loader = pipeline.BatchLoader(src, sampler, noisy, num_workers=workers, prefetch=3)
+        it = loader.iterate(start)
+        for s in range(start, 9):
+            got = next(it)
+            for k in want[s]:
+                assert got[k].tobytes() == want[s][k].tobytes(), (workers, start, s, k)
+        loader.close()
+
+
+def test_bad_records_replaced_and_fatal_through_iterate():
+    src = _Flaky(bad={5})
+    sampler = pipeline.IndexSampler(len(src), 40, shuffle=False)
+    loader = pipeline.BatchLoader(src, sampler, lambda ex, rng: dict(ex), max_bad_fraction=0.1)
+    batch = next(loader.iterate(0))
+    # Read ahead, step 1 (the same 40 records) may have met record 5 again already.
+    assert list(batch["y"]).count(6) == 2 and loader.bad_records[5] >= 1
+    assert "truncated image file #5" in loader.report()
+    loader.close()
+    bad = _Flaky(bad=set(range(0, 40, 2)))
+    loader = pipeline.BatchLoader(bad, sampler, lambda ex, rng: dict(ex), max_bad_fraction=0.05)
+    with pytest.raises(pipeline.BadRecordError, match="unreadable"):
+        next(loader.iterate(0))
+    loader.close()
+
+
 def test_eval_batches_pad_and_mask():
     src = _source(10)
     batches = list(pipeline.eval_batches(src, 4, _identity))

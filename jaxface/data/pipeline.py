@@ -13,6 +13,11 @@ a pure function of ``(seed, step)``:
   leading axis.
 * Per-example randomness (augmentation) gets ``np.random.default_rng([seed, step,
   position])``, again a pure function of where the example sits.
+* :class:`BatchLoader` reads the steps' examples as a ``grain.MapDataset`` (grain
+  threads, read-ahead, in order). The order and host slicing are this module's, not
+  grain's ``IndexSampler`` / ``ShardByJaxProcess`` (which shard records per process
+  and draw another order): every step's batch stays what it was before grain, bit for
+  bit, so a seed gives the same run, and the resume state stays ``(seed, step)``.
 
 A *source* is anything with ``__len__`` and ``__getitem__(int) -> example dict``:
 ``tfds`` array_record data sources (``builder.as_data_source(split)``), or plain
@@ -135,19 +140,35 @@ class BadRecordError(RuntimeError):
 
 
 class BatchLoader:
-    """Host-local batches for consecutive steps, read and transformed in threads.
+    """Host-local batches for consecutive steps: a grain pipeline.
+
+    `dataset` is a ``grain.MapDataset`` whose element ``k`` is row ``k % per_host`` of
+    this host's batch of step ``start + k // per_host`` (the host's slice of
+    `IndexSampler.indices`, read and transformed with a generator keyed by ``(seed,
+    step, position)``). `iterate` reads it ahead in ``num_workers`` grain threads
+    (``grain.ReadOptions``: ``prefetch`` batches' worth of examples in flight, returned
+    in order) and stacks each step's rows (`collate`). A batch depends on ``(seed,
+    step)`` only: never on the worker count, on where iteration started, or on
+    whether it came from `batch` or `iterate`.
+
+    Threads, not grain's worker processes (``mp_prefetch``): the transforms decode and
+    augment in PIL / NumPy, which release the GIL, and threads share the replaced-record
+    accounting below; see ``benchmarks/loader.py`` for examples/s per worker.
 
     Args:
       source: random-access source (``len`` + ``__getitem__``).
       sampler: :class:`IndexSampler` over ``len(source)``.
       transform: ``(example, rng) -> dict of fixed-shape arrays``.
       process_index, process_count: this host's slice of every global batch.
-      num_workers: reader threads (decoding in PIL/NumPy releases the GIL).
+      num_workers: reader threads.
       prefetch: batches read ahead.
       max_bad_fraction: give up when more than this fraction of the records read
         so far had to be replaced.
       name: used in reports.
     """
+
+    # Steps one `iterate` can run (grain datasets have a length): far beyond any run.
+    HORIZON = 1 << 40
 
     def __init__(
         self,
@@ -168,6 +189,7 @@ class BatchLoader:
             )
         self.source, self.sampler, self.transform = source, sampler, transform
         self.process_index, self.process_count = process_index, process_count
+        self.num_workers = max(1, num_workers)
         self.prefetch = max(1, prefetch)
         self.max_bad_fraction = max_bad_fraction
         self.name = name
@@ -175,10 +197,15 @@ class BatchLoader:
         self.bad_reasons: dict[int, str] = {}
         self.records_read = 0
         self._lock = threading.Lock()
-        # Two pools: batches are assembled in one thread (read-ahead) from records read in
-        # the other; one pool for both would deadlock once every worker waits on a batch.
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, num_workers))
-        self._batch_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        self._iterators: list = []
+        # Host indices of the steps being read (each example looks up its step's).
+        self._host_indices = functools.lru_cache(maxsize=8)(self._host_indices_of)
+        if sampler.global_batch_size % process_count:
+            raise ValueError(
+                f"global batch {sampler.global_batch_size} is not divisible by "
+                f"process_count={process_count}"
+            )
+        self.per_host = sampler.global_batch_size // process_count
 
     def _read_one(self, index: int, rng_key: Sequence[int]) -> Mapping[str, np.ndarray]:
         n = len(self.source)
@@ -211,25 +238,45 @@ class BatchLoader:
         raise BadRecordError(f"{self.name}: no record of the split is readable. {self.report()}")
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
-        """The host-local batch of ``step``."""
-        idx = host_slice(self.sampler.indices(step), self.process_index, self.process_count)
-        base = self.process_index * len(idx)
-        futures = [
-            self._pool.submit(self._read_one, i, (self.sampler.seed, step, base + j))
-            for j, i in enumerate(idx)
-        ]
-        return collate([f.result() for f in futures])
+        """The host-local batch of ``step`` (read in the calling thread)."""
+        first = int(step) * self.per_host
+        return collate([self._example(first + j) for j in range(self.per_host)])
+
+    def _host_indices_of(self, step: int) -> np.ndarray:
+        return host_slice(self.sampler.indices(step), self.process_index, self.process_count)
+
+    def _example(self, position: int) -> Mapping[str, np.ndarray]:
+        """Example ``position = step * per_host + j``: row ``j`` of the host batch of ``step``."""
+        step, j = divmod(int(position), self.per_host)
+        index = self._host_indices(step)[j]
+        return self._read_one(
+            index, (self.sampler.seed, step, self.process_index * self.per_host + j)
+        )
+
+    def dataset(self, start_step: int = 0):
+        """``grain.MapDataset`` of this host's examples of steps ``start_step, ...`` in
+        order (``per_host`` per step); element ``k`` is row ``k % per_host`` of the batch
+        of step ``start_step + k // per_host``."""
+        import grain  # pylint: disable=import-outside-toplevel
+
+        first = start_step * self.per_host
+        return grain.MapDataset.range(first, first + self.HORIZON * self.per_host).map(
+            self._example
+        )
 
     def iterate(self, start_step: int) -> Iterator[dict[str, np.ndarray]]:
         """Batches of steps ``start_step, start_step + 1, ...`` with read-ahead."""
-        pending = collections.deque()
-        step = start_step
-        while True:
-            while len(pending) < self.prefetch:
-                s = step + len(pending)
-                pending.append(self._batch_pool.submit(self.batch, s))
-            yield pending.popleft().result()
-            step += 1
+        import grain  # pylint: disable=import-outside-toplevel
+
+        options = grain.ReadOptions(
+            num_threads=self.num_workers, prefetch_buffer_size=self.prefetch * self.per_host
+        )
+        ds = (
+            self.dataset(start_step).to_iter_dataset(options).batch(self.per_host, batch_fn=collate)
+        )
+        it = iter(ds)
+        self._iterators.append(it)
+        return it
 
     def report(self) -> str:
         """A human-readable account of replaced records (empty when none)."""
@@ -240,8 +287,11 @@ class BatchLoader:
         )
 
     def close(self):
-        self._batch_pool.shutdown(wait=False, cancel_futures=True)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        for it in self._iterators:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+        self._iterators.clear()
 
 
 def _bad_record_report(name, count, verb, records_read, reasons, shown=50) -> str:
