@@ -280,6 +280,13 @@ def cast_batch(batch: Mapping[str, Any], fields: tuple[str, ...], dtype) -> dict
     return {k: (_cast_floating(v, dtype) if k in fields else v) for k, v in batch.items()}
 
 
+def _train_data(config: ml_collections.ConfigDict):
+    """The training (source, transform) of ``config``'s task, built anew (in a loader
+    worker process: `pipeline.BatchLoader` with ``config.data_processes``)."""
+    task = tasks_lib.get_task(config.task)(config)
+    return task.data(config.train_split, train=True)
+
+
 class Trainer:
     """Builds the task, mesh, state and step for a config. Used by
     :func:`train_and_evaluate` and by ``jaxface eval``; rarely needed directly."""
@@ -343,6 +350,8 @@ class Trainer:
             num_workers=int(self.config.data_workers),
             prefetch=int(self.config.prefetch),
             name="train",
+            processes=int(self.config.get("data_processes", 0)),
+            make_data=functools.partial(_train_data, self.config),
         )
 
     # -- state -----------------------------------------------------------------

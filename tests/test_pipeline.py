@@ -132,6 +132,40 @@ def test_bad_records_replaced_and_fatal_through_iterate():
     loader.close()
 
 
+def _flaky_data():
+    return _Flaky(bad={5}), _noisy
+
+
+def _noisy(ex, rng):
+    return {"y": ex["y"], "x": np.float32(ex["y"]) + rng.random()}
+
+
+def test_worker_processes_give_the_same_batches_and_count_replaced_records():
+    """grain worker processes (``processes=2``): the threads' batches bit for bit, from
+    any start, and the records they replaced counted and named in the main process."""
+    import sys
+
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # for the spawned workers
+    src, transform = _flaky_data()
+    sampler = pipeline.IndexSampler(len(src), 8, seed=4)
+    ref = pipeline.BatchLoader(src, sampler, transform, max_bad_fraction=0.5)
+    loader = pipeline.BatchLoader(
+        src, sampler, transform, max_bad_fraction=0.5, processes=2, make_data=_flaky_data
+    )
+    it = loader.iterate(3)
+    for s in range(3, 9):
+        got, want = next(it), ref.batch(s)
+        for k in want:
+            assert got[k].tobytes() == want[k].tobytes(), (s, k)
+    loader.close()
+    assert loader.bad_records[5] >= 1 and "truncated image file #5" in loader.report()
+    assert loader.records_read == 6 * 8 + sum(loader.bad_records.values())
+    with pytest.raises(ValueError, match="make_data"):
+        pipeline.BatchLoader(src, sampler, transform, processes=1)
+
+
 def test_eval_batches_pad_and_mask():
     src = _source(10)
     batches = list(pipeline.eval_batches(src, 4, _identity))

@@ -151,9 +151,11 @@ class BatchLoader:
     step)`` only: never on the worker count, on where iteration started, or on
     whether it came from `batch` or `iterate`.
 
-    Threads, not grain's worker processes (``mp_prefetch``): the transforms decode and
-    augment in PIL / NumPy, which release the GIL, and threads share the replaced-record
-    accounting below; see ``benchmarks/loader.py`` for examples/s per worker.
+    With ``processes > 0`` grain worker processes (``mp_prefetch``) read whole batches
+    instead, each over its own ``make_data()``: past the GIL, which the transforms hold
+    for much of their work (NumPy on small arrays, Python per example), at the cost of
+    each process importing and building the task. ``benchmarks/loader.py`` measures
+    both (examples/s per thread and per process, ``benchmarks/README.md``).
 
     Args:
       source: random-access source (``len`` + ``__getitem__``).
@@ -165,6 +167,9 @@ class BatchLoader:
       max_bad_fraction: give up when more than this fraction of the records read
         so far had to be replaced.
       name: used in reports.
+      processes: grain worker processes (``mp_prefetch``) instead of threads; 0: threads.
+      make_data: ``() -> (source, transform)``, picklable, building in a worker process
+        what ``source`` and ``transform`` are here (needed with ``processes``).
     """
 
     # Steps one `iterate` can run (grain datasets have a length): far beyond any run.
@@ -182,7 +187,11 @@ class BatchLoader:
         prefetch: int = 2,
         max_bad_fraction: float = 0.01,
         name: str = "train",
+        processes: int = 0,
+        make_data: Callable[[], tuple[Any, Transform]] | None = None,
     ):
+        if processes and make_data is None:
+            raise ValueError(f"{name}: worker processes need make_data (source, transform)")
         if len(source) != sampler.num_records:
             raise ValueError(
                 f"{name}: sampler has {sampler.num_records} records, source {len(source)}"
@@ -198,6 +207,7 @@ class BatchLoader:
         self.records_read = 0
         self._lock = threading.Lock()
         self._iterators: list = []
+        self.processes, self.make_data = max(0, int(processes)), make_data
         # Host indices of the steps being read (each example looks up its step's).
         self._host_indices = functools.lru_cache(maxsize=8)(self._host_indices_of)
         if sampler.global_batch_size % process_count:
@@ -268,6 +278,8 @@ class BatchLoader:
         """Batches of steps ``start_step, start_step + 1, ...`` with read-ahead."""
         import grain  # pylint: disable=import-outside-toplevel
 
+        if self.processes:
+            return self._iterate_processes(start_step)
         options = grain.ReadOptions(
             num_threads=self.num_workers, prefetch_buffer_size=self.prefetch * self.per_host
         )
@@ -277,6 +289,44 @@ class BatchLoader:
         it = iter(ds)
         self._iterators.append(it)
         return it
+
+    def _iterate_processes(self, start_step: int) -> Iterator[dict[str, np.ndarray]]:
+        """`iterate` in ``processes`` grain worker processes (``mp_prefetch``): process
+        ``k`` reads the whole batches of steps ``start + k, start + k + processes, ...``
+        (its own source and transform from ``make_data()``; the task objects themselves
+        do not pickle), returned in step order; the records each replaced are counted
+        here."""
+        import grain  # pylint: disable=import-outside-toplevel
+        from absl import flags  # pylint: disable=import-outside-toplevel
+
+        if not flags.FLAGS.is_parsed():  # grain's worker processes read its absl flags
+            flags.FLAGS.mark_as_parsed()
+        reader = _StepReader(self)
+        ds = (
+            grain.MapDataset.range(start_step, start_step + self.HORIZON)
+            .map(reader)
+            .to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=1))
+            .mp_prefetch(
+                grain.MultiprocessingOptions(
+                    num_workers=self.processes,
+                    per_worker_buffer_size=max(1, -(-self.prefetch // self.processes)),
+                )
+            )
+        )
+        it = iter(ds)
+        self._iterators.append(it)
+        for batch, replaced, reads in it:
+            with self._lock:
+                self.records_read += reads
+                for i, reason in replaced:
+                    self.bad_records[i] += 1
+                    self.bad_reasons.setdefault(i, reason)
+                too_many = len(self.bad_records) > max(
+                    1, self.max_bad_fraction * max(self.records_read, 1)
+                )
+            if too_many:
+                raise BadRecordError(self.report())
+            yield batch
 
     def report(self) -> str:
         """A human-readable account of replaced records (empty when none)."""
@@ -292,6 +342,44 @@ class BatchLoader:
             if close is not None:
                 close()
         self._iterators.clear()
+
+
+class _StepReader:
+    """step -> ``(host batch, [(record, reason) replaced], records read)`` in a grain
+    worker process, through a one-thread `BatchLoader` over ``make_data()`` built there
+    on first use: the same `BatchLoader.batch` as in the main process."""
+
+    def __init__(self, loader: BatchLoader):
+        self.make_data, self.sampler = loader.make_data, loader.sampler
+        self.process_index, self.process_count = loader.process_index, loader.process_count
+        self.max_bad_fraction, self.name = loader.max_bad_fraction, loader.name
+        self._loader = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_loader": None}
+
+    def __call__(self, step: int):
+        if self._loader is None:
+            source, transform = self.make_data()
+            self._loader = BatchLoader(
+                source,
+                self.sampler,
+                transform,
+                process_index=self.process_index,
+                process_count=self.process_count,
+                num_workers=1,
+                max_bad_fraction=self.max_bad_fraction,
+                name=self.name,
+            )
+        loader = self._loader
+        seen, read = collections.Counter(loader.bad_records), loader.records_read
+        batch = loader.batch(step)
+        replaced = [
+            (i, loader.bad_reasons.get(i, ""))
+            for i, c in loader.bad_records.items()
+            for _ in range(c - seen[i])
+        ]
+        return batch, replaced, loader.records_read - read
 
 
 def _bad_record_report(name, count, verb, records_read, reasons, shown=50) -> str:
