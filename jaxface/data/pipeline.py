@@ -13,11 +13,12 @@ a pure function of ``(seed, step)``:
   leading axis.
 * Per-example randomness (augmentation) gets ``np.random.default_rng([seed, step,
   position])``, again a pure function of where the example sits.
-* :class:`BatchLoader` reads the steps' examples as a ``grain.MapDataset`` (grain
-  threads, read-ahead, in order). The order and host slicing are this module's, not
-  grain's ``IndexSampler`` / ``ShardByJaxProcess`` (which shard records per process
-  and draw another order): every step's batch stays what it was before grain, bit for
-  bit, so a seed gives the same run, and the resume state stays ``(seed, step)``.
+* :class:`BatchLoader` reads the steps' examples as a ``grain.MapDataset``, ahead and
+  in order, in grain threads or grain worker processes. The order and host slicing
+  are :class:`IndexSampler`'s and :func:`host_slice`'s, not grain's ``IndexSampler`` /
+  ``ShardByJaxProcess`` (which shard records per process and draw another order): a
+  step's batch is the same bit for bit whatever the threads or processes, and the
+  resume state is ``(seed, step)``, nothing else.
 
 A *source* is anything with ``__len__`` and ``__getitem__(int) -> example dict``:
 ``tfds`` array_record data sources (``builder.as_data_source(split)``), or plain
