@@ -38,18 +38,23 @@ def estimate_similarity(src, dst) -> np.ndarray:
 
 
 def _bilinear(image, x, y, border: str):
+    """Bilinear samples of ``image`` [H, W, C] at float32 ``x, y``, neighbours outside
+    the image 0 (``"constant"``) or the nearest edge pixel (``"edge"``)."""
     h, w = image.shape[:2]
+    flat = image.reshape(h * w, -1)
     x0f, y0f = np.floor(x), np.floor(y)
     fx, fy = x - x0f, y - y0f
     x0, y0 = x0f.astype(np.int64), y0f.astype(np.int64)
-    out = np.zeros(x.shape + image.shape[2:], np.float32)
+    out = np.zeros(x.shape + (flat.shape[1],), np.float32)
     for dy, wy in ((0, 1.0 - fy), (1, fy)):
+        yi = y0 + dy
+        row = np.clip(yi, 0, h - 1) * w
         for dx, wx in ((0, 1.0 - fx), (1, fx)):
-            xi, yi = x0 + dx, y0 + dy
-            wgt = (wx * wy).astype(np.float32)
+            xi = x0 + dx
+            wgt = wx * wy
             if border != "edge":
-                wgt = np.where((xi >= 0) & (xi < w) & (yi >= 0) & (yi < h), wgt, np.float32(0))
-            v = image[np.clip(yi, 0, h - 1), np.clip(xi, 0, w - 1)]
+                wgt = wgt * ((xi >= 0) & (xi < w) & (yi >= 0) & (yi < h))
+            v = np.take(flat, row + np.clip(xi, 0, w - 1), axis=0)
             out += wgt[..., None] * v
     return out
 
