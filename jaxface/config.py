@@ -75,7 +75,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.async_checkpointing = True
     c.init_from = ""  # a workdir whose latest checkpoint initialises params
     c.max_consecutive_nonfinite = 10
-    c.data_workers = 2
+    c.data_workers = 2  # reader threads (with data_processes = 0)
+    # grain worker processes reading whole batches instead of threads (0: threads); each
+    # builds the task's training source and transform anew (benchmarks/loader.py)
+    c.data_processes = 0
     c.prefetch = 2
 
     c.optimizer = ml_collections.ConfigDict()
@@ -122,6 +125,7 @@ RULES = {
     "keep_checkpoints": _rule(int, 1),
     "max_consecutive_nonfinite": _rule(int, 1),
     "data_workers": _rule(int, 0),
+    "data_processes": _rule(int, 0),
     "prefetch": _rule(int, 0),
     "compute_dtype": _rule(str, choices=("float32", "bfloat16")),
     "optimizer.name": _rule(str, choices=("sgd", "adamw")),

@@ -140,6 +140,13 @@ class TrainResult:
     data_report: str
 
 
+def _train_data(config: ml_collections.ConfigDict):
+    """The training (source, transform) of ``config``'s task, built anew (in a loader
+    worker process: `pipeline.BatchLoader` with ``config.data_processes``)."""
+    task = tasks_lib.get_task(config.task)(config)
+    return task.data(config.train_split, train=True)
+
+
 class Trainer:
     """Builds the task, mesh, state and step for a config. Used by
     :func:`train_and_evaluate` and by ``jaxface eval``; rarely needed directly."""
@@ -204,6 +211,8 @@ class Trainer:
             num_workers=int(self.config.data_workers),
             prefetch=int(self.config.prefetch),
             name="train",
+            processes=int(self.config.get("data_processes", 0)),
+            make_data=functools.partial(_train_data, self.config),
         )
 
     # -- state -----------------------------------------------------------------

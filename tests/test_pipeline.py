@@ -98,6 +98,74 @@ def test_too_many_bad_records_is_an_error():
         loader.batch(0)
 
 
+def test_iterated_batches_equal_direct_batches_for_any_start_and_workers():
+    """The grain read-ahead path gives `batch(step)` bit for bit: start and threads
+    change nothing (the resume contract)."""
+    src = _source(20)
+    sampler = pipeline.IndexSampler(len(src), 6, seed=2)
+    noisy = lambda ex, rng: {"x": ex["x"] + rng.random(), "y": ex["y"]}
+    ref = pipeline.BatchLoader(src, sampler, noisy)
+    want = [ref.batch(s) for s in range(9)]
+    for workers, start in ((1, 0), (2, 3), (4, 7)):
+        loader = pipeline.BatchLoader(src, sampler, noisy, num_workers=workers, prefetch=3)
+        it = loader.iterate(start)
+        for s in range(start, 9):
+            got = next(it)
+            for k in want[s]:
+                assert got[k].tobytes() == want[s][k].tobytes(), (workers, start, s, k)
+        loader.close()
+
+
+def test_bad_records_replaced_and_fatal_through_iterate():
+    src = _Flaky(bad={5})
+    sampler = pipeline.IndexSampler(len(src), 40, shuffle=False)
+    loader = pipeline.BatchLoader(src, sampler, lambda ex, rng: dict(ex), max_bad_fraction=0.1)
+    batch = next(loader.iterate(0))
+    # Read ahead, step 1 (the same 40 records) may have met record 5 again already.
+    assert list(batch["y"]).count(6) == 2 and loader.bad_records[5] >= 1
+    assert "truncated image file #5" in loader.report()
+    loader.close()
+    bad = _Flaky(bad=set(range(0, 40, 2)))
+    loader = pipeline.BatchLoader(bad, sampler, lambda ex, rng: dict(ex), max_bad_fraction=0.05)
+    with pytest.raises(pipeline.BadRecordError, match="unreadable"):
+        next(loader.iterate(0))
+    loader.close()
+
+
+def _flaky_data():
+    return _Flaky(bad={5}), _noisy
+
+
+def _noisy(ex, rng):
+    return {"y": ex["y"], "x": np.float32(ex["y"]) + rng.random()}
+
+
+def test_worker_processes_give_the_same_batches_and_count_replaced_records():
+    """grain worker processes (``processes=2``): the threads' batches bit for bit, from
+    any start, and the records they replaced counted and named in the main process."""
+    import sys
+
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # for the spawned workers
+    src, transform = _flaky_data()
+    sampler = pipeline.IndexSampler(len(src), 8, seed=4)
+    ref = pipeline.BatchLoader(src, sampler, transform, max_bad_fraction=0.5)
+    loader = pipeline.BatchLoader(
+        src, sampler, transform, max_bad_fraction=0.5, processes=2, make_data=_flaky_data
+    )
+    it = loader.iterate(3)
+    for s in range(3, 9):
+        got, want = next(it), ref.batch(s)
+        for k in want:
+            assert got[k].tobytes() == want[k].tobytes(), (s, k)
+    loader.close()
+    assert loader.bad_records[5] >= 1 and "truncated image file #5" in loader.report()
+    assert loader.records_read == 6 * 8 + sum(loader.bad_records.values())
+    with pytest.raises(ValueError, match="make_data"):
+        pipeline.BatchLoader(src, sampler, transform, processes=1)
+
+
 def test_eval_batches_pad_and_mask():
     src = _source(10)
     batches = list(pipeline.eval_batches(src, 4, _identity))

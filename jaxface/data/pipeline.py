@@ -13,6 +13,12 @@ a pure function of ``(seed, step)``:
   leading axis.
 * Per-example randomness (augmentation) gets ``np.random.default_rng([seed, step,
   position])``, again a pure function of where the example sits.
+* :class:`BatchLoader` reads the steps' examples as a ``grain.MapDataset``, ahead and
+  in order, in grain threads or grain worker processes. The order and host slicing
+  are :class:`IndexSampler`'s and :func:`host_slice`'s, not grain's ``IndexSampler`` /
+  ``ShardByJaxProcess`` (which shard records per process and draw another order): a
+  step's batch is the same bit for bit whatever the threads or processes, and the
+  resume state is ``(seed, step)``, nothing else.
 
 A *source* is anything with ``__len__`` and ``__getitem__(int) -> example dict``:
 ``tfds`` array_record data sources (``builder.as_data_source(split)``), or plain
@@ -135,19 +141,40 @@ class BadRecordError(RuntimeError):
 
 
 class BatchLoader:
-    """Host-local batches for consecutive steps, read and transformed in threads.
+    """Host-local batches for consecutive steps: a grain pipeline.
+
+    `dataset` is a ``grain.MapDataset`` whose element ``k`` is row ``k % per_host`` of
+    this host's batch of step ``start + k // per_host`` (the host's slice of
+    `IndexSampler.indices`, read and transformed with a generator keyed by ``(seed,
+    step, position)``). `iterate` reads it ahead in ``num_workers`` grain threads
+    (``grain.ReadOptions``: ``prefetch`` batches' worth of examples in flight, returned
+    in order) and stacks each step's rows (`collate`). A batch depends on ``(seed,
+    step)`` only: never on the worker count, on where iteration started, or on
+    whether it came from `batch` or `iterate`.
+
+    With ``processes > 0`` grain worker processes (``mp_prefetch``) read whole batches
+    instead, each over its own ``make_data()``: past the GIL, which the transforms hold
+    for much of their work (NumPy on small arrays, Python per example), at the cost of
+    each process importing and building the task. ``benchmarks/loader.py`` measures
+    both (examples/s per thread and per process, ``benchmarks/README.md``).
 
     Args:
       source: random-access source (``len`` + ``__getitem__``).
       sampler: :class:`IndexSampler` over ``len(source)``.
       transform: ``(example, rng) -> dict of fixed-shape arrays``.
       process_index, process_count: this host's slice of every global batch.
-      num_workers: reader threads (decoding in PIL/NumPy releases the GIL).
+      num_workers: reader threads.
       prefetch: batches read ahead.
       max_bad_fraction: give up when more than this fraction of the records read
         so far had to be replaced.
       name: used in reports.
+      processes: grain worker processes (``mp_prefetch``) instead of threads; 0: threads.
+      make_data: ``() -> (source, transform)``, picklable, building in a worker process
+        what ``source`` and ``transform`` are here (needed with ``processes``).
     """
+
+    # Steps one `iterate` can run (grain datasets have a length): far beyond any run.
+    HORIZON = 1 << 40
 
     def __init__(
         self,
@@ -161,13 +188,18 @@ class BatchLoader:
         prefetch: int = 2,
         max_bad_fraction: float = 0.01,
         name: str = "train",
+        processes: int = 0,
+        make_data: Callable[[], tuple[Any, Transform]] | None = None,
     ):
+        if processes and make_data is None:
+            raise ValueError(f"{name}: worker processes need make_data (source, transform)")
         if len(source) != sampler.num_records:
             raise ValueError(
                 f"{name}: sampler has {sampler.num_records} records, source {len(source)}"
             )
         self.source, self.sampler, self.transform = source, sampler, transform
         self.process_index, self.process_count = process_index, process_count
+        self.num_workers = max(1, num_workers)
         self.prefetch = max(1, prefetch)
         self.max_bad_fraction = max_bad_fraction
         self.name = name
@@ -175,10 +207,16 @@ class BatchLoader:
         self.bad_reasons: dict[int, str] = {}
         self.records_read = 0
         self._lock = threading.Lock()
-        # Two pools: batches are assembled in one thread (read-ahead) from records read in
-        # the other; one pool for both would deadlock once every worker waits on a batch.
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, num_workers))
-        self._batch_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        self._iterators: list = []
+        self.processes, self.make_data = max(0, int(processes)), make_data
+        # Host indices of the steps being read (each example looks up its step's).
+        self._host_indices = functools.lru_cache(maxsize=8)(self._host_indices_of)
+        if sampler.global_batch_size % process_count:
+            raise ValueError(
+                f"global batch {sampler.global_batch_size} is not divisible by "
+                f"process_count={process_count}"
+            )
+        self.per_host = sampler.global_batch_size // process_count
 
     def _read_one(self, index: int, rng_key: Sequence[int]) -> Mapping[str, np.ndarray]:
         n = len(self.source)
@@ -211,25 +249,85 @@ class BatchLoader:
         raise BadRecordError(f"{self.name}: no record of the split is readable. {self.report()}")
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
-        """The host-local batch of ``step``."""
-        idx = host_slice(self.sampler.indices(step), self.process_index, self.process_count)
-        base = self.process_index * len(idx)
-        futures = [
-            self._pool.submit(self._read_one, i, (self.sampler.seed, step, base + j))
-            for j, i in enumerate(idx)
-        ]
-        return collate([f.result() for f in futures])
+        """The host-local batch of ``step`` (read in the calling thread)."""
+        first = int(step) * self.per_host
+        return collate([self._example(first + j) for j in range(self.per_host)])
+
+    def _host_indices_of(self, step: int) -> np.ndarray:
+        return host_slice(self.sampler.indices(step), self.process_index, self.process_count)
+
+    def _example(self, position: int) -> Mapping[str, np.ndarray]:
+        """Example ``position = step * per_host + j``: row ``j`` of the host batch of ``step``."""
+        step, j = divmod(int(position), self.per_host)
+        index = self._host_indices(step)[j]
+        return self._read_one(
+            index, (self.sampler.seed, step, self.process_index * self.per_host + j)
+        )
+
+    def dataset(self, start_step: int = 0):
+        """``grain.MapDataset`` of this host's examples of steps ``start_step, ...`` in
+        order (``per_host`` per step); element ``k`` is row ``k % per_host`` of the batch
+        of step ``start_step + k // per_host``."""
+        import grain  # pylint: disable=import-outside-toplevel
+
+        first = start_step * self.per_host
+        return grain.MapDataset.range(first, first + self.HORIZON * self.per_host).map(
+            self._example
+        )
 
     def iterate(self, start_step: int) -> Iterator[dict[str, np.ndarray]]:
         """Batches of steps ``start_step, start_step + 1, ...`` with read-ahead."""
-        pending = collections.deque()
-        step = start_step
-        while True:
-            while len(pending) < self.prefetch:
-                s = step + len(pending)
-                pending.append(self._batch_pool.submit(self.batch, s))
-            yield pending.popleft().result()
-            step += 1
+        import grain  # pylint: disable=import-outside-toplevel
+
+        if self.processes:
+            return self._iterate_processes(start_step)
+        options = grain.ReadOptions(
+            num_threads=self.num_workers, prefetch_buffer_size=self.prefetch * self.per_host
+        )
+        ds = (
+            self.dataset(start_step).to_iter_dataset(options).batch(self.per_host, batch_fn=collate)
+        )
+        it = iter(ds)
+        self._iterators.append(it)
+        return it
+
+    def _iterate_processes(self, start_step: int) -> Iterator[dict[str, np.ndarray]]:
+        """`iterate` in ``processes`` grain worker processes (``mp_prefetch``): process
+        ``k`` reads the whole batches of steps ``start + k, start + k + processes, ...``
+        (its own source and transform from ``make_data()``; the task objects themselves
+        do not pickle), returned in step order; the records each replaced are counted
+        here."""
+        import grain  # pylint: disable=import-outside-toplevel
+        from absl import flags  # pylint: disable=import-outside-toplevel
+
+        if not flags.FLAGS.is_parsed():  # grain's worker processes read its absl flags
+            flags.FLAGS.mark_as_parsed()
+        reader = _StepReader(self)
+        ds = (
+            grain.MapDataset.range(start_step, start_step + self.HORIZON)
+            .map(reader)
+            .to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=1))
+            .mp_prefetch(
+                grain.MultiprocessingOptions(
+                    num_workers=self.processes,
+                    per_worker_buffer_size=max(1, -(-self.prefetch // self.processes)),
+                )
+            )
+        )
+        it = iter(ds)
+        self._iterators.append(it)
+        for batch, replaced, reads in it:
+            with self._lock:
+                self.records_read += reads
+                for i, reason in replaced:
+                    self.bad_records[i] += 1
+                    self.bad_reasons.setdefault(i, reason)
+                too_many = len(self.bad_records) > max(
+                    1, self.max_bad_fraction * max(self.records_read, 1)
+                )
+            if too_many:
+                raise BadRecordError(self.report())
+            yield batch
 
     def report(self) -> str:
         """A human-readable account of replaced records (empty when none)."""
@@ -240,8 +338,49 @@ class BatchLoader:
         )
 
     def close(self):
-        self._batch_pool.shutdown(wait=False, cancel_futures=True)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        for it in self._iterators:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+        self._iterators.clear()
+
+
+class _StepReader:
+    """step -> ``(host batch, [(record, reason) replaced], records read)`` in a grain
+    worker process, through a one-thread `BatchLoader` over ``make_data()`` built there
+    on first use: the same `BatchLoader.batch` as in the main process."""
+
+    def __init__(self, loader: BatchLoader):
+        self.make_data, self.sampler = loader.make_data, loader.sampler
+        self.process_index, self.process_count = loader.process_index, loader.process_count
+        self.max_bad_fraction, self.name = loader.max_bad_fraction, loader.name
+        self._loader = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_loader": None}
+
+    def __call__(self, step: int):
+        if self._loader is None:
+            source, transform = self.make_data()
+            self._loader = BatchLoader(
+                source,
+                self.sampler,
+                transform,
+                process_index=self.process_index,
+                process_count=self.process_count,
+                num_workers=1,
+                max_bad_fraction=self.max_bad_fraction,
+                name=self.name,
+            )
+        loader = self._loader
+        seen, read = collections.Counter(loader.bad_records), loader.records_read
+        batch = loader.batch(step)
+        replaced = [
+            (i, loader.bad_reasons.get(i, ""))
+            for i, c in loader.bad_records.items()
+            for _ in range(c - seen[i])
+        ]
+        return batch, replaced, loader.records_read - read
 
 
 def _bad_record_report(name, count, verb, records_read, reasons, shown=50) -> str:

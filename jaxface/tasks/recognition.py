@@ -81,12 +81,11 @@ import numpy as np
 from PIL import Image
 
 from jaxface import losses
-from jaxface.data import sources
+from jaxface.data import align_np, sources
 from jaxface.data.recognition_sources import IdentityFolderSource, InsightFaceSource
 from jaxface.data.sources import Subset
 from jaxface.evaluation.face_pairs import build_verification_pairs
 from jaxface.models.recognition import STAGES, RecognitionNet
-from jaxface.ops import align as align_ops
 from jaxface.ops import pose
 from jaxface.tasks import common
 from jaxface.tasks import recognition_evaluators as evaluators
@@ -197,7 +196,6 @@ class RecognitionTask(Task):
         self.crop = str(c.data.get("crop", "center"))
         if self.crop not in CROPS:
             raise ValueError(f"config.data.crop: unknown {self.crop!r} (expected one of {CROPS})")
-        self._align_fn = None
         self._sources: dict[str, Any] = {}
         self._meta: dict[str, dict[str, np.ndarray]] = {}
 
@@ -328,8 +326,8 @@ class RecognitionTask(Task):
 
     def _aligned(self, example) -> tuple[np.ndarray, np.ndarray]:
         """``config.data.crop == "aligned"``: the example cut to the ArcFace-template crop
-        (`jaxface.ops.align`, the same op and settings `jaxface.analyzer` applies to detected
-        faces) from its 5 points -- CFP's 30 fiducials mapped by
+        (`jaxface.data.align_np`: `jaxface.ops.align` in NumPy, with the settings
+        `jaxface.analyzer` applies to detected faces) from its 5 points -- CFP's 30 fiducials mapped by
         `jaxface.data.cfp_landmarks.five_points`, or 5 given landmarks. Returns
         ``(float32 [S, S, 3] in 0..255, M [2, 3] example pixels -> crop pixels)``."""
         if "landmarks" not in example:
@@ -349,16 +347,13 @@ class RecognitionTask(Task):
                 f"config.data.crop='aligned': landmarks of shape {pts.shape}, expected [5, 2] "
                 "or CFP's [30, 2] fiducials"
             )
-        if self._align_fn is None:
-            self._align_fn = jax.jit(
-                functools.partial(
-                    align_ops.align_faces,
-                    size=int(self.config.image_size),
-                    **align_settings(self.config),
-                )
-            )
-        crops, m = self._align_fn(np.asarray(example["image"])[..., :3], pts[None])
-        return np.asarray(crops[0]), np.asarray(m[0])
+        # NumPy in the loader worker: no device dispatch per example (jaxface.data.align_np).
+        return align_np.align_face(
+            np.asarray(example["image"])[..., :3],
+            pts,
+            int(self.config.image_size),
+            **align_settings(self.config),
+        )
 
     def transform(self, example, rng, *, train: bool, with_label: bool = True):
         c = self.config
