@@ -14,6 +14,7 @@ Only the standard library and ``clu`` (already a dependency of the trainer) are 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Iterable, Iterator, Mapping, TypeVar
 
@@ -125,21 +126,34 @@ class RateLogger:
 class FirstCall:
     """A context manager that logs ``<what>...`` and its time around its first use only
     (the first call of a jitted function is its compilation: ``FirstCall("compiling the
-    train step")``); later uses cost nothing."""
+    train step")``), with a ``still <what> (<time>)`` line every ``every_secs`` while it
+    lasts; later uses cost nothing."""
 
-    def __init__(self, what: str, done: str):
+    def __init__(self, what: str, done: str, every_secs: float = 10.0):
         self.what, self.done, self.used, self.seconds = what, done, False, None
+        self.every_secs = every_secs
         self._t0 = None
+        self._stop = threading.Event()
+        self._beat = None
+
+    def _heartbeat(self):
+        while not self._stop.wait(self.every_secs):
+            logging.info("still %s (%s)", self.what, format_duration(time.monotonic() - self._t0))
 
     def __enter__(self):
         if not self.used:
             logging.info("%s...", self.what)
             self._t0 = time.monotonic()
+            self._stop.clear()
+            self._beat = threading.Thread(target=self._heartbeat, daemon=True)
+            self._beat.start()
         return self
 
     def __exit__(self, exc_type, exc, tb):
         if not self.used:
             self.used = True
+            self._stop.set()
+            self._beat.join()
             self.seconds = time.monotonic() - self._t0
             if exc_type is None:
                 logging.info("%s in %s", self.done, format_duration(self.seconds))

@@ -511,7 +511,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trai
     # to a sharding spanning other processes' devices is not allowed).
     rng = jax.jit(lambda: jax.random.key(int(config.seed) + 1), out_shardings=trainer.replicated)()
     report = progress.report_progress(
-        num_train_steps=num_steps, writer=writer, every_steps=int(config.log_every)
+        num_train_steps=num_steps,
+        writer=writer,
+        every_steps=int(config.log_every),
+        every_secs=10.0,  # a progress line at least every 10 s of training
     )
     compiling = progress.FirstCall("compiling the train step", "compiled the train step")
     hooks = trainer.task.hooks()

@@ -85,3 +85,28 @@ def test_noise_filter_keeps_jaxface_warnings_and_drops_third_party_chatter():
     )
     assert f.filter(long)
     assert max(len(x) for x in long.getMessage().splitlines()) <= logs.MAX_LINE - 60
+
+
+def test_first_call_logs_a_heartbeat_while_it_lasts(caplog):
+    import threading
+
+    from jaxface import progress
+
+    first = progress.FirstCall("compiling x", "compiled x", every_secs=0.02)
+    released = threading.Event()
+    with caplog.at_level("INFO"):
+        with first:
+            # Wait until at least one heartbeat line is out (no wall-clock assertion).
+            for _ in range(500):
+                if any(r.getMessage().startswith("still compiling x (") for r in caplog.records):
+                    released.set()
+                    break
+                released.wait(0.01)
+        n_beats = sum(r.getMessage().startswith("still") for r in caplog.records)
+        with first:  # later uses log nothing
+            pass
+    messages = [r.getMessage() for r in caplog.records]
+    assert released.is_set(), messages
+    assert messages[0] == "compiling x..." and messages[-1].startswith("compiled x in ")
+    assert sum(m.startswith("still") for m in messages) == n_beats
+    assert not first._beat.is_alive()
