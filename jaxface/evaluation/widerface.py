@@ -460,6 +460,16 @@ class _Matches:
     first: np.ndarray  # [D] bool: matched and the first detection (in order) to match its face
 
 
+def _no_matches(gt, preds) -> "_Matches":
+    """Matches with no detection matched (checks that both cover the same images)."""
+    if preds.num_images != gt.num_images:
+        raise ValueError(
+            f"predictions cover {preds.num_images} images, ground truth {gt.num_images}"
+        )
+    n_det = preds.num_detections
+    return _Matches(np.zeros(n_det, bool), np.full(n_det, -1, np.int64), np.zeros(n_det, bool))
+
+
 def match_detections(
     gt: WiderFaceAnnotations, preds: Predictions, *, iou_threshold: float = 0.5
 ) -> _Matches:
@@ -470,12 +480,8 @@ def match_detections(
     module docstring. Integer ground truth uses MATLAB int32 arithmetic, float
     ground truth uses double IoU.
     """
-    if preds.num_images != gt.num_images:
-        raise ValueError(
-            f"predictions cover {preds.num_images} images, ground truth {gt.num_images}"
-        )
+    none = _no_matches(gt, preds)
     n_det = preds.num_detections
-    none = _Matches(np.zeros(n_det, bool), np.full(n_det, -1, np.int64), np.zeros(n_det, bool))
     if n_det == 0 or gt.num_faces == 0:
         return none
     integer_gt = gt.boxes.dtype.kind in "iu"
@@ -573,12 +579,8 @@ def match_detections_python_port(
     """
     if not 0.0 < iou_threshold <= 1.0:
         raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
-    if preds.num_images != gt.num_images:
-        raise ValueError(
-            f"predictions cover {preds.num_images} images, ground truth {gt.num_images}"
-        )
+    none = _no_matches(gt, preds)
     n_det = preds.num_detections
-    none = _Matches(np.zeros(n_det, bool), np.full(n_det, -1, np.int64), np.zeros(n_det, bool))
     if n_det == 0 or gt.num_faces == 0:
         return none
     g = gt.boxes.astype(np.float64)  # ``gt_boxes.astype('float')``
