@@ -151,7 +151,8 @@ def recluster_attributes(model: LoadedModel) -> dict:
     ``cluster_knn`` evaluator does (`AttributesTask.cluster`, reading the training data)
     and writes ``WD/calibration/attribute_centroids.npz``; returns a summary."""
     from jaxface import train  # pylint: disable=import-outside-toplevel
-    from jaxface.tasks.base import EvalContext  # pylint: disable=import-outside-toplevel
+    from jaxface.tasks.base import Arrays, EvalContext  # pylint: disable=import-outside-toplevel
+    from jaxface.training.eval_writer import write_artefacts  # pylint: disable=import-outside-toplevel
 
     if not getattr(model.task, "metric", False):
         raise ValueError(f"{model.workdir}: not an LMLE / triplet attribute model")
@@ -163,15 +164,16 @@ def recluster_attributes(model: LoadedModel) -> dict:
         process_count=1,
     )
     variables = jax.device_put(model.variables, ctx.replicated)  # onto the whole mesh
-    new = jax.device_get(model.task.cluster(variables, ctx))
-    path = os.path.join(model.workdir, CENTROIDS_FILE)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    np.savez(
-        path,
-        step=np.int64(model.step),
-        centroids=np.asarray(new["centroids"]),
-        centroid_valid=np.asarray(new["centroid_valid"]),
+    predict_fn = model.task.predict_fns()["attributes"]
+    new = jax.device_get(model.task.cluster(predict_fn, variables, ctx))
+    centroids = Arrays(
+        {
+            "step": np.int64(model.step),
+            "centroids": new["centroids"],
+            "centroid_valid": new["centroid_valid"],
+        }
     )
+    (path,) = write_artefacts(model.workdir, model.step, {CENTROIDS_FILE: centroids})
     model.task_state = {**model.task_state, **new}
     return {"file": path, "step": model.step, "non_empty_clusters": int((new["counts"] > 0).sum())}
 
@@ -227,7 +229,7 @@ def embed_core(recognizer: LoadedModel):
 def attributes_core(attributes: LoadedModel):
     """``fn(variables, task_state, crops [N, S', S', 3] float 0..255) -> (probabilities
     [N, A] (sigmoid of the linear heads), decisions [N, A] int32)``."""
-    from jaxface.tasks.attributes import knn_predict_all_attributes  # pylint: disable=import-outside-toplevel
+    from jaxface.tasks.attributes_lmle import knn_predict_all_attributes  # pylint: disable=import-outside-toplevel
 
     task, cfg = attributes.task, attributes.config
     size = int(cfg.image_size)

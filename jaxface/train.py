@@ -60,12 +60,10 @@ import os
 import time
 from typing import Any, Mapping
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from clu import metric_writers, metrics as clu_metrics
 import orbax.checkpoint as ocp
 
@@ -76,6 +74,7 @@ from jaxface import progress
 from jaxface import workdir_lock
 from jaxface.data import pipeline
 from jaxface.tasks.base import EvalContext, Task
+from jaxface.tasks.common import variables_of
 from jaxface.training.checkpoints import (  # noqa: F401  (public names of jaxface.train)
     FAULT_MARKER,
     FAULT_SLEEP_IN_SAVE,
@@ -89,39 +88,14 @@ from jaxface.training.checkpoints import (  # noqa: F401  (public names of jaxfa
     tree_finite,
 )
 from jaxface.training.optimizer import make_optimizer, make_schedule, optimizer_for  # noqa: F401
-from jaxface.training.precision import cast_batch, cast_params
+from jaxface.training.eval_writer import evaluate_and_write
 from jaxface.training.preemption import PreemptionFlag
-
-
-@flax.struct.dataclass
-class TrainState:
-    step: jax.Array
-    params: Any
-    model_state: Any
-    opt_state: Any
-    task_state: Any
-    nonfinite_consecutive: jax.Array
-    nonfinite_total: jax.Array
+from jaxface.training.state import TrainState, create_mesh, state_sharding
+from jaxface.training.step import make_train_step
 
 
 class NonFiniteError(RuntimeError):
     """Raised when too many consecutive steps produced non-finite values."""
-
-
-# ---------------------------------------------------------------------------------
-# Mesh
-# ---------------------------------------------------------------------------------
-
-
-def create_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
-    """A ``("data", "model")`` mesh over every device (of every host)."""
-    devices = np.asarray(jax.devices())
-    model = int(config.get("model_parallel", 1))
-    if devices.size % model:
-        raise ValueError(f"config.model_parallel={model} does not divide {devices.size} devices")
-    return jax.sharding.Mesh(
-        devices.reshape(-1, model), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2
-    )
 
 
 # ---------------------------------------------------------------------------------
@@ -239,53 +213,8 @@ class Trainer:
         return self._tx
 
     def state_sharding(self, abstract_state):
-        """Replicated, except the parameters the task splits over the ``model`` axis
-        (`Task.param_partition`) and their optimizer state, which is split the same way."""
-        P = jax.sharding.PartitionSpec
-        specs = self.task.param_partition(abstract_state.params)
-        mp = int(self.config.model_parallel)
-        uses_model = any(
-            "model" in jax.tree.leaves(tuple(s))
-            for s in jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P))
-        )
-        if mp > 1 and not uses_model:
-            raise ValueError(
-                f"config.model_parallel={mp}: task {self.task.name!r} has no parameter to split "
-                "over the 'model' axis (only the recognition classifier is); set model_parallel=1"
-            )
-        param_sh = jax.tree.map(
-            lambda s: jax.sharding.NamedSharding(self.mesh, s),
-            specs,
-            is_leaf=lambda x: isinstance(x, P),
-        )
-        # An optimizer-state leaf whose key path ends with a parameter's path and has its
-        # shape (momentum, Adam moments, under any chain / mask) is split like it.
-        by_path = {
-            tuple(path): (leaf.shape, sh)
-            for (path, leaf), sh in zip(
-                jax.tree_util.tree_leaves_with_path(abstract_state.params),
-                jax.tree.leaves(param_sh),
-            )
-        }
-
-        def opt_leaf_sharding(path, leaf):
-            for start in range(len(path)):
-                hit = by_path.get(tuple(path[start:]))
-                if hit is not None and hit[0] == getattr(leaf, "shape", None):
-                    return hit[1]
-            return self.replicated
-
-        opt_sh = jax.tree_util.tree_map_with_path(opt_leaf_sharding, abstract_state.opt_state)
-        rep = lambda tree: jax.tree.map(lambda _: self.replicated, tree)
-        return abstract_state.replace(
-            step=self.replicated,
-            params=param_sh,
-            model_state=rep(abstract_state.model_state),
-            opt_state=opt_sh,
-            task_state=rep(abstract_state.task_state),
-            nonfinite_consecutive=self.replicated,
-            nonfinite_total=self.replicated,
-        )
+        """Where each leaf of the state lives (`jaxface.training.state.state_sharding`)."""
+        return state_sharding(self.task, self.mesh, self.config, abstract_state)
 
     def init_state(self, example_batch: Mapping[str, np.ndarray]):
         batch = self.ctx.to_global(example_batch)
@@ -297,97 +226,15 @@ class Trainer:
 
     # -- step ------------------------------------------------------------------
     def make_train_step(self, state_sharding):
-        task, collection = self.task, self.collection
-
-        accum = int(self.config.grad_accum_steps)
-        compute_dtype = jnp.dtype(self.config.compute_dtype)
-
-        params_to_compute = functools.partial(cast_params, dtype=compute_dtype)
-        batch_to_compute = functools.partial(
-            cast_batch, fields=tuple(task.compute_fields), dtype=compute_dtype
-        )
-
-        def like(tree, ref):
-            return jax.tree.map(lambda x, r: x.astype(r.dtype), tree, ref)
-
-        def micro_grads(params, model_state, batch, rng, task_state):
-            def loss_fn(p):
-                # Model state (BatchNorm statistics) stays fp32: flax promotes where it meets it.
-                loss, (ms, aux) = task.loss(
-                    params_to_compute(p), model_state, batch_to_compute(batch), rng, task_state
-                )
-                if loss.dtype != jnp.float32:
-                    raise TypeError(
-                        f"task {task.name!r} returned a {loss.dtype} loss; the precision "
-                        "contract (jaxface.train) wants every loss reduction in float32"
-                    )
-                return loss, (like(ms, model_state), aux)
-
-            (loss, (ms, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-            return loss, ms, {k: jnp.asarray(v, jnp.float32) for k, v in aux.items()}, grads
-
-        def train_step(state: TrainState, batch, rng):
-            tx = self.optimizer(state.params)
-            step_rng = jax.random.fold_in(rng, state.step)
-
-            if accum == 1:
-                loss, new_model_state, aux, grads = micro_grads(
-                    state.params, state.model_state, batch, step_rng, state.task_state
-                )
-            else:
-                # Microbatch i takes rows i, i + k, i + 2k, ...: every device contributes to each
-                # microbatch, so all of them stay busy. Gradients and metrics are averaged; the
-                # model state (e.g. BatchNorm statistics) is threaded through the microbatches.
-                micro = jax.tree.map(
-                    lambda x: x.reshape((x.shape[0] // accum, accum) + x.shape[1:]).swapaxes(0, 1),
-                    batch,
-                )
-
-                def body(carry, xs):
-                    model_state, g_sum, i = carry
-                    mb = xs
-                    loss, ms, aux, g = micro_grads(
-                        state.params,
-                        model_state,
-                        mb,
-                        jax.random.fold_in(step_rng, i),
-                        state.task_state,
-                    )
-                    g_sum = jax.tree.map(jnp.add, g_sum, g)
-                    return (ms, g_sum, i + 1), (loss, aux)
-
-                zeros = jax.tree.map(jnp.zeros_like, state.params)
-                (new_model_state, g_sum, _), (losses, auxs) = jax.lax.scan(
-                    body, (state.model_state, zeros, jnp.zeros((), jnp.int32)), micro
-                )
-                grads = jax.tree.map(lambda g: g / accum, g_sum)
-                loss = jnp.mean(losses)
-                aux = {k: jnp.mean(v) for k, v in auxs.items()}
-
-            updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
-            new_params = optax.apply_updates(state.params, updates)
-            finite = jnp.isfinite(loss) & tree_finite(grads) & tree_finite(new_params)
-            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-            new_state = state.replace(
-                step=state.step + 1,
-                params=keep(new_params, state.params),
-                opt_state=keep(new_opt_state, state.opt_state),
-                model_state=keep(new_model_state, state.model_state),
-                nonfinite_consecutive=jnp.where(finite, 0, state.nonfinite_consecutive + 1),
-                nonfinite_total=state.nonfinite_total + jnp.where(finite, 0, 1),
-            )
-            outputs = {"loss": loss, **aux}
-            outputs = {k: jnp.where(finite, v, 0.0) for k, v in outputs.items()}
-            metrics = collection.single_from_model_output(
-                mask=finite[None], **{k: v[None] for k, v in outputs.items()}
-            )
-            return new_state, metrics
-
-        return jax.jit(
-            train_step,
-            in_shardings=(state_sharding, self.batch_sharding, self.replicated),
-            out_shardings=(state_sharding, self.replicated),
-            donate_argnums=(0,),
+        """The jitted train step (`jaxface.training.step.make_train_step`)."""
+        return make_train_step(
+            self.task,
+            self.config,
+            self.optimizer,
+            self.collection,
+            state_sharding,
+            self.batch_sharding,
+            self.replicated,
         )
 
     # -- checkpoints -------------------------------------------------------------
@@ -426,23 +273,13 @@ class Trainer:
 
     # -- evaluation ---------------------------------------------------------------
     def evaluate(self, state, step: int, writer=None) -> dict[str, float]:
+        """The evaluators of ``config.evals`` on the state's variables at ``step``; their
+        artefacts are written to the workdir (`jaxface.training.eval_writer`)."""
         self.ctx.step = step
         self.ctx.writer = writer
-        evaluators = self.task.evaluators()
-        names = list(self.config.evals or [])
-        unknown = [n for n in names if n not in evaluators]
-        if unknown:
-            raise ValueError(
-                f"config.evals names unknown evaluators {unknown}; task {self.task.name!r} "
-                f"offers {sorted(evaluators)}"
-            )
-        results = {}
-        for name in names:
-            t0 = time.time()
-            out = evaluators[name](state, self.ctx)
-            results.update({f"{name}/{k}": float(v) for k, v in out.items()})
-            results[f"{name}/eval_time_s"] = time.time() - t0
-        return results
+        return evaluate_and_write(
+            self.task, list(self.config.evals or []), variables_of(state), self.ctx
+        )
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:

@@ -77,7 +77,7 @@ def synthetic_scene(data_dir: str, index: int = 0):
     """A synthetic detection scene (uint8 [H, W, 3]) and its faces (`faces_of`)."""
     from jaxface.data import sources
     from jaxface.quickstart import load_config
-    from jaxface.tasks.detection import faces_of
+    from jaxface.tasks.detection_data import faces_of
 
     c = load_config(REPO / "configs" / "scaleface.py", "tiny")
     c.data.data_dir = data_dir

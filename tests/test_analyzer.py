@@ -125,7 +125,7 @@ def test_embed_matches_task_predict_fused(analyzer, tiny):
 def test_attributes_match_cluster_knn(analyzer, tiny):
     import jax
 
-    from jaxface.tasks.attributes import knn_predict_all_attributes
+    from jaxface.tasks.attributes_lmle import knn_predict_all_attributes
 
     images, _ = _tiny_models.identity_images(tiny["data_dir"], 3)
     crops = images.astype(np.float32)  # 32 px, the attribute model's size

@@ -231,7 +231,7 @@ def test_pasted_pixels_are_the_cfp_face_at_the_gt_box(pools):
 
 def test_builder_features_match_the_generator(pools, tmp_path):
     from jaxface.data import cfp_scenes as cs, sources
-    from jaxface.tasks.detection import faces_of
+    from jaxface.tasks.detection_data import faces_of
 
     _, test_pool = pools
     root = pathlib.Path(test_pool.paths[0]).parents[4]
@@ -297,7 +297,8 @@ def test_sample_detections_are_drawn_and_written(tmp_path):
     from jaxface.evaluation import draw
     from jaxface.quickstart import load_config
     from jaxface.tasks import detection as det
-    from jaxface.tasks.base import EvalContext
+    from jaxface.tasks import detection_evaluators
+    from jaxface.training import eval_writer
 
     image = np.full((60, 80, 3), 40, np.uint8)
     drawn = draw.draw_detections(
@@ -324,9 +325,6 @@ def test_sample_detections_are_drawn_and_written(tmp_path):
     config.eval_sample_images = 2
     task = det.DetectionTask(config)
     writer = Writer()
-    ctx = EvalContext(
-        mesh=None, workdir=str(tmp_path), step=7, process_index=0, process_count=1, writer=writer
-    )
     # Ground truth comes from the example's faces when the evaluator passes none.
     gt_face = {"bbox": np.array([[0.5, 0.5, 0.9, 0.9]], np.float32)}  # ymin xmin ymax xmax
     src = [
@@ -340,7 +338,8 @@ def test_sample_detections_are_drawn_and_written(tmp_path):
         "valid": np.ones((3, 1), bool),
         "landmarks": np.zeros((3, 1, 5, 2), np.float32),
     }
-    task._log_sample_detections(ctx, src, out)  # pylint: disable=protected-access
+    artefacts = detection_evaluators.sample_detections(task, src, out)
+    eval_writer.write_artefacts(str(tmp_path), 7, artefacts, writer=writer)
     grid = writer.images[7]["eval/sample_detections"]
     assert grid.shape == (2, 60, 90, 3) and grid.dtype == np.uint8
     assert (grid[1, 35, 45] == [0, 255, 0]).all()  # GT box x 45..81, y 25..45: left edge

@@ -36,6 +36,36 @@ def test_train_then_eval_with_overrides(tmp_path, capsys):
     assert rc == 0
     printed = json.loads(capsys.readouterr().out)
     assert 0.0 <= printed["balanced_accuracy/mean_balanced_accuracy"] <= 1.0
+    _loading_needs_no_data(workdir, tmp_path / "tfds")
+
+
+def _loading_needs_no_data(workdir, data_dir):
+    """With the data directory gone, `load_state` (what ``jaxface eval`` loads with) and
+    the analyzer's `load_model` restore the checkpoint's weights: shapes come from the
+    config (`Task.example_batch`), never from the data."""
+    import shutil
+
+    import jax
+    import numpy as np
+
+    from jaxface import analyzer, train
+    from jaxface.quickstart import load_config
+
+    path, variant = CONFIG.split(":")
+    config = load_config(pathlib.Path(path), variant)
+    config.data.data_dir = str(data_dir)
+    _, state, _ = train.load_state(config, str(workdir), step=4)
+    want = jax.device_get(state.params)
+    shutil.rmtree(data_dir)
+    assert not data_dir.exists()
+    _, state, step = train.load_state(config, str(workdir))
+    assert step == 4
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), want)
+    config.evals = ()
+    assert train.evaluate_checkpoint(config, str(workdir)) == {}
+    model = analyzer.load_model(str(workdir))
+    assert model.step == 4
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(model.variables["params"]), want)
 
 
 # The precheck's message is checked directly: capsys would bind absl's handler (imported

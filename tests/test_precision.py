@@ -17,6 +17,7 @@ import pytest
 
 from jaxface import train
 from jaxface.quickstart import load_config
+from jaxface.training import precision
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 TASK_CONFIGS = {"attributes": "lmle.py", "recognition": "dream.py", "detection": "scaleface.py"}
@@ -117,7 +118,7 @@ def test_detection_targets_of_a_small_face_are_exact_under_bf16(data_dir, tmp_pa
         return task.rpn_branch_targets(b, i, hw)[1:]
 
     ref = jax.device_get(targets(batch))
-    cast = train.cast_batch(batch, task.compute_fields, jnp.bfloat16)
+    cast = precision.cast_batch(batch, task.compute_fields, jnp.bfloat16)
     assert cast["image"].dtype == jnp.bfloat16 and cast["gt_boxes"].dtype == np.float32
     got = jax.device_get(targets(cast))
     assert (ref[1] == 1).sum() > 0  # the face has positive anchors

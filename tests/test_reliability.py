@@ -208,7 +208,7 @@ def test_wider_boxes_outside_zero_size_and_no_faces(wider_built):
     size, entirely outside) are dropped, a partly outside box is its in-image part, an
     image without faces gives no target."""
     from jaxface.data import detection_aug
-    from jaxface.tasks import detection
+    from jaxface.tasks import detection_data
 
     b = wider_built
     ex = b.as_data_source("validation")[0]  # d.jpg, 80 x 60 (e.jpg was skipped)
@@ -229,7 +229,7 @@ def test_wider_boxes_outside_zero_size_and_no_faces(wider_built):
         ],
         atol=1e-6,
     )
-    faces = detection.faces_of(ex)
+    faces = detection_data.faces_of(ex)
     placed = detection_aug.place(
         ex["image"], faces["boxes"], detection_aug.fit_placement(60, 80, 80), min_visible=0.5
     )
@@ -240,7 +240,7 @@ def test_wider_boxes_outside_zero_size_and_no_faces(wider_built):
     train = b.as_data_source("train")
     no_face = [train[i] for i in range(len(train)) if len(train[i]["faces"]["bbox"]) == 0]
     assert len(no_face) == 1 and no_face[0]["image"].shape == (40, 40, 3)
-    assert detection.faces_of(no_face[0])["boxes"].shape == (0, 4)
+    assert detection_data.faces_of(no_face[0])["boxes"].shape == (0, 4)
 
 
 # ------------------------------------------------------------------ CFP builder

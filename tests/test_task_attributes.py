@@ -19,6 +19,8 @@ from jaxface.evaluation import attributes as attr_eval
 from jaxface.ops import cluster_knn_predict
 from jaxface.quickstart import load_config
 from jaxface.tasks import attributes as task_lib
+from jaxface.tasks import attributes_lmle as lmle_lib
+from jaxface.tasks import attributes_sampling as sampling
 from jaxface.tasks import common
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -34,7 +36,7 @@ def tiny(tfds_dir, loss="lmle", **overrides):
     c.data.data_dir = tfds_dir
     c.async_checkpointing = False
     c.loss = loss
-    c.evals = ["cluster_knn"] if loss in task_lib.METRIC_LOSSES else ["balanced_accuracy"]
+    c.evals = ["cluster_knn"] if loss in lmle_lib.METRIC_LOSSES else ["balanced_accuracy"]
     for k, v in overrides.items():
         c[k] = v
     return c
@@ -99,8 +101,10 @@ def test_cluster_knn_evaluator_equals_by_hand(lmle):
     got = trainer.evaluate(state, 5)
     # By hand: the same clustering, test embeddings, cluster_knn_predict per attribute.
     trainer.ctx.step = 5
-    clusters = jax.device_get(task.cluster(common.variables_of(state), trainer.ctx))
-    out = task.embed(common.variables_of(state), trainer.ctx, task.source("test"))
+    predict_fn = task.predict_fns()["attributes"]
+    variables = common.variables_of(state)
+    clusters = jax.device_get(task.cluster(predict_fn, variables, trainer.ctx))
+    out = task.embed(predict_fn, variables, trainer.ctx, task.source("test"))
     emb, labels = out["embedding"], out["attributes"]
     assert emb.shape == (64, 40, 16)
     preds = []
@@ -182,7 +186,7 @@ def test_balanced_source_is_deterministic_and_class_balanced(tfds_dir):
     config = tiny(tfds_dir, "lmle", num_train_steps=40)
     task = task_lib.AttributesTask(config)
     src, _ = task.data("train", train=True)
-    assert isinstance(src, task_lib.ClassBalancedSource) and len(src) == 40 * config.batch_size
+    assert isinstance(src, sampling.ClassBalancedSource) and len(src) == 40 * config.batch_size
     labels = task.labels("train")
     sampler = pipeline.IndexSampler(len(src), config.batch_size, seed=config.seed)
     for step in (0, 4, 39):  # attribute 4 (Bald) is rare: half the batch is still positive
@@ -197,7 +201,7 @@ def test_balanced_source_is_deterministic_and_class_balanced(tfds_dir):
 def test_balanced_anchor_weights():
     y = jnp.array([0, 0, 0, 1, 1, 1])
     z = jnp.array([0, 0, 1, 0, 0, 0])
-    w = np.asarray(task_lib.balanced_anchor_weights(y, z, k=2))
+    w = np.asarray(lmle_lib.balanced_anchor_weights(y, z, k=2))
     np.testing.assert_allclose(w, [1 / 8, 1 / 8, 1 / 4, 1 / 6, 1 / 6, 1 / 6])
     assert w.sum() == pytest.approx(1.0)
 
@@ -227,7 +231,7 @@ def _step_batch(task, config, step):
 def test_balanced_attribute_weights_match_numpy_reference():
     rng = np.random.default_rng(0)
     for balanced_for in (np.full(16, 7), rng.integers(0, 40, size=16)):
-        got = np.asarray(task_lib.balanced_attribute_weights(jnp.asarray(balanced_for), 40))
+        got = np.asarray(lmle_lib.balanced_attribute_weights(jnp.asarray(balanced_for), 40))
         ref = np.zeros(40)
         for a in balanced_for:  # loop reference: each record adds 1/B to its attribute
             ref[a] += 1.0 / len(balanced_for)
@@ -255,7 +259,7 @@ def test_metric_loss_only_on_batches_balanced_for_the_attribute(tfds_dir):
             {"params": params, **mstate}, b["image"], train=True, mutable=list(mstate)
         )
         fn = functools.partial(
-            task_lib.metric_loss_per_attribute,
+            lmle_lib.metric_loss_per_attribute,
             loss="lmle",
             margins=tuple(config.lmle_margins),
             triplet_margin=float(config.triplet_margin),
@@ -311,7 +315,7 @@ def test_cluster_size_gives_each_class_clusters_in_proportion(tfds_dir):
     labels = np.zeros((400, 3), np.int32)
     labels[:200, 0] = 1  # balanced: 10 / 10 clusters of ~20
     labels[:20, 1] = 1  # 5% positive: 1 cluster for the minority, 16 (cap) for the majority
-    res = task_lib.cluster_all_attributes(
+    res = lmle_lib.cluster_all_attributes(
         jax.random.key(0),
         jnp.asarray(emb),
         jnp.asarray(labels),
@@ -375,19 +379,19 @@ def test_mining_pool_partners_come_from_the_pool():
     cvalid = jnp.ones((2, 1), bool)
     kw = dict(loss="triplet_knn", margins=(0.05, 0.05, 0.2), triplet_margin=0.2)
     args = [jnp.asarray(x) for x in (pool_emb, pool_labels, pool_valid)]
-    loss, complete, _ = task_lib.metric_loss_per_attribute(
+    loss, complete, _ = lmle_lib.metric_loss_per_attribute(
         jnp.asarray(emb), jnp.asarray(labels), cent, cvalid, *args, **kw
     )
     ref = _triplet_with_pool_ref(emb, labels, pool_emb, pool_labels, pool_valid, 0.2)
     assert float(loss) == pytest.approx(ref, rel=1e-5)
     assert float(complete) == 1.0  # every anchor has partners, thanks to the pool
-    alone, complete_alone, _ = task_lib.metric_loss_per_attribute(
+    alone, complete_alone, _ = lmle_lib.metric_loss_per_attribute(
         jnp.asarray(emb), jnp.asarray(labels), cent, cvalid, **kw
     )
     assert float(complete_alone) < 1.0  # without the pool the positive anchor has none
     # The pool is a constant: no gradient flows into it.
     g = jax.grad(
-        lambda p: task_lib.metric_loss_per_attribute(
+        lambda p: lmle_lib.metric_loss_per_attribute(
             jnp.asarray(emb), jnp.asarray(labels), cent, cvalid, p, *args[1:], **kw
         )[0]
     )(args[0])

@@ -14,6 +14,8 @@ from jaxface.data import pipeline
 from jaxface.evaluation import widerface as wider_eval
 from jaxface.quickstart import load_config
 from jaxface.tasks import detection as det
+from jaxface.tasks import detection_data as det_data
+from jaxface.tasks import detection_evaluators as det_eval
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
@@ -39,7 +41,7 @@ def test_transform_fixed_shapes_and_boxes_follow_the_image(task_and_batch):
     src, transform = task.data("train", train=False)
     ex = src[0]
     out = transform(ex, np.random.default_rng(0))
-    faces = det.faces_of(ex)
+    faces = det_data.faces_of(ex)
     n = min(len(faces["boxes"]), task.config.max_faces)
     np.testing.assert_allclose(
         out["gt_boxes"][:n], np.clip(faces["boxes"][:n] * out["scale"], 0, s), atol=1e-3
@@ -128,7 +130,7 @@ def test_synthetic_ground_truth_perfect_predictions_give_ap_one():
             "invalid": np.zeros(0),
         },
     ]
-    gt = det.synthetic_ground_truth(faces, size_buckets=[(10, 40), (40, 0)])
+    gt = det_eval.synthetic_ground_truth(faces, size_buckets=[(10, 40), (40, 0)])
     # hard keeps the 70 px and 14 px faces; easy only the 70 px; the invalid one is ignored.
     assert gt.settings["hard"].keep.tolist() == [True, True, False]
     assert gt.settings["easy"].keep.tolist() == [True, False, False]
@@ -137,12 +139,12 @@ def test_synthetic_ground_truth_perfect_predictions_give_ap_one():
     boxes[0, :3] = faces[0]["boxes"]
     scores = np.array([[0.9, 0.8, 0.7, 0], [0, 0, 0, 0]], np.float32)
     valid = np.array([[True, True, True, False], [False] * 4])
-    res = wider_eval.evaluate(gt, det.predictions_from_arrays(boxes, scores, valid))
+    res = wider_eval.evaluate(gt, det_eval.predictions_from_arrays(boxes, scores, valid))
     for k in ("easy", "medium", "hard", "size_10_40", "size_40_up"):
         assert res[k].ap == pytest.approx(1.0), k
     # A missed face halves the hard recall: AP drops.
     valid2 = np.array([[True, False, True, False], [False] * 4])
-    res2 = wider_eval.evaluate(gt, det.predictions_from_arrays(boxes, scores, valid2))
+    res2 = wider_eval.evaluate(gt, det_eval.predictions_from_arrays(boxes, scores, valid2))
     assert res2["hard"].ap == pytest.approx(0.5) and res2["easy"].ap == pytest.approx(1.0)
 
 
@@ -236,20 +238,20 @@ def test_wider_evaluator_writes_its_report_pr_curve_and_samples(task_and_batch, 
     """The `wider` evaluator end to end (untrained weights: the numbers are not the point):
     APs in [0, 1] equal to its JSON, the PR-curve PNG and the sample-detection PNG written."""
     import json
-    import types
 
     from jaxface.tasks.base import EvalContext
+    from jaxface.training import eval_writer
 
     task, batch = task_and_batch
     task.config.eval_limit = 16
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()).reshape(-1, 1), ("data", "model"))
     variables = jax.jit(task.init_variables)(jax.random.key(0), batch)
-    state = types.SimpleNamespace(
-        params=variables["params"],
-        model_state={k: v for k, v in variables.items() if k != "params"},
-    )
     ctx = EvalContext(mesh=mesh, workdir=str(tmp_path), step=3, process_index=0, process_count=1)
-    got = task.evaluators()["wider"](state, ctx)
+    evaluator = task.evaluators()["wider"]
+    assert evaluator.predict == "detect"
+    got, artefacts = evaluator.run(task.predict_fns()["detect"], variables, ctx)
+    assert not list(tmp_path.iterdir())  # an evaluator writes nothing itself
+    eval_writer.write_artefacts(str(tmp_path), 3, artefacts)
     assert set(got) >= {"ap_easy", "ap_medium", "ap_hard"}
     saved = json.loads((tmp_path / "wider_eval_step3.json").read_text())
     for k, ap in got.items():

@@ -17,6 +17,7 @@ from jaxface.evaluation import verification as verif
 from jaxface.quickstart import load_config
 from jaxface.tasks import common
 from jaxface.tasks import recognition as rec
+from jaxface.training import eval_writer
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
@@ -115,10 +116,20 @@ def _direct_test_embeddings(task, state):
     return verif.fuse_flip(np.asarray(out["embedding"]), np.asarray(out_f["embedding"]))
 
 
+def _evaluate(task, name, state, ctx):
+    """One evaluator through its contract: its metrics; its artefacts written to the workdir."""
+    evaluator = task.evaluators()[name]
+    metrics, artefacts = evaluator.run(
+        task.predict_fns()[evaluator.predict], common.variables_of(state), ctx
+    )
+    eval_writer.write_artefacts(ctx.workdir, ctx.step, artefacts)
+    return metrics
+
+
 def test_verification_evaluator_equals_direct_computation(trained):
     trainer, state, _ = trained
     task = trainer.task
-    got = task.evaluators()["verification"](state, trainer.ctx)
+    got = _evaluate(task, "verification", state, trainer.ctx)
     fused = _direct_test_embeddings(task, state)
     meta = task.metadata("test")
     v = trainer.config.verification
@@ -311,8 +322,6 @@ def test_lfw_and_bin_evaluators_equal_direct_computation(trained, tmp_path):
 
     from PIL import Image
 
-    from jaxface.tasks import recognition_evaluators as rp
-
     trainer, state, _ = trained
     task = trainer.task
     src, _ = task.data("test", train=False)
@@ -324,7 +333,7 @@ def test_lfw_and_bin_evaluators_equal_direct_computation(trained, tmp_path):
     # LFW layout. crop_fraction 1: the synthetic faces fill their image.
     _write_lfw_like(tmp_path / "lfw", images, labels)
     trainer.config.lfw = {"manual_dir": str(tmp_path / "lfw"), "crop_fraction": 1.0, "far": 0.1}
-    got = rp.evaluate_lfw(task, state, trainer.ctx)
+    got = _evaluate(task, "lfw", state, trainer.ctx)
     pairs = verif.parse_lfw_pairs(tmp_path / "lfw" / "pairs.txt")
     p1, p2 = pairs.paths(tmp_path / "lfw")
     uniq = sorted(set(map(str, p1)) | set(map(str, p2)))
@@ -346,7 +355,7 @@ def test_lfw_and_bin_evaluators_equal_direct_computation(trained, tmp_path):
             blobs.append(buf.getvalue())
     (tmp_path / "set.bin").write_bytes(pickle.dumps((blobs, [bool(s) for s in pairs.same])))
     trainer.config.bins = {"files": [str(tmp_path / "set.bin")], "far": 0.1}
-    got_bin = rp.evaluate_bins(task, state, trainer.ctx)
+    got_bin = _evaluate(task, "bins", state, trainer.ctx)
     from sklearn.model_selection import KFold
 
     kfold = np.zeros(len(i), int)
@@ -422,7 +431,7 @@ def test_identity_folder_source_trains_and_lists_labels(data_dir, tmp_path):
 def test_identification_evaluator_matches_numpy_and_draws_cmc(trained):
     trainer, state, _ = trained
     task = trainer.task
-    got = task.evaluators()["identification"](state, trainer.ctx)
+    got = _evaluate(task, "identification", state, trainer.ctx)
     fused = _direct_test_embeddings(task, state)
     meta = task.metadata("test")
     lab, yaw = meta["label"], meta["abs_yaw"]

@@ -39,7 +39,7 @@ that module); ``blur`` 0; ``occlusion`` 0 (patches never overlap); ``pose`` 1 fo
 CFP profiles (WIDER's "atypical pose"), else 0; ``invalid`` 0 (every face is >= 10 px);
 and, beyond the detection layout, ``identity`` (CFP's 0-based identity) and
 ``is_profile``. The layout is that of ``synthetic_faces/detection``, so
-`jaxface.tasks.detection.faces_of` and the ``wider`` evaluator read it unchanged.
+`jaxface.tasks.detection_data.faces_of` and the ``wider`` evaluator read it unchanged.
 
 Note on the face size range: the issue asks for 10-400 px faces; a face cannot be
 taller than its scene, so the upper end is ``min(max_face, 0.9 x shorter side)``

@@ -21,8 +21,15 @@ Contract (all arrays are host NumPy on the way in; everything inside `loss` and
   log-sum-exp, margin or sigmoid and returns an fp32 loss (`jaxface.train`).
 * ``param_partition(params)``: optional `PartitionSpec` per parameter over the mesh's
   ``model`` axis (default replicated).
-* ``evaluators()`` -> ``{name: fn(state, ctx) -> dict of scalars}``; which of them
-  run is chosen by ``config.evals`` (a list of names).
+* ``predict_fns()`` -> ``{name: predict_fn(variables, batch) -> dict of arrays}``: the
+  task's jitted pure inference functions (embeddings, detections, attribute scores), on
+  flax variables ``{"params": ..., <model state>}``.
+* ``evaluators()`` -> ``{name: Evaluator}``, built from the config; which of them run is
+  chosen by ``config.evals`` (a list of names). An `Evaluator` names the predict
+  function it needs and reads its own data; ``run(predict_fn, variables, ctx)`` returns
+  ``(metrics, artefacts)``: a dict of scalars and a dict of `Artefact` (figures, images,
+  text, JSON, arrays, folders) by path relative to the workdir, which the caller writes
+  (`jaxface.training.eval_writer`). An evaluator writes no file itself.
 * ``load_pretrained(params, model_state)``: optional pretrained weights (e.g. a
   torchvision backbone) that the trainer puts into a run that starts with neither a
   checkpoint nor ``config.init_from``.
@@ -55,6 +62,58 @@ class Hook:
     at_start: bool = False
 
 
+# ---------------------------------------------------------------------------------
+# Artefacts: what an evaluator hands back for its caller to write. The key of each is
+# its path relative to the workdir; ``{step}`` in it is the evaluated step.
+# ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Figure:
+    """A plot: ``draw(path)`` writes it (the PNG writers of `jaxface.evaluation`)."""
+
+    draw: Callable[[str], Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Images:
+    """``pixels`` uint8 ``[N, H, W, 3]``: one PNG of the N images side by side, and the
+    batch logged to TensorBoard under ``tag`` when the caller has a metric writer."""
+
+    pixels: np.ndarray
+    tag: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Json:
+    """A JSON document (``json.dump`` with ``indent=1``)."""
+
+    payload: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Text:
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Arrays:
+    """Named NumPy arrays, written as one ``.npz``."""
+
+    arrays: Mapping[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class Folder:
+    """A folder of files: ``write(path)`` fills it (e.g. WIDER prediction files)."""
+
+    write: Callable[[str], Any]
+
+
+Artefact = Figure | Images | Json | Text | Arrays | Folder
+Artefacts = dict[str, Artefact]
+
+
 @dataclasses.dataclass
 class EvalContext:
     """What the trainer hands evaluators and hooks."""
@@ -83,6 +142,15 @@ class EvalContext:
         }
 
 
+@dataclasses.dataclass(frozen=True)
+class Evaluator:
+    """One evaluator of ``config.evals``: ``run(predict_fn, variables, ctx) -> (metrics,
+    artefacts)`` with ``predict_fn = task.predict_fns()[predict]``."""
+
+    predict: str
+    run: Callable[[Callable, Mapping[str, Any], EvalContext], tuple[dict[str, float], Artefacts]]
+
+
 class Task(abc.ABC):
     """Base class of every task plug-in; see the module docstring for the contract."""
 
@@ -98,6 +166,7 @@ class Task(abc.ABC):
         #: traced (losses that run collectives over it, e.g. a class-sharded classifier,
         #: need it); None outside training.
         self.mesh: jax.sharding.Mesh | None = None
+        self._predict_fns: dict[str, Callable] | None = None
 
     # -- data -----------------------------------------------------------------
     @abc.abstractmethod
@@ -155,7 +224,20 @@ class Task(abc.ABC):
     def hooks(self) -> list[Hook]:
         return []
 
-    def evaluators(self) -> dict[str, Callable[[Any, EvalContext], dict[str, float]]]:
+    #: ``{name: method name}``: the task's pure inference methods ``(variables, batch) ->
+    #: dict of arrays`` that `predict_fns` exposes (e.g. ``{"embed": "predict"}``).
+    predictors: Mapping[str, str] = {}
+
+    def predict_fns(self) -> dict[str, Callable]:
+        """``{name: jax.jit(method)}`` of `predictors`, jitted once per task so that every
+        evaluation of a run reuses one compilation."""
+        if self._predict_fns is None:
+            self._predict_fns = {
+                name: jax.jit(getattr(self, method)) for name, method in self.predictors.items()
+            }
+        return self._predict_fns
+
+    def evaluators(self) -> dict[str, Evaluator]:
         return {}
 
     def param_partition(self, params) -> Any:

@@ -4,11 +4,9 @@ Data (``config.data``): any builder whose examples hold ``image`` uint8 [H, W, 3
 ``faces`` with ``bbox`` (tfds ``BBoxFeature``: normalised ymin, xmin, ymax, xmax) and,
 optionally, ``landmarks`` [5, 2] pixels, ``blur``, ``occlusion``, ``pose``, ``invalid``
 — the synthetic ``synthetic_faces/detection`` scenes and the ``wider_face_original``
-builder (`jaxface.data.widerface_builder`) both do. Every image is placed on a fixed
-``config.image_size`` square canvas (random scale / crop / flip / photometric jitter
-in training, `jaxface.data.detection_aug`; fit-and-pad in evaluation) and its faces
-are padded to ``config.max_faces`` slots with a validity mask, so one compiled step
-serves every batch. Invalid faces, and faces cut by the crop, are ignore regions.
+builder (`jaxface.data.widerface_builder`) both do. Each is placed on a fixed
+``config.image_size`` canvas with its faces in ``config.max_faces`` slots
+(`jaxface.tasks.detection_data`).
 
 Backbone: ``config.model.backbone`` holds the `jaxface.models.resnet.ResNet` fields and
 ``pretrained``, the path of a torchvision ResNet file (`jaxface.models.pretrained`;
@@ -24,10 +22,9 @@ computed and OHEM keeps the ``config.ohem_rois`` highest of each image (the
 forward over all RoIs is the read-only pass of OHEM; the gradient flows only
 through the kept ones).
 
-Evaluation (``config.evals = ["wider"]``): the exact WIDER FACE protocol
-(`jaxface.evaluation.widerface.evaluate`) on ``config.eval_split``; easy / medium /
-hard from the face labels (`jaxface.data.synthetic.render.difficulty_subsets`),
-plus one AP per face-size bucket (``config.eval_size_buckets``, original pixels).
+Inference: the ``detect`` predict function (`DetectionTask.predict`), detections in
+original image pixels. Evaluation (``config.evals = ["wider"]``): the exact WIDER FACE
+protocol on ``config.eval_split`` (`jaxface.tasks.detection_evaluators`).
 
 Predictions for any image folder, in WIDER's ``<event>/<image>.txt`` format
 (`write_folder_predictions`)::
@@ -38,25 +35,19 @@ Predictions for any image folder, in WIDER's ``<event>/<image>.txt`` format
 from __future__ import annotations
 
 import functools
-import json
-import os
 import pathlib
-from typing import Mapping, Optional, Sequence
+from typing import Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
 
 from jaxface import losses
-from jaxface.data import detection_aug, sources
+from jaxface.data import sources
 from jaxface.data.images import list_images, read_image
 from jaxface.data.recognition_formats import IMAGE_EXTENSIONS
-from jaxface.data.synthetic.render import difficulty_subsets
-from jaxface.data.widerface import WiderFaceAnnotations
 from jaxface.evaluation import widerface as wider_eval
-from jaxface.evaluation.draw import draw_detections
 from jaxface.models import scaleface
 from jaxface.ops.boxes import xyxy_to_xywh
 from jaxface.ops.targets import (
@@ -66,8 +57,11 @@ from jaxface.ops.targets import (
     rpn_targets,
     sample_balanced,
 )
-from jaxface.tasks import common
-from jaxface.tasks.base import EvalContext, Task
+from jaxface.tasks import detection_data, detection_evaluators
+from jaxface.tasks.base import Task
+from jaxface.tasks.detection_data import faces_of
+
+__all__ = ["DetectionTask", "faces_of", "write_folder_predictions"]
 
 
 def _smooth_l1(x, beta: float):
@@ -79,32 +73,11 @@ def _bce(logits, labels):
     return losses.sigmoid_bce(logits, labels)
 
 
-def faces_of(example: Mapping) -> dict:
-    """A builder example's faces in pixels: ``boxes`` [n, 4] x1 y1 x2 y2 float32 and the
-    labels (missing ones default to 0; ``has_landmarks`` False without landmarks)."""
-    h, w = np.asarray(example["image"]).shape[:2]
-    f = example["faces"]
-    bbox = np.asarray(f["bbox"], np.float32).reshape(-1, 4)
-    n = bbox.shape[0]
-    boxes = np.stack([bbox[:, 1] * w, bbox[:, 0] * h, bbox[:, 3] * w, bbox[:, 2] * h], axis=-1)
-    out = {"boxes": boxes.astype(np.float32)}
-    for k in ("blur", "occlusion", "pose", "invalid"):
-        v = f.get(k)
-        out[k] = np.zeros((n,), np.int32) if v is None else np.asarray(v, np.int32).reshape(n)
-    lm = f.get("landmarks")
-    if lm is None or np.asarray(lm).size != n * 10:
-        out["landmarks"] = np.zeros((n, 5, 2), np.float32)
-        out["has_landmarks"] = np.zeros((n,), bool)
-    else:
-        out["landmarks"] = np.asarray(lm, np.float32).reshape(n, 5, 2)
-        out["has_landmarks"] = np.ones((n,), bool)
-    return out
-
-
 class DetectionTask(Task):
     name = "detection"
     compute_fields = ("image",)
     backbone_path = ("resnet",)
+    predictors = {"detect": "predict"}
 
     def __init__(self, config):
         super().__init__(config)
@@ -145,59 +118,8 @@ class DetectionTask(Task):
         *,
         train: bool,
     ) -> dict:
-        """One image (+ faces) -> the fixed-shape model input (see the module docstring)."""
-        c = self.config
-        size, max_faces = int(c.image_size), int(c.max_faces)
-        image = np.asarray(image, np.uint8)
-        if image.ndim == 2:
-            image = np.repeat(image[..., None], 3, axis=-1)
-        image = image[..., :3]
-        h, w = image.shape[:2]
-        if faces is None:
-            faces = {
-                "boxes": np.zeros((0, 4), np.float32),
-                "invalid": np.zeros((0,), np.int32),
-                "landmarks": np.zeros((0, 5, 2), np.float32),
-                "has_landmarks": np.zeros((0,), bool),
-            }
-        boxes, landmarks = faces["boxes"], faces["landmarks"]
-        aug = c.augment
-        if train:
-            if aug.flip and rng.random() < 0.5:
-                image, boxes, landmarks = detection_aug.flip_horizontal(image, boxes, landmarks)
-            if aug.photometric:
-                image = detection_aug.photometric_jitter(rng, image)
-            placement = detection_aug.random_placement(
-                rng, h, w, size, scale_range=tuple(aug.scale_range)
-            )
-        else:
-            placement = detection_aug.fit_placement(h, w, size)
-        placed = detection_aug.place(
-            image, boxes, placement, landmarks=landmarks, min_visible=float(aug.min_visible)
-        )
-        keep = placed["keep"]
-        idx = np.flatnonzero(keep)[:max_faces]
-        n = len(idx)
-        gt_boxes = np.zeros((max_faces, 4), np.float32)
-        gt_boxes[:n] = placed["boxes"][idx]
-        gt_valid = np.zeros((max_faces,), bool)
-        gt_valid[:n] = True
-        gt_ignore = np.zeros((max_faces,), bool)
-        gt_ignore[:n] = placed["ignore"][idx] | (np.asarray(faces["invalid"])[idx] > 0)
-        gt_lm = np.zeros((max_faces, 5, 2), np.float32)
-        gt_lm[:n] = placed["landmarks"][idx]
-        gt_lm_valid = np.zeros((max_faces,), bool)
-        gt_lm_valid[:n] = np.asarray(faces["has_landmarks"])[idx] & ~gt_ignore[:n]
-        return {
-            "image": common.normalize_image(placed["image"]),
-            "gt_boxes": gt_boxes,
-            "gt_valid": gt_valid,
-            "gt_ignore": gt_ignore,
-            "gt_landmarks": gt_lm,
-            "gt_landmarks_valid": gt_lm_valid,
-            "image_hw": placed["image_hw"],
-            "scale": np.float32(placement.scale),
-        }
+        """One image (+ faces) -> the fixed-shape model input (`detection_data.prepare`)."""
+        return detection_data.prepare(self.config, image, faces, rng, train=train)
 
     def transform(self, example, rng, *, train: bool):
         return self.prepare(example["image"], faces_of(example), rng, train=train)
@@ -406,215 +328,7 @@ class DetectionTask(Task):
         return res
 
     def evaluators(self):
-        return {"wider": self._evaluate_wider, "wider_official": self._evaluate_wider_official}
-
-    def _evaluate_wider_official(self, state, ctx: EvalContext):
-        """Real WIDER FACE validation: predictions over ``config.eval_split`` of the
-        ``wider_face_original`` builder, aligned by file name with the official
-        ground truth in ``config.wider_gt_dir`` (the four eval_tools ``.mat`` files),
-        written as the standard prediction folder in the workdir and evaluated with
-        ``config.wider_semantics`` (``"official"`` or ``"python-port"``)."""
-        c = self.config
-        gt_dir = c.get("wider_gt_dir", "")
-        if not gt_dir:
-            raise ValueError(
-                "evaluator 'wider_official' needs config.wider_gt_dir: the folder holding "
-                "wider_face_val.mat and wider_{easy,medium,hard}_val.mat"
-            )
-        gt = wider_eval.load_ground_truth(gt_dir)
-        src, out = self._predict_eval_split(state, ctx)
-        index = {
-            f"{gt.face.events[int(gt.face.image_event[k])]}/{gt.face.image_names[k]}": k
-            for k in range(gt.face.num_images)
-        }
-        per = [None] * gt.face.num_images
-        rels, boxes, scores = [], [], []
-        for i in range(out["boxes"].shape[0]):
-            name = src[i]["image/filename"]
-            name = name.decode() if isinstance(name, bytes) else str(name)
-            v = np.asarray(out["valid"][i], bool)
-            b = xyxy_to_xywh(np.asarray(out["boxes"][i], np.float64)[v])
-            sc = np.asarray(out["scores"][i], np.float64)[v]
-            rels.append(name)
-            boxes.append(b)
-            scores.append(sc)
-            k = index.get(name.rsplit(".", 1)[0])
-            if k is not None:
-                per[k] = (b, sc)
-        if ctx.process_index == 0:
-            wider_eval.write_predictions(
-                os.path.join(ctx.workdir, f"wider_pred_step{ctx.step}"), rels, boxes, scores
-            )
-        # File order kept: "python-port" evaluates the detections as written above.
-        results = wider_eval.evaluate(
-            gt,
-            wider_eval.Predictions.from_lists(per, sort=False),
-            semantics=c.wider_semantics,
-        )
-        self._log_sample_detections(ctx, src, out)
-        if ctx.process_index == 0:
-            wider_eval.save_results(
-                results, os.path.join(ctx.workdir, f"wider_pred_step{ctx.step}_eval")
-            )
-            wider_eval.plot_pr(
-                results,
-                os.path.join(ctx.workdir, f"wider_pr_step{ctx.step}.png"),
-                title=f"WIDER FACE {c.eval_split}, step {ctx.step}",
-            )
-        return {f"ap_{k}": float(v.ap) for k, v in results.items()}
-
-    def _predict_eval_split(self, state, ctx: EvalContext):
-        """(source, predictions) over ``config.eval_split`` (``config.eval_limit`` images)."""
-        c = self.config
-        src, transform = self.data(c.eval_split, train=False)
-        out = common.predict_split(
-            ctx,
-            self.predict,
-            common.variables_of(state),
-            src,
-            transform,
-            int(c.eval_batch_size),
-            limit=int(c.eval_limit) or None,
-        )
-        return src, out
-
-    def _evaluate_wider(self, state, ctx: EvalContext):
-        c = self.config
-        src, out = self._predict_eval_split(state, ctx)
-        n = out["boxes"].shape[0]
-        faces = [faces_of(src[i]) for i in range(n)]
-        gt = synthetic_ground_truth(faces, size_buckets=[tuple(b) for b in c.eval_size_buckets])
-        preds = predictions_from_arrays(out["boxes"], out["scores"], out["valid"])
-        results = wider_eval.evaluate(gt, preds)
-        summary = {f"ap_{k}": float(v.ap) for k, v in results.items()}
-        self._log_sample_detections(ctx, src, out, faces)
-        if ctx.process_index == 0:
-            wider_eval.plot_pr(
-                results,
-                os.path.join(ctx.workdir, f"wider_pr_step{ctx.step}.png"),
-                title=f"{c.data.builder} {c.eval_split}: WIDER protocol, step {ctx.step}",
-            )
-            with open(os.path.join(ctx.workdir, f"wider_eval_step{ctx.step}.json"), "w") as f:
-                json.dump(
-                    {
-                        **summary,
-                        "num_faces": {k: int(v.num_faces) for k, v in results.items()},
-                        "num_images": n,
-                    },
-                    f,
-                    indent=1,
-                )
-        return summary
-
-    def _log_sample_detections(self, ctx: EvalContext, src, out, faces=None):
-        """The first ``config.eval_sample_images`` eval images with their detections drawn
-        (`draw_detections`; ground truth in green when the example has faces): to TensorBoard as
-        ``eval/sample_detections`` (``ctx.writer.write_images``) and as
-        ``<workdir>/sample_detections_step<N>.png`` (one row)."""
-        k = min(int(self.config.get("eval_sample_images", 0)), int(out["boxes"].shape[0]))
-        if k <= 0 or ctx.process_index != 0:
-            return
-        thr = float(self.config.get("eval_sample_threshold", 0.5))
-        drawn = []
-        for i in range(k):
-            v = np.asarray(out["valid"][i], bool)
-            lm = out.get("landmarks")
-            ex = src[i]
-            gt = faces[i] if faces is not None else (faces_of(ex) if "faces" in ex else None)
-            drawn.append(
-                draw_detections(
-                    np.asarray(ex["image"]),
-                    np.asarray(out["boxes"][i])[v],
-                    np.asarray(out["scores"][i])[v],
-                    landmarks=None if lm is None else np.asarray(lm[i])[v],
-                    gt_boxes=None if gt is None else gt["boxes"],
-                    threshold=thr,
-                )
-            )
-        hh = max(d.shape[0] for d in drawn)
-        ww = max(d.shape[1] for d in drawn)
-        grid = np.zeros((k, hh, ww, 3), np.uint8)
-        for i, d in enumerate(drawn):
-            grid[i, : d.shape[0], : d.shape[1]] = d
-        if ctx.writer is not None:
-            ctx.writer.write_images(ctx.step, {"eval/sample_detections": grid})
-        row = np.concatenate(list(grid), axis=1)
-        Image.fromarray(row).save(
-            os.path.join(ctx.workdir, f"sample_detections_step{ctx.step}.png")
-        )
-
-
-# ---------------------------------------------------------------------------------
-# Ground truth and predictions for the WIDER evaluation module
-# ---------------------------------------------------------------------------------
-
-
-def _bucket_name(lo, hi) -> str:
-    return f"size_{int(lo)}_{int(hi)}" if hi > 0 else f"size_{int(lo)}_up"
-
-
-def synthetic_ground_truth(
-    faces: Sequence[Mapping], *, size_buckets=()
-) -> wider_eval.WiderGroundTruth:
-    """WIDER ground truth (one ``WiderFaceAnnotations`` per setting) for a list of images'
-    faces (`faces_of`). Boxes are rounded to integer ``x y w h`` (int32, like the
-    official .mat files, so the exact MATLAB arithmetic applies). Settings: easy /
-    medium / hard (`difficulty_subsets` on box height, blur, occlusion, pose, invalid)
-    and one per ``(lo, hi)`` size bucket (valid faces with ``lo <= height < hi``;
-    every other face is an ignore face, as in WIDER's settings)."""
-    boxes, sizes, labels = [], [], {k: [] for k in ("blur", "occlusion", "pose", "invalid")}
-    counts = []
-    for f in faces:
-        b = np.asarray(f["boxes"], np.float64).reshape(-1, 4)
-        xywh = np.round(xyxy_to_xywh(b)).astype(np.int32)
-        boxes.append(xywh)
-        sizes.append(b[:, 3] - b[:, 1])
-        for k in labels:
-            labels[k].append(np.asarray(f[k], np.int32))
-        counts.append(len(b))
-    n_img = len(faces)
-    boxes = np.concatenate(boxes) if boxes else np.zeros((0, 4), np.int32)
-    sizes = np.concatenate(sizes) if sizes else np.zeros((0,))
-    labels = {k: (np.concatenate(v) if v else np.zeros((0,), np.int32)) for k, v in labels.items()}
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    subsets = difficulty_subsets(
-        sizes, labels["blur"], labels["occlusion"], labels["pose"], labels["invalid"]
-    )
-    valid = labels["invalid"] == 0
-    for lo, hi in size_buckets:
-        subsets[_bucket_name(lo, hi)] = valid & (sizes >= lo) & ((sizes < hi) if hi > 0 else True)
-    img_of_face = np.repeat(np.arange(n_img), counts)
-    names = tuple(f"{i:06d}" for i in range(n_img))
-    base = dict(
-        events=("0--synthetic",),
-        image_event=np.zeros((n_img,), np.int32),
-        image_names=names,
-        image_paths=tuple(f"0--synthetic/{nm}.jpg" for nm in names),
-        face_offsets=offsets,
-        boxes=boxes,
-        labels=labels,
-        source="synthetic",
-    )
-    face = WiderFaceAnnotations(**base)
-    settings = {
-        k: WiderFaceAnnotations(
-            **base,
-            keep=m,
-            keep_list_lengths=np.bincount(img_of_face[m], minlength=n_img).astype(np.int64),
-        )
-        for k, m in subsets.items()
-    }
-    return wider_eval.WiderGroundTruth(face=face, settings=settings)
-
-
-def predictions_from_arrays(boxes, scores, valid) -> wider_eval.Predictions:
-    """Fixed-shape ``[I, K, 4]`` corner boxes, ``[I, K]`` scores and validity -> `Predictions`."""
-    per = []
-    for b, s, v in zip(
-        np.asarray(boxes, np.float64), np.asarray(scores, np.float64), np.asarray(valid, bool)
-    ):
-        per.append((xyxy_to_xywh(b[v]), s[v]) if v.any() else None)
-    return wider_eval.Predictions.from_lists(per)
+        return detection_evaluators.evaluators(self)
 
 
 # ---------------------------------------------------------------------------------

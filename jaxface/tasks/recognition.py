@@ -132,6 +132,7 @@ class RecognitionTask(Task):
     name = "recognition"
     compute_fields = ("image",)
     backbone_path = ("embedder", "backbone")
+    predictors = {"embed": "predict"}
 
     def __init__(self, config):
         super().__init__(config)
@@ -677,13 +678,14 @@ class RecognitionTask(Task):
         f = functools.partial(self.model.apply, variables, method=RecognitionNet.features)
         return {"phi": f(batch["image"], False), "phi_flip": f(batch["image"][:, :, ::-1], False)}
 
-    def embed_split(self, state, ctx: EvalContext, split: str, data_config=None):
+    def embed_split(self, predict_fn, variables, ctx: EvalContext, split: str, data_config=None):
+        """``predict_fn`` (the ``embed`` predict function) over a split, with its labels."""
         src = self.source(split, data_config)
         transform = functools.partial(self.transform, train=False)
         return common.predict_split(
             ctx,
-            self.predict,
-            common.variables_of(state),
+            predict_fn,
+            variables,
             src,
             transform,
             int(self.config.eval_batch_size),
@@ -693,16 +695,7 @@ class RecognitionTask(Task):
 
     # -- evaluators --------------------------------------------------------------------
     def evaluators(self):
-        return {
-            name: functools.partial(fn, self)
-            for name, fn in (
-                ("verification", evaluators.evaluate_verification),
-                ("cfp", evaluators.evaluate_cfp),
-                ("identification", evaluators.evaluate_identification),
-                ("lfw", evaluators.evaluate_lfw),
-                ("bins", evaluators.evaluate_bins),
-            )
-        }
+        return evaluators.evaluators(self)
 
     def verification_pairs(self, split: str, n: int | None = None):
         meta = self.metadata(split)

@@ -1,8 +1,11 @@
 """The evaluators of `jaxface.tasks.recognition.RecognitionTask` (``config.evals``).
 
+Each is a `jaxface.tasks.base.Evaluator` over the task's ``embed`` predict function
+(`RecognitionTask.predict`) that returns its metrics and its artefacts (ROC / CMC
+figure, JSON report) for the caller to write.
+
 ``verification``, ``cfp``, ``identification``: on the task's own data (see the task's
-docstring). Each writes its ROC / CMC PNG and a JSON of its report in the workdir
-(`write_report`).
+docstring).
 
 Verification protocols on image sets outside the training data, LFW and insightface
 ``.bin`` (sources: `jaxface.data.recognition_sources`):
@@ -26,8 +29,8 @@ Verification protocols on image sets outside the training data, LFW and insightf
 Both report the 10-fold protocol on squared L2 distances of flip-fused, L2-normalised
 embeddings (`jaxface.evaluation.verification`): accuracy (threshold chosen on the other
 folds), EER and AUC as mean and std over folds, TAR at ``config.lfw.far`` (facenet's
-``calculate_val``), and write the ROC (log FAR axis) as PNG plus a JSON of per-fold
-numbers. These sets carry no pose: the DREAM gate sees ``config.<set>.yaw`` degrees
+``calculate_val``), and return the ROC (log FAR axis) as a PNG figure plus a JSON of
+per-fold numbers. These sets carry no pose: the DREAM gate sees ``config.<set>.yaw`` degrees
 (default 0, the sets are near-frontal) for ``yaw_source='metadata'``, a frontal flag for
 ``'profile_flag'``, its own prediction for ``'learned'``; ``'landmarks'`` is refused (no
 landmarks to fit).
@@ -35,9 +38,8 @@ landmarks to fit).
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
-import os
 import pathlib
 
 import ml_collections
@@ -48,10 +50,11 @@ from jaxface.data import pipeline, recognition_sources
 from jaxface.evaluation import face_pairs, verification
 from jaxface.evaluation import identification as ident_eval
 from jaxface.tasks import common
-from jaxface.tasks.base import EvalContext
+from jaxface.tasks.base import Artefacts, EvalContext, Evaluator, Figure, Json
 
 __all__ = [
-    "write_report",
+    "evaluators",
+    "report_artefacts",
     "evaluate_verification",
     "evaluate_cfp",
     "evaluate_identification",
@@ -60,40 +63,46 @@ __all__ = [
 ]
 
 
-def write_report(ctx, name, report, title):
-    """ROC PNG and JSON of a verification report in the workdir (process 0 only)."""
-    if ctx.process_index != 0:
-        return
+def evaluators(task) -> dict[str, Evaluator]:
+    """The task's evaluators by ``config.evals`` name, all on its ``embed`` function."""
+    return {
+        name: Evaluator("embed", functools.partial(fn, task))
+        for name, fn in (
+            ("verification", evaluate_verification),
+            ("cfp", evaluate_cfp),
+            ("identification", evaluate_identification),
+            ("lfw", evaluate_lfw),
+            ("bins", evaluate_bins),
+        )
+    }
+
+
+def report_artefacts(name, report, title) -> Artefacts:
+    """ROC figure and JSON (per-fold numbers, no curves) of a verification report."""
     curves = {k: rep["roc"] for k, rep in report.items()}
-    verification.plot_roc(
-        curves, os.path.join(ctx.workdir, f"{name}_roc_step{ctx.step}.png"), title=title
-    )
-    with open(os.path.join(ctx.workdir, f"{name}_eval_step{ctx.step}.json"), "w") as f:
-        json.dump(
+    return {
+        f"{name}_roc_step{{step}}.png": Figure(
+            functools.partial(verification.plot_roc, curves, title=title)
+        ),
+        f"{name}_eval_step{{step}}.json": Json(
             {
                 k: {m: (np.asarray(x).tolist() if m != "roc" else None) for m, x in rep.items()}
                 for k, rep in report.items()
-            },
-            f,
-            indent=1,
-        )
+            }
+        ),
+    }
 
 
-def evaluate_verification(task, state, ctx: EvalContext):
+def evaluate_verification(task, predict_fn, variables, ctx: EvalContext):
     split = task.config.eval_split
-    out = task.embed_split(state, ctx, split)
+    out = task.embed_split(predict_fn, variables, ctx, split)
     pairs = task.verification_pairs(split, n=len(out["label"]))
     report = face_pairs.verification_report(out["embedding"], out["embedding_flip"], pairs)
-    write_report(
-        ctx,
-        "verification",
-        report,
-        f"{split}: FF / FP ({task.config.model.use_dream and 'DREAM' or 'naive'})",
-    )
-    return face_pairs.flatten_report(report)
+    title = f"{split}: FF / FP ({task.config.model.use_dream and 'DREAM' or 'naive'})"
+    return face_pairs.flatten_report(report), report_artefacts("verification", report, title)
 
 
-def evaluate_cfp(task, state, ctx: EvalContext):
+def evaluate_cfp(task, predict_fn, variables, ctx: EvalContext):
     c = task.config
     d = c.data
     if d.builder == "cfp_manual":
@@ -116,7 +125,7 @@ def evaluate_cfp(task, state, ctx: EvalContext):
             "config.data.manual_dir (CFP data) or config.cfp.manual_dir (other training data): "
             "the CFP root holding Data/ and Protocol/ is needed by the 'cfp' evaluator"
         )
-    out = task.embed_split(state, ctx, split, data_cfg)
+    out = task.embed_split(predict_fn, variables, ctx, split, data_cfg)
     meta = task.metadata(split, data_cfg)
     n = len(out["label"])
     proto = verification.parse_cfp_protocol(root, check_exists=False)
@@ -141,18 +150,13 @@ def evaluate_cfp(task, state, ctx: EvalContext):
             ff.append(np.full(len(same), int(k)))
         pairs[name] = tuple(np.concatenate(x) for x in (ii, jj, ss, ff))
     report = face_pairs.verification_report(out["embedding"], out["embedding_flip"], pairs)
-    write_report(
-        ctx,
-        "cfp",
-        report,
-        f"CFP splits {list(c.cfp.eval_splits)} ({'DREAM' if c.model.use_dream else 'naive'})",
-    )
-    return face_pairs.flatten_report(report)
+    title = f"CFP splits {list(c.cfp.eval_splits)} ({'DREAM' if c.model.use_dream else 'naive'})"
+    return face_pairs.flatten_report(report), report_artefacts("cfp", report, title)
 
 
-def evaluate_identification(task, state, ctx: EvalContext):
+def evaluate_identification(task, predict_fn, variables, ctx: EvalContext):
     split = task.config.eval_split
-    out = task.embed_split(state, ctx, split)
+    out = task.embed_split(predict_fn, variables, ctx, split)
     meta = task.metadata(split)
     n = len(out["label"])
     lab = out["label"]
@@ -179,13 +183,12 @@ def evaluate_identification(task, state, ctx: EvalContext):
             curves[f"{name} probes"] = curve
             res[f"{name}_rank1"] = float(curve[0])
             res[f"{name}_rank{k}"] = float(curve[-1])
-    if ctx.process_index == 0:
-        ident_eval.plot_cmc(
-            curves,
-            os.path.join(ctx.workdir, f"identification_cmc_step{ctx.step}.png"),
-            title=f"{split}: closed-set identification, {len(gallery)}-identity gallery",
+    title = f"{split}: closed-set identification, {len(gallery)}-identity gallery"
+    return res, {
+        "identification_cmc_step{step}.png": Figure(
+            functools.partial(ident_eval.plot_cmc, curves, title=title)
         )
-    return res
+    }
 
 
 def _transform(task, set_config):
@@ -213,13 +216,15 @@ def _transform(task, set_config):
     return fn
 
 
-def _evaluate_pairs(task, state, ctx: EvalContext, name: str, set_config, data, title: str):
+def _evaluate_pairs(
+    task, predict_fn, variables, ctx: EvalContext, name: str, set_config, data, title: str
+):
     src, i, j, same, fold = data
     skips = pipeline.EvalSkips(name, float(set_config.get("max_bad_fraction", 0.01)))
     out = common.predict_split(
         ctx,
-        task.predict,
-        common.variables_of(state),
+        predict_fn,
+        variables,
         src,
         _transform(task, set_config),
         int(task.config.eval_batch_size),
@@ -243,9 +248,8 @@ def _evaluate_pairs(task, state, ctx: EvalContext, name: str, set_config, data, 
     )
     report[name]["skipped_images"] = [skips.bad[k] for k in sorted(skips.bad)]
     report[name]["pairs_dropped"] = dropped
-    write_report(ctx, name, report, title)
     rep, tag = report[name], f"tar_at_far_{far:g}"
-    return {
+    metrics = {
         f"{name}_accuracy_mean": rep["accuracy_mean"],
         f"{name}_accuracy_std": rep["accuracy_std"],
         f"{name}_eer_mean": rep["eer_mean"],
@@ -255,9 +259,10 @@ def _evaluate_pairs(task, state, ctx: EvalContext, name: str, set_config, data, 
         f"{name}_skipped_images": len(skips.bad),
         f"{name}_pairs_dropped": dropped,
     }
+    return metrics, report_artefacts(name, report, title)
 
 
-def evaluate_lfw(task, state, ctx: EvalContext) -> dict[str, float]:
+def evaluate_lfw(task, predict_fn, variables, ctx: EvalContext):
     """The ``lfw`` evaluator (see the module docstring)."""
     c = task.config.get("lfw")
     if c is None or not c.get("manual_dir"):
@@ -270,17 +275,23 @@ def evaluate_lfw(task, state, ctx: EvalContext) -> dict[str, float]:
         c.get("image_dir") or root,
         crop_fraction=float(c.get("crop_fraction", 0.6)),
     )
-    return _evaluate_pairs(task, state, ctx, "lfw", c, data, "LFW View 2 (10 folds)")
+    return _evaluate_pairs(
+        task, predict_fn, variables, ctx, "lfw", c, data, "LFW View 2 (10 folds)"
+    )
 
 
-def evaluate_bins(task, state, ctx: EvalContext) -> dict[str, float]:
+def evaluate_bins(task, predict_fn, variables, ctx: EvalContext):
     """The ``bins`` evaluator: each insightface ``.bin`` in ``config.bins.files``."""
     c = task.config.get("bins")
     if c is None or not list(c.get("files", [])):
         raise ValueError("the 'bins' evaluator needs config.bins.files (insightface .bin paths)")
-    res = {}
+    metrics, artefacts = {}, {}
     for path in c.files:
         name = pathlib.Path(path).stem
         data = recognition_sources.bin_pairs_source(path)
-        res.update(_evaluate_pairs(task, state, ctx, name, c, data, f"{name} (10 folds)"))
-    return res
+        m, a = _evaluate_pairs(
+            task, predict_fn, variables, ctx, name, c, data, f"{name} (10 folds)"
+        )
+        metrics.update(m)
+        artefacts.update(a)
+    return metrics, artefacts
