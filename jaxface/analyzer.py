@@ -20,7 +20,7 @@ Pipeline and preprocessing (each as its task did in training):
 * ``align``: every face is cut to the recogniser's ``config.image_size`` crop by the
   similarity transform of its 5 landmarks onto the ArcFace template
   (`jaxface.ops.align`), with the recogniser's alignment settings
-  (`jaxface.tasks.recognition.align_settings`: the same ones its training data used
+  (`jaxface.tasks.recognition_data.align_settings`: the same ones its training data used
   when ``config.data.crop == "aligned"``), jitted.
 * ``embed``: ``normalize_image`` of the crops, the model's embedding of the crop and
   of its mirror image with the DREAM gate's yaw, fused as the evaluators fuse them
@@ -275,7 +275,7 @@ class FaceAnalyzer:
         score_threshold: float = 0.5,
         detect_batch: int = 1,
     ):
-        from jaxface.tasks import recognition  # pylint: disable=import-outside-toplevel
+        from jaxface.tasks import recognition_data  # pylint: disable=import-outside-toplevel
 
         for name, m, want in (
             ("detector", detector, "detection"),
@@ -292,10 +292,10 @@ class FaceAnalyzer:
         self.has_landmarks = bool(detector.config.model.landmarks)
         if recognizer is not None:
             self.crop_size = int(recognizer.config.image_size)
-            self.align_settings = recognition.align_settings(recognizer.config)
+            self.align_settings = recognition_data.align_settings(recognizer.config)
         else:  # crops for the attribute model only
             self.crop_size = int(attributes.config.image_size) if attributes is not None else 112
-            self.align_settings = dict(recognition.ALIGN_DEFAULTS)
+            self.align_settings = dict(recognition_data.ALIGN_DEFAULTS)
         self.attribute_names: tuple = ()
         if attributes is not None:
             names = attributes.config.get("attribute_names", None)
