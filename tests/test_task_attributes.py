@@ -433,3 +433,25 @@ def test_balanced_only_and_mining_pool_train_on_8_devices(tfds_dir, tmp_path):
     m, state = fixed_batch_losses(trainer, gbatch, state, sharding, 2)
     assert 0 < m[-1]["violating_anchors"] <= 1  # before any clustering: no p- yet
     assert np.asarray(state.model_state[task_lib.POOL]["valid"]).all()
+
+
+def test_class_weights_come_from_a_start_hook_and_loading_reads_no_data(tfds_dir, tmp_path):
+    """``class_balanced`` bce: building the state reads no data (placeholder weights 1);
+    the ``class_weights`` start hook sets ``w- = 1 / (2 (1 - p))``, ``w+ = 1 / (2 p)`` of
+    the training split's positive rates ``p`` (NumPy reference)."""
+    absent = tmp_path / "absent"
+    trainer = train.Trainer(tiny(str(absent), "bce", class_balanced=True), str(tmp_path / "a"))
+    state, _ = trainer.init_state(trainer.task.example_batch(trainer.per_host_batch))
+    np.testing.assert_array_equal(jax.device_get(state.task_state["class_weights"]), 1.0)
+    assert not absent.exists()
+
+    trainer = train.Trainer(tiny(tfds_dir, "bce", class_balanced=True), str(tmp_path / "b"))
+    state, _ = trainer.init_state(trainer.task.example_batch(trainer.per_host_batch))
+    (hook,) = trainer.task.hooks()
+    assert hook.name == "class_weights" and hook.at_start and hook.every_steps == 0
+    state = hook.fn(state, trainer.ctx)
+    src = trainer.task.source("train")
+    p = np.mean([np.asarray(src[i]["attributes"]) > 0 for i in range(len(src))], axis=0)
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    want = np.stack([0.5 / (1 - p), 0.5 / p]).astype(np.float32)
+    np.testing.assert_allclose(jax.device_get(state.task_state["class_weights"]), want, rtol=1e-6)

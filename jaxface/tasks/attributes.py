@@ -113,6 +113,7 @@ class AttributesTask(Task):
                 f"{', '.join(LOSSES)})"
             )
         self.metric = config.loss in METRIC_LOSSES
+        self.class_balanced = bool(config.get("class_balanced", False)) and config.loss == "bce"
         if self.metric:
             self.k = int(config.clusters_per_class)
             if self.k < 1:
@@ -249,10 +250,11 @@ class AttributesTask(Task):
     def init_task_state(self, rng, variables):
         del rng, variables
         state = {}
-        if self.config.get("class_balanced", False) and self.config.loss == "bce":
-            state["class_weights"] = jnp.asarray(
-                losses.balanced_class_weights(self.positive_rates())
-            )
+        if self.class_balanced:
+            # ``[2, A]`` (negatives, positives), set from the training split's rates by the
+            # ``class_weights`` start hook, so that building the state (e.g. to load a
+            # checkpoint) reads no data.
+            state["class_weights"] = jnp.ones((2, self.num_attributes), jnp.float32)
         if self.metric:
             a, k, d = self.num_attributes, self.k, int(self.config.model.embedding_dim)
             # Before the first clustering every point is in cluster 0 of its class.
@@ -409,7 +411,18 @@ class AttributesTask(Task):
         )
         return state.replace(task_state=task_state)
 
+    def _class_weights_hook(self, state, ctx: EvalContext):
+        """``config.class_balanced``: inverse-frequency class weights of the training
+        split's positive rates (`losses.balanced_class_weights`), before step 1."""
+        weights = jnp.asarray(losses.balanced_class_weights(self.positive_rates()), jnp.float32)
+        task_state = {**state.task_state, "class_weights": weights}
+        return state.replace(task_state=jax.device_put(task_state, ctx.replicated))
+
     def hooks(self):
+        if self.class_balanced:
+            return [
+                Hook("class_weights", every_steps=0, fn=self._class_weights_hook, at_start=True)
+            ]
         if not self.metric:
             return []
         return [
@@ -420,8 +433,6 @@ class AttributesTask(Task):
                 at_start=True,
             )
         ]
-
-    # -- evaluation ----------------------------------------------------------------
 
     # -- evaluation ----------------------------------------------------------------
     def evaluators(self):
