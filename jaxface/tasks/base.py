@@ -1,6 +1,6 @@
 """The task plug-in interface of the one trainer (`jaxface.train`).
 
-A task is a model + data + loss + evaluators. The trainer owns everything else:
+A task is a model + data + loss + predict functions + evaluators. The trainer owns everything else:
 the mesh, the sharded train state, the jitted step with donated state, the
 optimizer, metrics, writers, checkpoints, resumption and preemption. A new task is
 a new module in `jaxface/tasks/` registered with :func:`jaxface.tasks.register`
@@ -35,7 +35,9 @@ Contract (all arrays are host NumPy on the way in; everything inside `loss` and
   checkpoint nor ``config.init_from``.
 * ``init_task_state(...)`` / ``hooks()``: optional non-gradient state (e.g. LMLE's
   cluster assignments) and periodic host-side hooks ``(state, ctx) -> state`` run
-  every ``every_steps`` (e.g. re-clustering), each timed and reported.
+  every ``every_steps`` (e.g. re-clustering), each timed and reported. Like
+  ``init_variables``, ``init_task_state`` reads no data (loading a checkpoint builds
+  the state first); what the data decides is set by a hook ``at_start``.
 """
 
 from __future__ import annotations
