@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxface.ops.norm import l2_normalize
+from jaxface.ops.norm import fuse_flip
 
 __all__ = ["FaceAnalyzer", "LoadedModel", "load_model", "read_config"]
 
@@ -219,8 +219,7 @@ def embed_core(recognizer: LoadedModel):
         x = crops.astype(jnp.float32) * (2.0 / 255.0) - 1.0
         out = model.apply(variables, x, None if learned else yaw, train=False)
         out_f = model.apply(variables, x[:, :, ::-1], out["yaw"], train=False)
-        e = out["embedding"].astype(jnp.float32) + out_f["embedding"].astype(jnp.float32)
-        e = l2_normalize(e)
+        e = fuse_flip(out["embedding"].astype(jnp.float32), out_f["embedding"].astype(jnp.float32))
         return e, out["yaw"].astype(jnp.float32), out["gate"].astype(jnp.float32)
 
     return fn

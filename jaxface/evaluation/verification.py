@@ -43,6 +43,7 @@ from jaxface.data.protocol_files import (
     parse_lfw_pairs,
     read_cfp_fiducials,
 )
+from jaxface.ops import norm
 
 __all__ = [
     "LFWPairs",
@@ -95,12 +96,17 @@ def _scores_labels(scores, same, kind: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fuse_flip(emb, emb_flip) -> np.ndarray:
-    """LFW embedding: ``L2-normalise(f(x) + f(flip x))``, ``[N, D]``."""
-    e = check_finite("emb", emb).astype(np.float64) + check_finite("emb_flip", emb_flip)
-    n = np.linalg.norm(e, axis=1, keepdims=True)
-    if np.any(n == 0):
-        raise ValueError(f"fuse_flip: zero embedding at row {int(np.argmax(n[:, 0] == 0))}")
-    return e / n
+    """LFW embedding: ``L2-normalise(f(x) + f(flip x))``, ``[N, D]`` float64.
+
+    `jaxface.ops.norm.fuse_flip` (the one definition, also jitted in the analyzer's
+    ``embed``) computed in NumPy float64, after checking that both arrays are finite; a
+    row whose sum is zero has no direction and is an error naming the row."""
+    e = check_finite("emb", emb).astype(np.float64)
+    fused = norm.fuse_flip(e, check_finite("emb_flip", emb_flip), xp=np)
+    zero = ~fused.any(axis=1)
+    if zero.any():
+        raise ValueError(f"fuse_flip: zero embedding at row {int(np.argmax(zero))}")
+    return fused
 
 
 def pair_distances(emb1, emb2) -> np.ndarray:

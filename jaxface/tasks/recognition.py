@@ -84,6 +84,7 @@ import numpy as np
 from jaxface import losses
 from jaxface.data.sources import Subset
 from jaxface.models.recognition import STAGES, RecognitionNet
+from jaxface.ops.norm import flip_mean
 from jaxface.tasks import common
 from jaxface.tasks import recognition_evaluators as evaluators
 from jaxface.tasks.base import EvalContext, Hook, Task
@@ -380,7 +381,7 @@ class RecognitionTask(RecognitionData, Task):
             int(self.config.eval_batch_size),
             keep=("label",),
         )
-        feats = 0.5 * (out["phi"].astype(np.float64) + out["phi_flip"])
+        feats = flip_mean(out["phi"].astype(np.float64), out["phi_flip"])
         d = feats.shape[1]
         sums = np.zeros((self.num_classes, d))
         counts = np.zeros(self.num_classes)
