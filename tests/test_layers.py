@@ -43,6 +43,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "jaxface.report",
             "jaxface.quickstart",
             "jaxface.calibration",
+            "jaxface.detect_input",
         ),
     ),
     ("cli", ("jaxface.main", "jaxface.infer_cli", "jaxface.cli")),
