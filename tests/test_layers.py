@@ -46,7 +46,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "jaxface.detect_input",
         ),
     ),
-    ("cli", ("jaxface.main", "jaxface.infer_cli", "jaxface.cli")),
+    ("cli", ("jaxface.main", "jaxface.cli")),
     ("package", ("jaxface",)),
 ]
 
