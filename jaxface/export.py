@@ -91,6 +91,7 @@ def export_analyzer(analyzer, out_dir: str, *, functions=None) -> dict:
     """
     from jaxface import analyzer as analyzer_lib  # pylint: disable=import-outside-toplevel
     from jaxface import detect_input  # pylint: disable=import-outside-toplevel
+    from jaxface.ops.detect_scale import LARGEST_FACE_FRACTION  # pylint: disable=import-outside-toplevel
 
     det, rec, att = analyzer.detector, analyzer.recognizer, analyzer.attribute_model
     options = analyzer.detect_options
@@ -137,10 +138,10 @@ def export_analyzer(analyzer, out_dir: str, *, functions=None) -> dict:
             fns["detect"]["input"] = {"canvas": s_det}
         else:
             lo, hi = detect_input.face_sizes_of(det.config, options)
+            big = f"{LARGEST_FACE_FRACTION:g} * min(h, w)"  # the largest plausible face
             rule = (
-                f"scale = min(f, {options.max_side} / max(h, w)), f = 1 if 0.9 * min(h, w) <= "
-                f"{hi:g} else sqrt({hi:g} / (0.9 * min(h, w))) "
-                "(jaxface.ops.detect_scale.face_size_scale)"
+                f"scale = min(f, {options.max_side} / max(h, w)), f = 1 if {big} <= {hi:g} "
+                f"else sqrt({hi:g} / ({big})) (jaxface.ops.detect_scale.face_size_scale)"
             )
             fns["detect"]["input"] = {
                 "max_side": int(options.max_side),
