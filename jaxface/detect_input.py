@@ -47,10 +47,11 @@ __all__ = [
 ]
 
 # 1,024 px: the width of WIDER FACE's images, the benchmark this detector family is
-# built for, so such a photo is seen whole and unshrunk; a camera's 4,000 px photo is
-# shrunk to it, since the backbone's time and memory grow with the pixel count (1,024^2
-# is ten times the 320^2 training canvas of the CPU detectors) while faces that would
-# need more than 1,024 px to be found are a few pixels of such a photo.
+# built for, so such photos are seen whole at their own resolution. Larger ones (a phone
+# camera's 4,000 px) are shrunk to it: the backbone's time and memory grow with the
+# pixel count (1,024^2 is ten times the 320^2 training canvas of the CPU detectors), and
+# the faces the shrink loses are those under ~4x the smallest trained face (40 px for
+# 10 px), a sliver of such a photo. --max-side raises the limit.
 DEFAULT_MAX_SIDE = 1024
 # Padded sides are rounded up to a multiple of 128 px (and of the largest stride): at
 # most 8 x 8 = 64 shapes up to 1,024 px, and at most 127 px of padding per side.

@@ -44,9 +44,13 @@ def test_canvas_option_reproduces_the_task_input_and_detections(analyzer, tiny, 
     n = len(det["scores"])
     assert det["boxes"].shape == (n, 4) and det["landmarks"].shape == (n, 5, 2) and n > 0
     # Reference: the task's input, a batch of detect_batch copies, valid rows by score.
-    batch = {k: np.stack([ref_in[k]] * analyzer.detect_batch) for k in ("image", "image_hw", "scale")}
+    batch = {
+        k: np.stack([ref_in[k]] * analyzer.detect_batch) for k in ("image", "image_hw", "scale")
+    }
     ref = jax.device_get(
-        analyzer._detect(analyzer.detector.variables, batch["image"], batch["image_hw"], batch["scale"])
+        analyzer._detect(
+            analyzer.detector.variables, batch["image"], batch["image_hw"], batch["scale"]
+        )
     )
     keep = ref["valid"][0] & (ref["scores"][0] >= 0.0)
     order = np.argsort(-ref["scores"][0][keep], kind="stable")
@@ -129,9 +133,7 @@ def test_pyramid_merges_the_levels_by_nms(analyzer, tiny, monkeypatch):
     for f in (0.5, 1.0):
         monkeypatch.setattr(analyzer, "detect_options", detect_input.DetectOptions(scales=(f,)))
         levels.append(analyzer.detect(photo))
-    monkeypatch.setattr(
-        analyzer, "detect_options", detect_input.DetectOptions(scales=(0.5, 1.0))
-    )
+    monkeypatch.setattr(analyzer, "detect_options", detect_input.DetectOptions(scales=(0.5, 1.0)))
     got = analyzer.detect(photo)
     boxes = np.concatenate([d["boxes"] for d in levels]).astype(np.float64)
     scores = np.concatenate([d["scores"] for d in levels])

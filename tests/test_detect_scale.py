@@ -43,18 +43,20 @@ def test_face_size_rule():
 
 def test_levels_follow_the_rule_the_cap_and_the_bucket():
     c = _config()
-    (s, hw), = detect_input.levels(886, 1280, c, DetectOptions())
+    ((s, hw),) = detect_input.levels(886, 1280, c, DetectOptions())
     assert s == detect_scale.face_size_scale(886, 1280, (10, 288))
     assert hw == (128 * math.ceil(886 * s / 128), 128 * math.ceil(1280 * s / 128))
     # max_side caps the scale: a 4000 x 3000 photo whose faces fit (made up face sizes).
-    (s, hw), = detect_input.levels(3000, 4000, _config((10, 5000)), DetectOptions(max_side=1024))
+    ((s, hw),) = detect_input.levels(3000, 4000, _config((10, 5000)), DetectOptions(max_side=1024))
     assert s == 1024 / 4000 and hw == (768, 1024)
     # The fixed canvas: the longer side scaled to N on N x N.
-    assert detect_input.levels(886, 1280, c, DetectOptions(canvas=320)) == [(320 / 1280, (320, 320))]
+    assert detect_input.levels(886, 1280, c, DetectOptions(canvas=320)) == [
+        (320 / 1280, (320, 320))
+    ]
     # A config without face_sizes needs them given (or a canvas).
     with pytest.raises(ValueError, match="--face-sizes"):
         detect_input.levels(100, 100, _config(None), DetectOptions())
-    (s, _), = detect_input.levels(886, 1280, _config(None), DetectOptions(face_sizes=(10, 288)))
+    ((s, _),) = detect_input.levels(886, 1280, _config(None), DetectOptions(face_sizes=(10, 288)))
     assert s == detect_scale.face_size_scale(886, 1280, (10, 288))
     with pytest.raises(ValueError, match="not both"):
         DetectOptions(canvas=320, scales=(0.5, 1.0))

@@ -85,11 +85,9 @@ def test_detect_non_square_photo_at_its_own_scale(tiny, tmp_path, capsys):
     assert rc == 0
     rec = json.loads((tmp_path / "o" / "wide.png.json").read_text())
     assert (rec["width"], rec["height"]) == (300, 200)
-    lo, hi = json.loads((pathlib.Path(tiny["detector"]) / "config.json").read_text())[
-        "face_sizes"
-    ]
+    lo, hi = json.loads((pathlib.Path(tiny["detector"]) / "config.json").read_text())["face_sizes"]
     s = np.sqrt(hi / (0.9 * 200))  # 0.9 x 200 px faces may exceed the trained 95 px
-    ((level),) = rec["detector"]["input"]
+    (level,) = rec["detector"]["input"]
     assert level["scale"] == pytest.approx(s, abs=1e-6) and level["input_hw"] == [256, 256]
     det = FaceAnalyzer.from_checkpoints(detector=tiny["detector"], score_threshold=0.0).detect(
         photo
