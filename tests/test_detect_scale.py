@@ -154,8 +154,9 @@ def test_prepare_maps_the_photo_by_one_affine_scale():
     ih, iw = math.ceil(h * s) + 1, math.ceil(w * s) + 1
     assert np.all(p["image"][ih:] == -1.0) and np.all(p["image"][:, iw:] == -1.0)
     # Scale 1: the photo unchanged, then padding.
-    p1 = detect_input.prepare(image, 1.0, (384, 512))
+    noise = np.random.default_rng(0).integers(0, 256, (h, w, 3)).astype(np.uint8)
+    p1 = detect_input.prepare(noise, 1.0, (384, 512))
     np.testing.assert_array_equal(
-        p1["image"][:h, :w], image.astype(np.float32) * (2.0 / 255.0) - 1.0
+        p1["image"][:h, :w], noise.astype(np.float32) * (2.0 / 255.0) - 1.0
     )
     assert np.all(p1["image"][h:] == -1.0) and np.all(p1["image"][:, w:] == -1.0)
