@@ -98,7 +98,7 @@ def bucket_for(config) -> int:
 
 def face_sizes_of(config, options: DetectOptions) -> tuple[float, float]:
     """``options.face_sizes`` or the detector config's ``face_sizes``; a config without
-    them (a run trained before the field existed) is an error naming the remedies."""
+    them (a config.json without the field) is an error naming the remedies."""
     sizes = options.face_sizes or config.get("face_sizes", None)
     if not sizes:
         raise ValueError(

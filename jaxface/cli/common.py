@@ -215,7 +215,7 @@ def add_detect_options(p: argparse.ArgumentParser, *, pyramid: bool = True) -> N
         default=None,
         metavar="MIN,MAX",
         help="face heights (px) the detector was trained for, replacing its config's "
-        "face_sizes (needed for a detector trained before configs recorded them)",
+        "face_sizes (needed when its config.json has none)",
     )
 
 
