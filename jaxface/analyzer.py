@@ -338,16 +338,6 @@ class FaceAnalyzer:
         )
 
     # -- detection -------------------------------------------------------------------
-    def prepare_detection(self, image: np.ndarray) -> list[dict]:
-        """One image -> the detector's input per pyramid level (`jaxface.detect_input`):
-        ``image`` ``[H, W, 3]`` normalised, ``image_hw`` ``[2]``, ``scale``."""
-        image = _rgb(image)
-        h, w = image.shape[:2]
-        return [
-            detect_input.prepare(image, s, hw)
-            for s, hw in detect_input.levels(h, w, self.detector.config, self.detect_options)
-        ]
-
     def detect(self, image, *, score_threshold: Optional[float] = None):
         """Faces of one image (uint8 ``[H, W, 3]``) or of a list of images.
 

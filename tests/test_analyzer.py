@@ -36,7 +36,7 @@ def test_canvas_option_reproduces_the_task_input_and_detections(analyzer, tiny, 
     size = int(analyzer.detector.config.image_size)
     monkeypatch.setattr(analyzer, "detect_options", detect_input.DetectOptions(canvas=size))
     ref_in = task.prepare(image, None, None, train=False)
-    (got_in,) = analyzer.prepare_detection(image)
+    (got_in,) = _inputs(analyzer, image)
     for k in ("image", "image_hw", "scale"):
         assert got_in[k].dtype == ref_in[k].dtype
         np.testing.assert_array_equal(got_in[k], ref_in[k])
@@ -65,6 +65,17 @@ def test_canvas_option_reproduces_the_task_input_and_detections(analyzer, tiny, 
     assert len(hi["scores"]) <= n and np.all(hi["scores"] >= np.median(det["scores"]))
 
 
+def _inputs(analyzer, image):
+    """The detector's input per level of the analyzer's options."""
+    from jaxface import detect_input
+
+    h, w = image.shape[:2]
+    config, options = analyzer.detector.config, analyzer.detect_options
+    return [
+        detect_input.prepare(image, s, hw) for s, hw in detect_input.levels(h, w, config, options)
+    ]
+
+
 def _wide_photo(tiny):
     """A 200 x 300 photo (a synthetic scene enlarged): its faces may reach 0.9 x 200 px,
     beyond the tiny detector's trained 95 px, so the default scale is below 1."""
@@ -84,7 +95,7 @@ def test_default_input_maps_detections_back_to_photo_pixels(analyzer, tiny):
     c = analyzer.detector.config
     lo, hi = c.face_sizes
     s = np.sqrt(hi / (0.9 * 200))
-    (p,) = analyzer.prepare_detection(photo)
+    (p,) = _inputs(analyzer, photo)
     assert float(p["scale"]) == pytest.approx(s, rel=1e-6) and s < 1
     assert p["image"].shape == (256, 256, 3)  # 145 x 218 rounded up to 128-multiples
     np.testing.assert_allclose(p["image_hw"], [200 * s, 300 * s], rtol=1e-6)
