@@ -73,6 +73,10 @@ def base() -> ml_collections.ConfigDict:
     c.task = "detection"
     c.image_size = 1024  # WIDER images are 1024 px wide: the whole image, unscaled
     c.max_faces = 512  # ground-truth slots per image (padding; not a paper number)
+    # Face heights (px) the detector is trained for; inference scales a photo so its
+    # plausible faces fall into them (jaxface.ops.detect_scale). Here the ends of the
+    # paper's three ranges 10-40 / 40-140 / 140-1300 px.
+    c.face_sizes = (10, 1300)
     c.model = ml_collections.ConfigDict(
         dict(
             # torchvision's ImageNet ResNet-50 (ResNet50_Weights.IMAGENET1K_V1), downloaded
@@ -190,6 +194,9 @@ def _synthetic_scenes(c):
         )
     )
     c.augment.scale_range = [0.7, 1.4]  # narrower than WIDER's: the scenes are small already
+    # The scenes' face heights: detection_min_face + 1 to detection_max_face - 1
+    # (jaxface.data.synthetic.scenes.detection; 8 is the builder's default minimum).
+    c.face_sizes = (9, 239)
     c.evals = ["wider"]
     c.eval_sample_images = 4
 
@@ -269,6 +276,9 @@ def _cfp_scenes(c):
     c.data.manual_dir = jf_config.data_dir_for("cfp")
     c.data.overrides = ml_collections.ConfigDict(dict(num_train=3000, num_test=300))
     c.max_faces = 8  # > the 6 faces a scene holds
+    # The scenes' face heights: min_face = 10 to 0.9 x the shorter side of a scene of at
+    # most 320 px = 288 (jaxface.data.cfp_scenes.CfpScenesSpec, make_scene).
+    c.face_sizes = (10, 288)
     c.eval_split = "test"
     # Measured: 26 min on a 2-core x86 CPU under load (1.25 steps/s), see
     # docs/results/scaleface_cfp_scenes.md.
@@ -294,6 +304,8 @@ def _tiny(c):
             detection_max_face=96,
         )
     )
+    # The scenes' face heights: detection_min_face + 1 to detection_max_face - 1.
+    c.face_sizes = (9, 95)
     c.model.backbone.width = 0.125
     c.model.update(merge_channels=16, rpn_channels=16, head_conv_channels=16, head_fc=[32, 32])
     c.model.roi_size = 3

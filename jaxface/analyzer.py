@@ -12,11 +12,13 @@ dataset is needed to load a model.
 
 Pipeline and preprocessing (each as its task did in training):
 
-* ``detect``: the image is fitted into the detector's ``config.image_size`` canvas
-  exactly as in evaluation (`DetectionTask.prepare`: longer side scaled to the canvas,
-  zero padding, ``normalize_image``); the model's own ``predict`` (both branches' RPN +
-  Fast R-CNN heads, one NMS at ``config.nms_iou``) runs jitted on a fixed-size batch;
-  detections with ``score >= score_threshold`` are kept, in original image pixels.
+* ``detect``: the image at its own resolution, shrunk only so that its plausible faces
+  fall into the sizes the detector was trained for (``config.face_sizes``) and its
+  longer side is at most ``max_side``, zero padded to a shape bucket; or on a fixed
+  canvas, or as a small pyramid (`jaxface.detect_input.DetectOptions`); the model's own
+  ``predict`` (every branch's RPN + Fast R-CNN heads, one NMS at ``config.nms_iou``)
+  runs jitted on fixed-size batches; detections with ``score >= score_threshold`` are
+  kept, in original image pixels.
 * ``align``: every face is cut to the recogniser's ``config.image_size`` crop by the
   similarity transform of its 5 landmarks onto the ArcFace template
   (`jaxface.ops.align`), with the recogniser's alignment settings
@@ -33,8 +35,9 @@ Pipeline and preprocessing (each as its task did in training):
   models) and the decision: ``p > 0.5`` (``bce``) or LMLE's cluster-wise kNN rule over
   the centroids stored in the checkpoint's task state (``lmle`` / ``triplet_knn``).
 
-Every array function is jitted; face counts are padded to powers of two and image
-sides to multiples of 32 so a few compilations serve every input.
+Every array function is jitted; face counts are padded to powers of two, the
+detector's input sides to shape buckets and the alignment's image sides to multiples of
+32, so a few compilations serve every input.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from jaxface import detect_input
 from jaxface.ops.norm import fuse_flip
 
 __all__ = ["FaceAnalyzer", "LoadedModel", "load_model", "read_config"]
@@ -273,6 +277,7 @@ class FaceAnalyzer:
         *,
         score_threshold: float = 0.5,
         detect_batch: int = 1,
+        detect_options: Optional[detect_input.DetectOptions] = None,
     ):
         from jaxface.tasks import recognition_data  # pylint: disable=import-outside-toplevel
 
@@ -288,6 +293,9 @@ class FaceAnalyzer:
         self.detector, self.recognizer, self.attribute_model = detector, recognizer, attributes
         self.score_threshold = float(score_threshold)
         self.detect_batch = int(detect_batch)
+        self.detect_options = detect_options or detect_input.DetectOptions()
+        if self.detect_options.canvas is None:  # a missing config.face_sizes fails here
+            detect_input.face_sizes_of(detector.config, self.detect_options)
         self.has_landmarks = bool(detector.config.model.landmarks)
         if recognizer is not None:
             self.crop_size = int(recognizer.config.image_size)
@@ -318,6 +326,7 @@ class FaceAnalyzer:
         *,
         score_threshold: float = 0.5,
         detect_batch: int = 1,
+        detect_options: Optional[detect_input.DetectOptions] = None,
     ) -> "FaceAnalyzer":
         """Loads the latest checkpoint of each training workdir (see `load_model`)."""
         return cls(
@@ -326,14 +335,10 @@ class FaceAnalyzer:
             load_model(attributes) if attributes else None,
             score_threshold=score_threshold,
             detect_batch=detect_batch,
+            detect_options=detect_options,
         )
 
     # -- detection -------------------------------------------------------------------
-    def prepare_detection(self, image: np.ndarray) -> dict:
-        """One image -> the detector's fixed-shape input (as in its evaluation)."""
-        p = self.detector.task.prepare(_rgb(image), None, None, train=False)
-        return {k: p[k] for k in ("image", "image_hw", "scale")}
-
     def detect(self, image, *, score_threshold: Optional[float] = None):
         """Faces of one image (uint8 ``[H, W, 3]``) or of a list of images.
 
@@ -342,32 +347,26 @@ class FaceAnalyzer:
         sorted by descending score.
         """
         single = isinstance(image, np.ndarray) and image.ndim in (2, 3)
-        images = [image] if single else list(image)
+        images = [_rgb(im) for im in ([image] if single else list(image))]
         thr = self.score_threshold if score_threshold is None else float(score_threshold)
+        raw = detect_input.detect_images(
+            self._detect,
+            self.detector.variables,
+            images,
+            self.detector.config,
+            self.detect_options,
+            self.detect_batch,
+        )
         results = []
-        b = self.detect_batch
-        for start in range(0, len(images), b):
-            chunk = [self.prepare_detection(im) for im in images[start : start + b]]
-            n = len(chunk)
-            batch = {k: _pad_rows(np.stack([c[k] for c in chunk]), b) for k in chunk[0]}
-            if n < b:  # padding rows: a copy of the first (valid) image
-                for k in batch:
-                    batch[k][n:] = batch[k][0]
-            out = jax.device_get(
-                self._detect(
-                    self.detector.variables, batch["image"], batch["image_hw"], batch["scale"]
-                )
+        for out in raw:
+            keep = np.asarray(out["valid"], bool) & (np.asarray(out["scores"]) >= thr)
+            order = np.argsort(-np.asarray(out["scores"])[keep], kind="stable")
+            results.append(
+                {
+                    k: np.asarray(out[k], np.float32)[keep][order]
+                    for k in ("boxes", "scores", "landmarks")
+                }
             )
-            for j in range(n):
-                keep = np.asarray(out["valid"][j], bool) & (np.asarray(out["scores"][j]) >= thr)
-                order = np.argsort(-np.asarray(out["scores"][j])[keep], kind="stable")
-                results.append(
-                    {
-                        "boxes": np.asarray(out["boxes"][j], np.float32)[keep][order],
-                        "scores": np.asarray(out["scores"][j], np.float32)[keep][order],
-                        "landmarks": np.asarray(out["landmarks"][j], np.float32)[keep][order],
-                    }
-                )
         return results[0] if single else results
 
     # -- alignment -------------------------------------------------------------------

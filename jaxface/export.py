@@ -10,12 +10,17 @@
   checkpoints (workdir, step) the weights came from.
 
 Functions (all batched over ``b``):
-  ``detect``      image ``[b, S, S, 3]`` float32 normalised (``uint8 * 2 / 255 - 1``) on
-                  the detector's ``S x S`` canvas (longer side scaled to S, zero padded
-                  bottom/right), image_hw ``[b, 2]`` (valid height, width on the canvas),
-                  scale ``[b]`` (canvas pixels per original pixel) -> boxes ``[b, K, 4]``,
-                  scores ``[b, K]``, valid ``[b, K]``, landmarks ``[b, K, 5, 2]`` in original
-                  image pixels (after the model's NMS; apply a score threshold yourself).
+  ``detect``      image ``[b, S, S, 3]`` float32 normalised (``uint8 * 2 / 255 - 1``): the
+                  photo at the analyzer's scale (`jaxface.detect_input`: its own
+                  resolution, shrunk by the detector's face-size rule and to at most
+                  ``max_side``; or, with a fixed canvas, its longer side scaled to S)
+                  placed top-left on a zero ``S x S`` canvas, image_hw ``[b, 2]`` (valid
+                  height, width on the canvas), scale ``[b]`` (canvas pixels per original
+                  pixel) -> boxes ``[b, K, 4]``, scores ``[b, K]``, valid ``[b, K]``,
+                  landmarks ``[b, K, 5, 2]`` in original image pixels (after the model's
+                  NMS; apply a score threshold yourself). The manifest's ``input`` holds
+                  the rule's numbers; `jaxface.detect_input.levels` and ``prepare``
+                  compute the input.
   ``align``       image ``[h, w, 3]`` float32 (0..255; symbolic h, w), landmarks
                   ``[b, 5, 2]`` -> crops ``[b, S', S', 3]`` (0..255): the recogniser's crop
                   (box prefilter at `jaxface.analyzer.MAX_SUPERSAMPLE` samples per axis).
@@ -85,10 +90,17 @@ def export_analyzer(analyzer, out_dir: str, *, functions=None) -> dict:
     (default: all that apply).
     """
     from jaxface import analyzer as analyzer_lib  # pylint: disable=import-outside-toplevel
+    from jaxface import detect_input  # pylint: disable=import-outside-toplevel
+    from jaxface.ops.detect_scale import LARGEST_FACE_FRACTION  # pylint: disable=import-outside-toplevel
 
-    os.makedirs(out_dir, exist_ok=True)
     det, rec, att = analyzer.detector, analyzer.recognizer, analyzer.attribute_model
-    s_det = int(det.config.image_size)
+    options = analyzer.detect_options
+    if tuple(options.scales) != (1.0,):
+        raise ValueError(
+            "the exported detect function runs one scale; export without a pyramid (scales)"
+        )
+    os.makedirs(out_dir, exist_ok=True)
+    s_det = detect_input.export_side(det.config, options)
     s = analyzer.crop_size
     wanted = set(functions or ("detect", "align", "yaw", "embed", "attributes"))
     manifest: dict[str, Any] = {
@@ -121,10 +133,25 @@ def export_analyzer(analyzer, out_dir: str, *, functions=None) -> dict:
             out_dir,
             "detect",
         )
+        if options.canvas is not None:
+            rule = f"scale = {s_det} / max(h, w) (the longer side scaled to the canvas)"
+            fns["detect"]["input"] = {"canvas": s_det}
+        else:
+            lo, hi = detect_input.face_sizes_of(det.config, options)
+            big = f"{LARGEST_FACE_FRACTION:g} * min(h, w)"  # the largest plausible face
+            rule = (
+                f"scale = min(f, {options.max_side} / max(h, w)), f = 1 if {big} <= {hi:g} "
+                f"else sqrt({hi:g} / ({big})) (jaxface.ops.detect_scale.face_size_scale)"
+            )
+            fns["detect"]["input"] = {
+                "max_side": int(options.max_side),
+                "face_sizes": [lo, hi],
+                "side": s_det,
+            }
         fns["detect"]["preprocessing"] = (
-            f"uint8 RGB scaled so its longer side is {s_det} (PIL bilinear), placed top-left on "
-            f"a zero {s_det}x{s_det} canvas, then x * 2 / 255 - 1; image_hw = scaled (h, w); "
-            "scale = canvas / original"
+            f"uint8 RGB [h, w] scaled by {rule} (PIL bilinear affine), placed top-left on "
+            f"a zero {s_det}x{s_det} canvas, then x * 2 / 255 - 1; image_hw = (h, w) * scale; "
+            "scale = canvas pixels per original pixel"
         )
         fns["detect"]["output_names"] = ["boxes", "landmarks", "scores", "valid"]
         fns["detect"]["score_threshold"] = analyzer.score_threshold

@@ -5,8 +5,9 @@
   jaxface quickstart --workdir DIR [--only TASK,...]
   jaxface widerface-eval --pred PRED_DIR --gt GT_DIR [--out OUT_DIR]
 
-Inference with trained workdirs:
+Inference with trained workdirs (jaxface/cli/):
   jaxface detect IMAGE_OR_DIR --out DIR --detector WD [--score-threshold 0.5]
+      [--max-side 1024 | --canvas N] [--scales 0.5,1,2]   (the photo at its own scale)
   jaxface verify IMG_A IMG_B --detector WD --recognizer WD [--far 1e-3]
   jaxface attributes IMAGE --detector WD --attributes WD
   jaxface identify --gallery DIR QUERY --detector WD --recognizer WD [--top-k 5]
@@ -271,9 +272,9 @@ def cmd_widerface_eval(argv):
 
 def _infer(name):
     def run(argv):
-        from jaxface import infer_cli  # pylint: disable=import-outside-toplevel
+        from jaxface.cli import COMMANDS as INFERENCE  # pylint: disable=import-outside-toplevel
 
-        return infer_cli.COMMANDS[name](argv)
+        return INFERENCE[name](argv)
 
     run.__name__ = f"cmd_{name}"
     return run

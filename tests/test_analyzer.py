@@ -1,5 +1,6 @@
 """FaceAnalyzer on tiny trained checkpoints, against independent references."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -24,25 +25,37 @@ def analyzer(tiny):
     )
 
 
-def test_detect_matches_task_predict_and_is_batch_invariant(analyzer, tiny):
-    import jax
+def test_canvas_option_reproduces_the_task_input_and_detections(analyzer, tiny, monkeypatch):
+    """``canvas = config.image_size``: the detection task's own evaluation input, bit for
+    bit, and the detections of that input run as a padded batch of the analyzer's size."""
+    from jaxface import detect_input
 
     image, _ = _tiny_models.synthetic_scene(tiny["data_dir"], 0)
     image2, _ = _tiny_models.synthetic_scene(tiny["data_dir"], 1)
+    task = analyzer.detector.task
+    size = int(analyzer.detector.config.image_size)
+    monkeypatch.setattr(analyzer, "detect_options", detect_input.DetectOptions(canvas=size))
+    ref_in = task.prepare(image, None, None, train=False)
+    (got_in,) = _inputs(analyzer, image)
+    for k in ("image", "image_hw", "scale"):
+        assert got_in[k].dtype == ref_in[k].dtype
+        np.testing.assert_array_equal(got_in[k], ref_in[k])
     det = analyzer.detect(image)
     n = len(det["scores"])
     assert det["boxes"].shape == (n, 4) and det["landmarks"].shape == (n, 5, 2) and n > 0
-    assert np.all(np.diff(det["scores"]) <= 0)
-    # Reference: the detection task's own prepare + predict on a batch of one.
-    task = analyzer.detector.task
-    p = task.prepare(image, None, None, train=False)
+    # Reference: the task's input, a batch of detect_batch copies, valid rows by score.
+    batch = {
+        k: np.stack([ref_in[k]] * analyzer.detect_batch) for k in ("image", "image_hw", "scale")
+    }
     ref = jax.device_get(
-        jax.jit(task.predict)(
-            analyzer.detector.variables, {k: p[k][None] for k in ("image", "image_hw", "scale")}
+        analyzer._detect(
+            analyzer.detector.variables, batch["image"], batch["image_hw"], batch["scale"]
         )
     )
-    keep = ref["valid"][0]
-    np.testing.assert_allclose(np.sort(det["scores"]), np.sort(ref["scores"][0][keep]), atol=1e-5)
+    keep = ref["valid"][0] & (ref["scores"][0] >= 0.0)
+    order = np.argsort(-ref["scores"][0][keep], kind="stable")
+    for k in ("boxes", "scores", "landmarks"):
+        np.testing.assert_array_equal(det[k], ref[k][0][keep][order])
     # A list of images (batched, padded) gives the same as one by one.
     both = analyzer.detect([image2, image, image2])
     np.testing.assert_allclose(both[1]["boxes"], det["boxes"], atol=1e-3)
@@ -50,6 +63,111 @@ def test_detect_matches_task_predict_and_is_batch_invariant(analyzer, tiny):
     # The threshold filters.
     hi = analyzer.detect(image, score_threshold=float(np.median(det["scores"])))
     assert len(hi["scores"]) <= n and np.all(hi["scores"] >= np.median(det["scores"]))
+
+
+def _inputs(analyzer, image):
+    """The detector's input per level of the analyzer's options."""
+    from jaxface import detect_input
+
+    h, w = image.shape[:2]
+    config, options = analyzer.detector.config, analyzer.detect_options
+    return [
+        detect_input.prepare(image, s, hw) for s, hw in detect_input.levels(h, w, config, options)
+    ]
+
+
+def _wide_photo(tiny):
+    """A 200 x 300 photo (a synthetic scene enlarged): its faces may reach 0.9 x 200 px,
+    beyond the tiny detector's trained 95 px, so the default scale is below 1."""
+    from PIL import Image
+
+    scene, _ = _tiny_models.synthetic_scene(tiny["data_dir"], 0)
+    return np.asarray(Image.fromarray(scene).resize((300, 200), Image.BILINEAR))
+
+
+def test_default_input_maps_detections_back_to_photo_pixels(analyzer, tiny):
+    """Default options on a non-square photo: the scale of the face-size rule, a padded
+    bucket, and boxes / landmarks equal to the model's canvas outputs divided by the
+    scale (NumPy), the model run directly (`scaleface.detect`, canvas pixels)."""
+    from jaxface.models import scaleface
+
+    photo = _wide_photo(tiny)
+    c = analyzer.detector.config
+    lo, hi = c.face_sizes
+    s = np.sqrt(hi / (0.9 * 200))
+    (p,) = _inputs(analyzer, photo)
+    assert float(p["scale"]) == pytest.approx(s, rel=1e-6) and s < 1
+    assert p["image"].shape == (256, 256, 3)  # 145 x 218 rounded up to 128-multiples
+    np.testing.assert_allclose(p["image_hw"], [200 * s, 300 * s], rtol=1e-6)
+    det = analyzer.detect(photo)
+    assert len(det["scores"]) > 0
+    batch = {k: np.stack([p[k]] * analyzer.detect_batch) for k in p}
+    canvas = jax.device_get(
+        jax.jit(
+            lambda v, x, hw: scaleface.detect(
+                analyzer.detector.task.model,
+                v,
+                x,
+                hw,
+                pre_nms_topk=int(c.test_pre_nms_topk),
+                post_nms_topk=int(c.test_post_nms_topk),
+                rpn_nms_iou=float(c.rpn_nms_iou),
+                max_detections=int(c.max_detections),
+                nms_iou=float(c.nms_iou),
+                score_threshold=float(c.score_threshold),
+                range_slack=float(c.range_slack),
+            )
+        )(analyzer.detector.variables, batch["image"], batch["image_hw"])
+    )
+    keep = canvas["valid"][0]
+    order = np.argsort(-canvas["scores"][0][keep], kind="stable")
+    scale = np.float32(p["scale"])
+    # (Two compilations of the model may round differently in the last bits.)
+    np.testing.assert_allclose(
+        det["boxes"], canvas["boxes"][0][keep][order] / scale, rtol=1e-5, atol=1e-4
+    )
+    np.testing.assert_allclose(
+        det["landmarks"], canvas["landmarks"][0][keep][order] / scale, rtol=1e-5, atol=1e-4
+    )
+    # In photo pixels: inside the photo (the canvas clips to the photo's region).
+    assert det["boxes"][:, 2].max() <= 300 + 1e-3 and det["boxes"][:, 3].max() <= 200 + 1e-3
+
+
+def test_pyramid_merges_the_levels_by_nms(analyzer, tiny, monkeypatch):
+    """``scales=(0.5, 1)``: the levels' detections, each the single-scale result at that
+    factor, merged by a NumPy greedy NMS at the detector's nms_iou."""
+    from jaxface import detect_input
+
+    photo = _wide_photo(tiny)
+    c = analyzer.detector.config
+    levels = []
+    for f in (0.5, 1.0):
+        monkeypatch.setattr(analyzer, "detect_options", detect_input.DetectOptions(scales=(f,)))
+        levels.append(analyzer.detect(photo))
+    monkeypatch.setattr(analyzer, "detect_options", detect_input.DetectOptions(scales=(0.5, 1.0)))
+    got = analyzer.detect(photo)
+    boxes = np.concatenate([d["boxes"] for d in levels]).astype(np.float64)
+    scores = np.concatenate([d["scores"] for d in levels])
+    lms = np.concatenate([d["landmarks"] for d in levels])
+    order = np.argsort(-scores, kind="stable")
+    kept = []
+    for i in order:
+        if len(kept) == int(c.max_detections):
+            break
+        if all(_iou(boxes[i], boxes[j]) <= float(c.nms_iou) for j in kept):
+            kept.append(i)
+    assert len(kept) < len(scores)  # the levels overlap: NMS removed some
+    np.testing.assert_allclose(got["boxes"], boxes[kept], atol=1e-4)
+    np.testing.assert_array_equal(got["scores"], scores[kept])
+    np.testing.assert_array_equal(got["landmarks"], lms[kept])
+
+
+def _iou(a, b):
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
 
 
 def test_align_matches_opencv(analyzer):

@@ -15,6 +15,7 @@ import _tiny_models
 def exported(tmp_path_factory):
     from jaxface import export
     from jaxface.analyzer import FaceAnalyzer
+    from jaxface.detect_input import DetectOptions
 
     tiny = _tiny_models.workdirs(tmp_path_factory)
     fa = FaceAnalyzer.from_checkpoints(
@@ -22,6 +23,7 @@ def exported(tmp_path_factory):
         recognizer=tiny["recognizer"],
         attributes=tiny["attributes"],
         score_threshold=0.0,
+        detect_options=DetectOptions(max_side=200),
     )
     out = tmp_path_factory.mktemp("export")
     export.export_analyzer(fa, str(out))
@@ -36,6 +38,10 @@ def test_manifest_and_symbolic_batch(exported):
         assert (out / info["file"]).stat().st_size > 0
         assert info["inputs"][0]["shape"][0] in ("b", "h")
     assert manifest["functions"]["embed"]["inputs"][0]["shape"][0] == "b"
+    # detect: one square input of max_side rounded up to the largest stride (32).
+    detect = manifest["functions"]["detect"]
+    assert detect["inputs"][0]["shape"] == ["b", 224, 224, 3]
+    assert detect["input"] == {"max_side": 200, "face_sizes": [9.0, 95.0], "side": 224}
 
 
 def test_roundtrip_matches_direct_functions(exported):
@@ -45,9 +51,16 @@ def test_roundtrip_matches_direct_functions(exported):
 
     fa, out, tiny = exported
     fns = export.load(str(out))
-    # detect, batch of 3 (the analyzer runs batches of 1).
+    from jaxface import detect_input
+
+    # detect, batch of 3 (the analyzer runs batches of 1), each scene at the analyzer's
+    # scale on the exported square input.
     scenes = [_tiny_models.synthetic_scene(tiny["data_dir"], i)[0] for i in range(3)]
-    prepared = [fa.prepare_detection(im) for im in scenes]
+    side = fns.manifest["functions"]["detect"]["input"]["side"]
+    prepared = []
+    for im in scenes:
+        ((scale, _),) = detect_input.levels(*im.shape[:2], fa.detector.config, fa.detect_options)
+        prepared.append(detect_input.prepare(im, scale, (side, side)))
     batch = {k: np.stack([p[k] for p in prepared]) for k in prepared[0]}
     got = jax.device_get(fns["detect"](batch["image"], batch["image_hw"], batch["scale"]))
     ref = jax.device_get(

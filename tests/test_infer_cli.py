@@ -3,6 +3,7 @@ calibrate, export -- on tiny trained checkpoints and synthetic images."""
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 import time
@@ -12,7 +13,8 @@ import pytest
 from PIL import Image
 
 import _tiny_models
-from jaxface import infer_cli
+from jaxface.calibration import threshold_at_far
+from jaxface.cli import common as cli_common
 from jaxface import main as cli
 
 
@@ -47,7 +49,7 @@ def test_detect_folder_with_corrupt_file(tiny, images, tmp_path, capsys):
     args = ["--detector", tiny["detector"], "--score-threshold", "0.0"]
     rc = cli.main(["detect", str(root), "--out", str(out), *args])
     captured = capsys.readouterr()
-    assert rc == infer_cli.EXIT_SKIPPED  # finished, but one image was skipped
+    assert rc == cli_common.EXIT_SKIPPED  # finished, but one image was skipped
     assert "2 of 3 images processed" in captured.out and "1 skipped" in captured.out
     assert "broken.jpg" in captured.out and "broken.jpg" in captured.err
     assert "[detect] |" in captured.err  # the progress bar
@@ -69,12 +71,53 @@ def test_detect_folder_with_corrupt_file(tiny, images, tmp_path, capsys):
     assert cli.main(["detect", str(bad), "--out", str(tmp_path / "o2"), *args]) == 1
 
 
+def test_detect_non_square_photo_at_its_own_scale(tiny, tmp_path, capsys):
+    """``jaxface detect`` with the default options on a 200 x 300 photo: the scale of the
+    face-size rule and its padded bucket are recorded, and the faces are the analyzer's
+    (same options) in photo pixels; ``--canvas`` records the old fit-to-canvas scale."""
+    from jaxface.analyzer import FaceAnalyzer
+
+    scene, _ = _tiny_models.synthetic_scene(tiny["data_dir"], 0)
+    photo = np.asarray(Image.fromarray(scene).resize((300, 200), Image.BILINEAR))
+    Image.fromarray(photo).save(tmp_path / "wide.png")
+    args = ["--detector", tiny["detector"], "--score-threshold", "0.0"]
+    rc = cli.main(["detect", str(tmp_path / "wide.png"), "--out", str(tmp_path / "o"), *args])
+    assert rc == 0
+    rec = json.loads((tmp_path / "o" / "wide.png.json").read_text())
+    assert (rec["width"], rec["height"]) == (300, 200)
+    lo, hi = json.loads((pathlib.Path(tiny["detector"]) / "config.json").read_text())["face_sizes"]
+    s = np.sqrt(hi / (0.9 * 200))  # 0.9 x 200 px faces may exceed the trained 95 px
+    (level,) = rec["detector"]["input"]
+    assert level["scale"] == pytest.approx(s, abs=1e-6) and level["input_hw"] == [256, 256]
+    det = FaceAnalyzer.from_checkpoints(detector=tiny["detector"], score_threshold=0.0).detect(
+        photo
+    )
+    assert rec["faces"] and len(rec["faces"]) == len(det["scores"])
+    np.testing.assert_allclose(
+        [f["box"] for f in rec["faces"]], det["boxes"], atol=0.006
+    )  # JSON rounds to 2 decimals
+    boxes = np.array([f["box"] for f in rec["faces"]])
+    assert boxes[:, 2].max() <= 300.01 and boxes[:, 3].max() <= 200.01
+    rc = cli.main(
+        ["detect", str(tmp_path / "wide.png"), "--out", str(tmp_path / "c"), "--canvas", "128"]
+        + args
+    )
+    assert rc == 0
+    rec = json.loads((tmp_path / "c" / "wide.png.json").read_text())
+    assert rec["detector"]["input"] == [{"scale": round(128 / 300, 6), "input_hw": [128, 128]}]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["detect", str(tmp_path / "wide.png"), "--out", "x", "--canvas", "128"]
+                 + ["--scales", "1,2", *args])  # fmt: skip
+    assert exc.value.code == 2 and "not both" in capsys.readouterr().err
+
+
 def test_threshold_at_far_against_numpy():
     rng = np.random.default_rng(0)
     imp = rng.normal(0, 1, 10_000)
     gen = rng.normal(2, 1, 1_000)
     for far in (1e-1, 1e-2, 1e-3):
-        t = infer_cli.threshold_at_far(imp, far, gen)
+        t = threshold_at_far(imp, far, gen)
         assert np.mean(imp >= t["threshold"]) <= far  # never above the requested FAR
         # and the next lower impostor score would exceed it (the lowest such threshold)
         below = np.max(imp[imp < t["threshold"]])
@@ -109,7 +152,7 @@ def test_verify_calibrates_then_decides(tiny, images, capsys):
     imp = np.load(
         __import__("pathlib").Path(tiny["recognizer"]) / "calibration" / "impostor_scores.npy"
     )
-    assert abs(out["threshold"] - infer_cli.threshold_at_far(imp, 0.01)["threshold"]) < 1e-4
+    assert abs(out["threshold"] - threshold_at_far(imp, 0.01)["threshold"]) < 1e-4
     # Same image twice: score 1.
     rc = cli.main(["verify", str(files[0]), str(files[0]), "--json", *args])
     assert rc == 0 and json.loads(capsys.readouterr().out)["score"] == pytest.approx(1.0, abs=1e-4)

@@ -43,9 +43,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "jaxface.report",
             "jaxface.quickstart",
             "jaxface.calibration",
+            "jaxface.detect_input",
         ),
     ),
-    ("cli", ("jaxface.main", "jaxface.infer_cli", "jaxface.cli")),
+    ("cli", ("jaxface.main", "jaxface.cli")),
     ("package", ("jaxface",)),
 ]
 

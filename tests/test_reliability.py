@@ -666,8 +666,8 @@ def test_detect_folder_finishes_past_a_bomb_and_never_overwrites_its_input(tiny,
     import hashlib
 
     import _tiny_models
-    from jaxface import infer_cli
     from jaxface import main as cli
+    from jaxface.cli import common as cli_common
 
     src = tmp_path / "in"
     src.mkdir()
@@ -678,11 +678,11 @@ def test_detect_folder_finishes_past_a_bomb_and_never_overwrites_its_input(tiny,
     digest = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in src.iterdir()}
     args = ["--detector", tiny["detector"], "--score-threshold", "0.0"]
     for out in (src, src / "sub", tmp_path):  # equal to, inside, containing the input
-        assert cli.main(["detect", str(src), "--out", str(out), *args]) == infer_cli.EXIT_USAGE
+        assert cli.main(["detect", str(src), "--out", str(out), *args]) == cli_common.EXIT_USAGE
         assert "overlaps the input folder" in capsys.readouterr().err
     assert sorted(p.name for p in src.iterdir()) == sorted(digest)
     out = tmp_path / "out"
-    assert cli.main(["detect", str(src), "--out", str(out), *args]) == infer_cli.EXIT_SKIPPED
+    assert cli.main(["detect", str(src), "--out", str(out), *args]) == cli_common.EXIT_SKIPPED
     printed = capsys.readouterr().out
     assert "2 of 3 images processed" in printed and "1 of 3 images skipped" in printed
     assert "a_bomb.png" in printed and "DecompressionBomb" in printed
@@ -696,8 +696,9 @@ def test_detect_folder_finishes_past_a_bomb_and_never_overwrites_its_input(tiny,
 
 def test_identify_and_verify_never_print_nan_or_invalid_json(tiny, tmp_path, capsys, monkeypatch):
     import _tiny_models
-    from jaxface import infer_cli
     from jaxface import main as cli
+    from jaxface.cli import common as cli_common
+    from jaxface.cli import recognition as cli_recognition
 
     faces, labels = _tiny_models.identity_images(tiny["data_dir"], 4)
     gallery = tmp_path / "gallery"
@@ -711,17 +712,17 @@ def test_identify_and_verify_never_print_nan_or_invalid_json(tiny, tmp_path, cap
     capsys.readouterr()  # tfds' messages from preparing the images above
     rc = cli.main(["identify", str(query), "--gallery", str(gallery), "--json", *args])
     out = json.loads(capsys.readouterr().out)  # valid JSON
-    assert rc == infer_cli.EXIT_SKIPPED and out["gallery"]["skipped"] == 1
+    assert rc == cli_common.EXIT_SKIPPED and out["gallery"]["skipped"] == 1
     assert out["gallery"]["skipped_images"][0]["image"].endswith("bomb.png")
     # A recogniser that yields NaN (damaged weights slip past nothing else): an error,
     # never "score: nan", a decision or "-Infinity".
-    real = infer_cli._largest_face_embedding
+    real = cli_recognition._largest_face_embedding
 
     def nan_embedding(analyzer, path):
         e, face = real(analyzer, path)
         return (None if e is None else np.full_like(e, np.nan)), face
 
-    monkeypatch.setattr(infer_cli, "_largest_face_embedding", nan_embedding)
+    monkeypatch.setattr(cli_recognition, "_largest_face_embedding", nan_embedding)
     for cmd in (
         ["identify", str(query), "--gallery", str(gallery), "--json", *args],
         ["verify", str(query), str(query), *args],
@@ -732,7 +733,7 @@ def test_identify_and_verify_never_print_nan_or_invalid_json(tiny, tmp_path, cap
         assert "nan" not in captured.out.lower() and "infinity" not in captured.out.lower()
         assert "not finite" in captured.err and "Traceback" not in captured.err
     with pytest.raises(ValueError):
-        infer_cli._dumps({"score": float("-inf")})
+        cli_common.dumps({"score": float("-inf")})
 
 
 def _checkpoint_with(tmp_path, values):
