@@ -27,9 +27,10 @@ Rows:
   detect     ScaleFace inference (`configs/scaleface.py:wider`: ResNet-50, three branches,
              RPN + RoIAlign heads, NMS), images/s, vs the same ResNet-50 trunk in PyTorch
              eager (trunk only: the peer does less work; the note gives jaxface's trunk alone)
-  train      recognition train step, ResNet-18 (insightface 3x3 stem) at 112x112 + FC + SGD
-             momentum/weight decay, vs the same network and optimiser hand-written in PyTorch
-             (channels-last); images/s
+  train      the trainer's own jitted train step (`Trainer.make_train_step`, see
+             benchmarks/train_step.py): ResNet-18 (insightface 3x3 stem) at 112x112, Dense 512,
+             FC 1000, SGD momentum/weight decay, vs the same network and optimiser
+             hand-written in PyTorch (channels-last); images/s
   flops      achieved FLOP/s of that jax train step (XLA's cost analysis / time) vs a measured
              f32 matmul peak (a 2048^3 jnp.dot)
 
@@ -482,47 +483,6 @@ def bench_widerface(args):
     )
 
 
-def _torch_resnet18(num_classes):
-    import torch
-    from torch import nn
-
-    class Block(nn.Module):
-        def __init__(self, cin, cout, stride):
-            super().__init__()
-            self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.b1 = nn.BatchNorm2d(cout)
-            self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-            self.b2 = nn.BatchNorm2d(cout)
-            self.down = None
-            if stride != 1 or cin != cout:
-                self.down = nn.Sequential(
-                    nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
-                )
-
-        def forward(self, x):
-            o = torch.relu(self.b1(self.c1(x)))
-            o = self.b2(self.c2(o))
-            return torch.relu(o + (x if self.down is None else self.down(x)))
-
-    class Net(nn.Module):  # = jaxface ResNet(stage_sizes=(2,2,2,2), stem="small") + Dense
-        def __init__(self):
-            super().__init__()
-            self.stem = nn.Sequential(
-                nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU()
-            )
-            layers, cin = [], 64
-            for i, cout in enumerate((64, 128, 256, 512)):
-                layers += [Block(cin, cout, 2), Block(cout, cout, 1)]
-                cin = cout
-            self.layers = nn.Sequential(*layers)
-            self.fc = nn.Linear(512, num_classes)
-
-        def forward(self, x):
-            return self.fc(self.layers(self.stem(x)).mean((2, 3)))
-
-    return Net()
-
-
 def _torch_resnet_bottleneck(stage_sizes):
     """torchvision-layout bottleneck ResNet trunk (7x7/2 stem + max-pool), no classifier."""
     import torch
@@ -631,64 +591,26 @@ def bench_detect(args):
     )
 
 
-def _jax_train_step(batch, num_classes, image, compute_dtype="float32"):
-    import jax
-    import jax.numpy as jnp
-    import flax.linen as nn
-    import optax
-    from jaxface.models.resnet import ResNet
-
-    class Net(nn.Module):
-        @nn.compact
-        def __call__(self, x, train):
-            dt = jnp.dtype(compute_dtype)  # parameters stay float32; activations/convs in dt
-            feats = ResNet(stage_sizes=(2, 2, 2, 2), stem="small", dtype=dt)(x, train)["pooled"]
-            return nn.Dense(num_classes, dtype=dt)(feats).astype(jnp.float32)
-
-    net = Net()
-    x = jnp.asarray(jax.random.normal(jax.random.key(1), (batch, image, image, 3)))
-    y = jax.random.randint(jax.random.key(2), (batch,), 0, num_classes)
-    variables = net.init(jax.random.key(0), x[:1], False)
-    tx = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(0.1, momentum=0.9))
-    state = (variables["params"], variables["batch_stats"], tx.init(variables["params"]))
-
-    def step(state, x, y):
-        params, stats, opt = state
-
-        def loss_fn(p):
-            logits, new = net.apply(
-                {"params": p, "batch_stats": stats}, x, True, mutable=["batch_stats"]
-            )
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new[
-                "batch_stats"
-            ]
-
-        (loss, stats), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        upd, opt = tx.update(g, opt, params)
-        return (optax.apply_updates(params, upd), stats, opt), loss
-
-    jstep = jax.jit(step, donate_argnums=0)
-    compiled = jstep.lower(state, x, y).compile()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost.get("flops", 0.0)) if cost else 0.0
-    return compiled, state, x, y, flops
-
-
 def bench_train(args, keep):
     import jax
-    import numpy as np
 
-    b, image, classes = args.batch, 112, 1000
-    compiled, state, x, y, flops = _jax_train_step(b, classes, image, args.compute_dtype)
+    from train_step import trainer_step, torch_twin, workload_config
+
+    b, image = args.batch, 112
+    config = workload_config(b, image, args.compute_dtype)
+    step, state, batch, rng, flops = trainer_step(config)
     box = [state]
 
     def jax_fn():
-        box[0], loss = compiled(box[0], x, y)
-        jax.block_until_ready(loss)
+        box[0], m = step(box[0], batch, rng)
+        jax.block_until_ready(m)
 
+    jax_fn()  # compile
     keep["train_flops"] = flops
-    what = f"ResNet-18 (3x3 stem) 112px, batch {b}, FC {classes}, SGD+mom+wd, {args.compute_dtype}"
+    what = (
+        f"the trainer's step, configs/dream.py:msceleb_naive as ResNet-18 (3x3 stem) "
+        f"{image}px, batch {b}, Dense 512 + FC 1000, SGD+mom+wd, {args.compute_dtype}"
+    )
     if not have("torch"):
         tj, _ = alternate(jax_fn, None, args.repeats)
         keep["train_s"] = tj
@@ -702,24 +624,7 @@ def bench_train(args, keep):
             jax_v=b / tj,
             note="peer not installed (pip install torch)",
         )
-    import torch
-
-    torch.manual_seed(0)
-    net = _torch_resnet18(classes).to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-    xt = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()).contiguous(
-        memory_format=torch.channels_last
-    )
-    yt = torch.from_numpy(np.asarray(y).astype(np.int64))
-    net.train()
-
-    def peer_fn():
-        opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(net(xt), yt)
-        loss.backward()
-        opt.step()
-        return loss.detach().item()
-
+    peer_fn, describe = torch_twin(b, image)
     tj, tp = alternate(jax_fn, peer_fn, args.repeats)
     keep["train_s"] = tj
     return Row(
@@ -727,7 +632,7 @@ def bench_train(args, keep):
         what,
         tj,
         tp,
-        peer=f"PyTorch {torch.__version__} eager, channels-last, {torch.get_num_threads()} threads",
+        peer=describe,
         unit="img/s",
         jax_v=b / tj,
         peer_v=b / tp,
