@@ -33,7 +33,7 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-#: name -> (XLA_FLAGS added to the environment, compute dtype, what it is)
+#: name -> (XLA_FLAGS added to the environment, compute dtype, what it is[, im2col places])
 OPTIONS = {
     "default": ("", "float32", "XLA:CPU defaults, float32"),
     "bf16": ("", "bfloat16", "bfloat16 compute, float32 parameters"),
@@ -79,6 +79,14 @@ OPTIONS = {
         "bfloat16",
         "YNN fusions, bfloat16 compute",
     ),
+    "im2col_stem": ("", "float32", "the stem's convolution as an im2col matmul", ("stem",)),
+    "im2col": ("", "float32", "stem + res2 convolutions as im2col matmuls", ("stem", "res2")),
+    "ynn_im2col_stem": (
+        "--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce --xla_cpu_use_xnnpack=false",
+        "float32",
+        "YNN fusions + the stem as an im2col matmul",
+        ("stem",),
+    ),
     "torch": ("", "float32", "PyTorch twin"),
 }
 
@@ -98,8 +106,17 @@ def worker(args) -> None:
             t0 = time.perf_counter()
             loss = step()
             times.append(time.perf_counter() - t0)
-        print(json.dumps({"times": times, "loss": loss, "describe": describe,
-                          "threads": torch.get_num_threads()}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "times": times,
+                    "loss": loss,
+                    "describe": describe,
+                    "threads": torch.get_num_threads(),
+                }
+            ),
+            flush=True,
+        )
         return
 
     import jax  # pylint: disable=import-outside-toplevel
@@ -109,8 +126,8 @@ def worker(args) -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     from train_step import trainer_step, workload_config  # pylint: disable=import-outside-toplevel
 
-    _, dtype, _ = OPTIONS[name]
-    config = workload_config(args.batch, args.image, dtype, args.backbone)
+    _, dtype, _, *im2col = OPTIONS[name]
+    config = workload_config(args.batch, args.image, dtype, args.backbone, *im2col)
     t0 = time.perf_counter()
     step, state, batch, rng, flops = trainer_step(config)
     state, m = step(state, batch, rng)
@@ -155,17 +172,32 @@ def main(argv=None) -> int:
     cache = tempfile.mkdtemp(prefix="jaxface_step_cache_")
     results = {n: [] for n in names}
     extra = {}
-    print(f"load {load_average()} at the start; {args.rounds} rounds x {len(names)} options",
-          flush=True)
+    print(
+        f"load {load_average()} at the start; {args.rounds} rounds x {len(names)} options",
+        flush=True,
+    )
     t_all = time.time()
     for r in range(args.rounds):
         for n in names:
             env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-            flags, _, _ = OPTIONS[n]
+            flags = OPTIONS[n][0]
             env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + flags).strip()
-            cmd = [sys.executable, __file__, "--worker", n, "--cache-dir", cache,
-                   "--steps", str(args.steps), "--batch", str(args.batch),
-                   "--image", str(args.image), "--backbone", args.backbone]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--worker",
+                n,
+                "--cache-dir",
+                cache,
+                "--steps",
+                str(args.steps),
+                "--batch",
+                str(args.batch),
+                "--image",
+                str(args.image),
+                "--backbone",
+                args.backbone,
+            ]
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
             line = [x for x in out.stdout.splitlines() if x.startswith("{")]
             if out.returncode or not line:
@@ -176,8 +208,11 @@ def main(argv=None) -> int:
             results[n] += rec["times"]
             extra.setdefault(n, rec)
             med = statistics.median(rec["times"])
-            print(f"round {r + 1} {n:14s} {med * 1e3:8.1f} ms/step  "
-                  f"{args.batch / med:6.1f} img/s  load {load_average()}", flush=True)
+            print(
+                f"round {r + 1} {n:14s} {med * 1e3:8.1f} ms/step  "
+                f"{args.batch / med:6.1f} img/s  load {load_average()}",
+                flush=True,
+            )
     torch_med = statistics.median(results["torch"]) if results.get("torch") else None
     rows = [
         "| option | XLA flags / dtype | ms/step (median) | img/s | vs PyTorch | GFLOP/s |",
@@ -188,18 +223,22 @@ def main(argv=None) -> int:
             rows.append(f"| {n} | | failed | | | |")
             continue
         med = statistics.median(results[n])
-        flags, dtype, what = OPTIONS[n]
+        flags, dtype, what, *_ = OPTIONS[n]
         ratio = f"{torch_med / med:.2f}x" if torch_med else "n/a"
         flops = extra[n].get("flops") or 0.0
         gfs = f"{flops / med / 1e9:.1f}" if flops else ""
         desc = extra[n].get("describe", "") if n == "torch" else f"`{flags or '-'}` {dtype}"
-        rows.append(f"| {n} ({what}) | {desc} | {med * 1e3:.1f} | {args.batch / med:.1f} | "
-                    f"{ratio} | {gfs} |")
+        rows.append(
+            f"| {n} ({what}) | {desc} | {med * 1e3:.1f} | {args.batch / med:.1f} | "
+            f"{ratio} | {gfs} |"
+        )
     table = "\n".join(rows)
     print(table)
-    head = (f"{args.backbone} {args.image} px, batch {args.batch}; {args.rounds} rounds x "
-            f"{args.steps} steps per option; {time.time() - t_all:.0f} s; load at the end "
-            f"{load_average()}")
+    head = (
+        f"{args.backbone} {args.image} px, batch {args.batch}; {args.rounds} rounds x "
+        f"{args.steps} steps per option; {time.time() - t_all:.0f} s; load at the end "
+        f"{load_average()}"
+    )
     print(head)
     if args.markdown:
         pathlib.Path(args.markdown).write_text(head + "\n\n" + table + "\n")

@@ -24,8 +24,13 @@ CLASSES = 1000
 EMBED = 512
 
 
-def workload_config(batch: int = 16, image: int = 112, compute_dtype: str = "float32",
-                    backbone: str = "resnet18", im2col=()):
+def workload_config(
+    batch: int = 16,
+    image: int = 112,
+    compute_dtype: str = "float32",
+    backbone: str = "resnet18",
+    im2col=(),
+):
     """``configs/dream.py:msceleb_naive`` at the benchmark's size (no data is read)."""
     from jaxface.quickstart import load_config  # pylint: disable=import-outside-toplevel
 
@@ -101,7 +106,9 @@ def torch_twin(batch: int = 16, image: int = 112, backbone: str = "resnet18"):
             for i, n in enumerate(stages):
                 cout = 64 * 2**i
                 for j in range(n):
-                    layers.append(Block(cin, cout, 2 if j == 0 else 1))  # small stem: every stage halves
+                    layers.append(
+                        Block(cin, cout, 2 if j == 0 else 1)
+                    )  # small stem: every stage halves
                     cin = cout
             self.trunk = nn.Sequential(*layers)
             self.embed = nn.Linear(cin, EMBED)

@@ -45,9 +45,7 @@ def test_resnet_im2col_same_parameters_outputs_and_gradients(stem):
     plain = ResNet(stage_sizes=(1, 1, 1, 1), width=0.25, stem=stem)
     lowered = ResNet(stage_sizes=(1, 1, 1, 1), width=0.25, stem=stem, im2col=("stem", "res2"))
     variables = plain.init(jax.random.key(1), x)
-    assert jax.tree.structure(variables) == jax.tree.structure(
-        lowered.init(jax.random.key(1), x)
-    )
+    assert jax.tree.structure(variables) == jax.tree.structure(lowered.init(jax.random.key(1), x))
 
     def loss(params, model):
         out, _ = model.apply(

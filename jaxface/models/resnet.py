@@ -280,14 +280,14 @@ class ResNet(nn.Module):
         if self.dtype is not None:
             x = x.astype(self.dtype)
         if self.stem == "imagenet":
-            x = _ConvBN(
-                base, 7, 2, dtype=self.dtype, im2col="stem" in self.im2col, name="stem"
-            )(x, train)
+            x = _ConvBN(base, 7, 2, dtype=self.dtype, im2col="stem" in self.im2col, name="stem")(
+                x, train
+            )
             x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
         else:
-            x = _ConvBN(
-                base, 3, 1, dtype=self.dtype, im2col="stem" in self.im2col, name="stem"
-            )(x, train)
+            x = _ConvBN(base, 3, 1, dtype=self.dtype, im2col="stem" in self.im2col, name="stem")(
+                x, train
+            )
         out["stem"] = x
         for i, (n_blocks, stride) in enumerate(zip(self.stage_sizes, strides)):
             features = max(1, int(round(64 * (2**i) * self.width)))
