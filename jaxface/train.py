@@ -313,7 +313,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trai
         loader = trainer.train_loader()
         state, sharding = trainer.init_state(loader.batch(0))
         mngr = make_checkpoint_manager(workdir, config)
-        state, origin = trainer.restore(mngr, state, sharding)
+        try:
+            state, origin = trainer.restore(mngr, state, sharding)
+        except BaseException:
+            mngr.close()  # no pending reads left behind on a failed restore
+            loader.close()
+            raise
     start_step = int(state.step)
     num_steps = int(config.num_train_steps)
     stop_at = int(config.stop_at_step) or num_steps
@@ -456,15 +461,15 @@ def load_state(config: ml_collections.ConfigDict, workdir: str, step: int | None
     # Shapes from the config (`Task.example_batch`): restoring reads no data.
     state, sharding = trainer.init_state(trainer.task.example_batch(trainer.per_host_batch))
     mngr = make_checkpoint_manager(workdir, config)
-    step = mngr.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}")
-    if step not in mngr.all_steps():
-        raise FileNotFoundError(
-            f"no checkpoint of step {step} in {mngr.directory}; "
-            f"available: {sorted(mngr.all_steps())}"
-        )
     try:
+        step = mngr.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}")
+        if step not in mngr.all_steps():
+            raise FileNotFoundError(
+                f"no checkpoint of step {step} in {mngr.directory}; "
+                f"available: {sorted(mngr.all_steps())}"
+            )
         state = restore_state(mngr, abstract_like(state, sharding), step)
     finally:
         mngr.close()
