@@ -5,6 +5,13 @@
 (``jnp.from_dlpack``); `in_place_source` says whether a gallery can be read in place as
 it is (a float32, C-contiguous, aligned array such as a ``.npy`` mapping);
 `fill_rows` / `take_rows` fill a staging buffer (a chunk of rows; a gather, threaded).
+
+What it buys, from the two ``search`` rows of ``benchmarks/run.py`` (1,000 queries over a
+1,000,000 x 512 gallery, top-30, 2-core AMD EPYC, four alternated runs): the gallery
+read in place from a ``.npy`` memory map took 5.77-5.99 s, the same gallery copied chunk
+by chunk into the staging buffers 5.92-6.13 s, i.e. about 3 % (median ratio to faiss
+1.025x vs 0.995x); the search reads the chunks on the matmul's critical path, so every
+copy it avoids is time off the search.
 """
 
 from __future__ import annotations
