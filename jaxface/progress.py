@@ -56,22 +56,52 @@ def format_count(n: float) -> str:
     return f"{int(round(n)):,}"
 
 
-class Phase:
-    """Logs ``<what>...`` on entry and ``<what> done in <time>`` on exit; ``.seconds`` is
-    the wall time (also available after an exception, which is not logged here)."""
+class _Heartbeat:
+    """A daemon thread that logs ``still <what> (<time>)`` every ``every_secs`` until
+    stopped: the silence of a long phase broken at a steady rate."""
 
-    def __init__(self, what: str, logger=logging):
+    def __init__(self, what: str, every_secs: float, logger=logging):
+        self.what, self.every_secs, self.logger = what, every_secs, logger
+        self._stop = threading.Event()
+        self._t0 = time.monotonic()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.wait(self.every_secs):
+            self.logger.info(
+                "still %s (%s)", self.what, format_duration(time.monotonic() - self._t0)
+            )
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join()
+
+
+class Phase:
+    """Logs ``<what>...`` on entry, ``still <what> (<time>)`` every ``every_secs`` while it
+    lasts, and ``<what> done in <time>`` on exit; ``.seconds`` is the wall time (also
+    available after an exception, which is not logged here). ``quiet=True`` logs only the
+    ``still`` lines: for a phase that usually ends within ``every_secs`` and says what it
+    did itself (a training hook)."""
+
+    def __init__(self, what: str, logger=logging, every_secs: float = 10.0, quiet: bool = False):
         self.what, self.logger, self.seconds = what, logger, 0.0
+        self.every_secs, self.quiet = every_secs, quiet
         self._t0 = 0.0
+        self._beat = None
 
     def __enter__(self):
-        self.logger.info("%s...", self.what)
+        if not self.quiet:
+            self.logger.info("%s...", self.what)
         self._t0 = time.monotonic()
+        self._beat = _Heartbeat(self.what, self.every_secs, self.logger)
         return self
 
     def __exit__(self, exc_type, exc, tb):
+        self._beat.stop()
         self.seconds = time.monotonic() - self._t0
-        if exc_type is None:
+        if exc_type is None and not self.quiet:
             self.logger.info("%s done in %s", self.what, format_duration(self.seconds))
         return False
 
@@ -133,27 +163,19 @@ class FirstCall:
         self.what, self.done, self.used, self.seconds = what, done, False, None
         self.every_secs = every_secs
         self._t0 = None
-        self._stop = threading.Event()
         self._beat = None
-
-    def _heartbeat(self):
-        while not self._stop.wait(self.every_secs):
-            logging.info("still %s (%s)", self.what, format_duration(time.monotonic() - self._t0))
 
     def __enter__(self):
         if not self.used:
             logging.info("%s...", self.what)
             self._t0 = time.monotonic()
-            self._stop.clear()
-            self._beat = threading.Thread(target=self._heartbeat, daemon=True)
-            self._beat.start()
+            self._beat = _Heartbeat(self.what, self.every_secs)
         return self
 
     def __exit__(self, exc_type, exc, tb):
         if not self.used:
             self.used = True
-            self._stop.set()
-            self._beat.join()
+            self._beat.stop()
             self.seconds = time.monotonic() - self._t0
             if exc_type is None:
                 logging.info("%s in %s", self.done, format_duration(self.seconds))

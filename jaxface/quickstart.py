@@ -161,7 +161,9 @@ def markdown_table(rows: list[dict]) -> str:
 
 def write_table(rows: list[dict], workdir: str):
     table = markdown_table(rows)
-    print("\njaxface quickstart results\n" + table + "\n")
+    # Printed without the config column (results.md has it): rows stay under 200 characters.
+    printed = markdown_table([{k: v for k, v in r.items() if k != "config"} for r in rows])
+    print("\njaxface quickstart results (configs in results.md)\n" + printed + "\n")
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(rows, f, indent=2)
     with open(os.path.join(workdir, "results.md"), "w") as f:

@@ -356,7 +356,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trai
         num_train_steps=num_steps,
         writer=writer,
         every_steps=int(config.log_every),
-        every_secs=10.0,  # a progress line at least every 10 s of training
+        every_secs=9.0,  # a line every 9 s plus one step: at least every 10 s of training
     )
     compiling = progress.FirstCall("compiling the train step", "compiled the train step")
     hooks = trainer.task.hooks()
@@ -395,7 +395,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trai
             for hook in hooks:
                 if hook.every_steps and step % hook.every_steps == 0 and step < num_steps:
                     t0 = time.time()
-                    with report.timed(hook.name):
+                    with (
+                        report.timed(hook.name),
+                        progress.Phase(f"{hook.name} at step {step}", quiet=True),
+                    ):
                         trainer.ctx.step = step
                         state = hook.fn(state, trainer.ctx)
                     writer.write_scalars(step, {f"hooks/{hook.name}_time_s": time.time() - t0})

@@ -1,6 +1,7 @@
 """The log a user reads: a short `jaxface train` run prints no third-party noise and no
 line longer than `jaxface.logs.MAX_LINE`, and says where its time goes."""
 
+import pytest
 import os
 import pathlib
 import subprocess
@@ -109,4 +110,36 @@ def test_first_call_logs_a_heartbeat_while_it_lasts(caplog):
     assert released.is_set(), messages
     assert messages[0] == "compiling x..." and messages[-1].startswith("compiled x in ")
     assert sum(m.startswith("still") for m in messages) == n_beats
-    assert not first._beat.is_alive()
+    assert not first._beat._thread.is_alive()
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_phase_logs_a_heartbeat_and_stops_it(caplog, quiet):
+    import threading
+
+    from jaxface import progress
+
+    phase = progress.Phase("recluster at step 5", every_secs=0.02, quiet=quiet)
+    seen = threading.Event()
+    with caplog.at_level("INFO"):
+        with phase:
+            for _ in range(500):
+                if any(
+                    r.getMessage().startswith("still recluster at step 5 (") for r in caplog.records
+                ):
+                    seen.set()
+                    break
+                seen.wait(0.01)
+        n = len(caplog.records)
+        seen.wait(0.1)  # stopped: nothing more arrives
+    messages = [r.getMessage() for r in caplog.records]
+    assert seen.is_set(), messages
+    assert len(caplog.records) == n
+    assert not phase._beat._thread.is_alive()
+    ends = [m for m in messages if not m.startswith("still")]
+    if quiet:
+        assert ends == []
+    else:
+        assert ends[0] == "recluster at step 5..." and ends[-1].startswith(
+            "recluster at step 5 done in "
+        )

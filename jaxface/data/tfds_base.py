@@ -161,11 +161,16 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         logging.info("prepared %s in %s", self.name, progress.format_duration(dt))
 
     def _download_and_prepare(self, dl_manager, download_config=None, **kwargs):
+        from jaxface import progress  # pylint: disable=import-outside-toplevel
+
         self._skipped_during_build = []
+        what = f"preparing {self.name}/{self.builder_config.name if self.builder_config else 'default'}"
         try:
-            super()._download_and_prepare(
-                dl_manager=dl_manager, download_config=download_config, **kwargs
-            )
+            # tfds consumes the examples in bursts: a steady line between the counter's.
+            with progress.Phase(what, quiet=True):
+                super()._download_and_prepare(
+                    dl_manager=dl_manager, download_config=download_config, **kwargs
+                )
         except AssertionError as err:  # tfds: 'Failed to finalize ... No examples were yielded'
             if "No examples were yielded" not in str(err) or not self._skipped_during_build:
                 raise
