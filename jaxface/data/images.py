@@ -29,6 +29,7 @@ import dataclasses
 import io
 import os
 import pathlib
+import warnings
 from typing import Union
 
 import numpy as np
@@ -99,7 +100,12 @@ def read_image(src: Source, *, name: str | None = None, max_pixels: int = MAX_PI
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set; cannot detect truncation")
     fp = io.BytesIO(bytes(src)) if isinstance(src, (bytes, bytearray, memoryview)) else src
     try:
-        with Image.open(fp) as im:
+        with warnings.catch_warnings():
+            # PIL warns on opening an image over its warning size; the size check below
+            # decides, and says so in its own error.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(fp)
+        with im:
             w, h = im.size
             if w <= 0 or h <= 0:
                 raise UnreadableImageError(f"{what}: empty image ({w} x {h})")
