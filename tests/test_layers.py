@@ -44,6 +44,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "jaxface.quickstart",
             "jaxface.calibration",
             "jaxface.detect_input",
+            "jaxface.trained_model",
         ),
     ),
     ("cli", ("jaxface.main", "jaxface.cli")),
