@@ -33,7 +33,7 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-#: name -> (XLA_FLAGS added to the environment, compute dtype, what it is[, im2col places])
+#: name -> (XLA_FLAGS added to the environment, compute dtype, what it is)
 OPTIONS = {
     "default": ("", "float32", "XLA:CPU defaults, float32"),
     "bf16": ("", "bfloat16", "bfloat16 compute, float32 parameters"),
@@ -79,14 +79,6 @@ OPTIONS = {
         "bfloat16",
         "YNN fusions, bfloat16 compute",
     ),
-    "im2col_stem": ("", "float32", "the stem's convolution as an im2col matmul", ("stem",)),
-    "im2col": ("", "float32", "stem + res2 convolutions as im2col matmuls", ("stem", "res2")),
-    "ynn_im2col_stem": (
-        "--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce --xla_cpu_use_xnnpack=false",
-        "float32",
-        "YNN fusions + the stem as an im2col matmul",
-        ("stem",),
-    ),
     "torch": ("", "float32", "PyTorch twin"),
 }
 
@@ -126,8 +118,8 @@ def worker(args) -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     from train_step import trainer_step, workload_config  # pylint: disable=import-outside-toplevel
 
-    _, dtype, _, *im2col = OPTIONS[name]
-    config = workload_config(args.batch, args.image, dtype, args.backbone, *im2col)
+    _, dtype, _ = OPTIONS[name]
+    config = workload_config(args.batch, args.image, dtype, args.backbone)
     t0 = time.perf_counter()
     step, state, batch, rng, flops = trainer_step(config)
     state, m = step(state, batch, rng)
@@ -223,7 +215,7 @@ def main(argv=None) -> int:
             rows.append(f"| {n} | | failed | | | |")
             continue
         med = statistics.median(results[n])
-        flags, dtype, what, *_ = OPTIONS[n]
+        flags, dtype, what = OPTIONS[n]
         ratio = f"{torch_med / med:.2f}x" if torch_med else "n/a"
         flops = extra[n].get("flops") or 0.0
         gfs = f"{flops / med / 1e9:.1f}" if flops else ""

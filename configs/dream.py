@@ -69,9 +69,6 @@ def base() -> ml_collections.ConfigDict:
             backbone=dict(name="resnet10", pretrained=""),
             width=0.25,
             stem="small",
-            # Places ("stem", "res2".."res5") whose convolutions run as im2col matmuls
-            # (`jaxface.models.resnet.im2col_conv`); a speed choice, same parameters.
-            im2col=(),
             embed_dim=256,
             use_dream=True,
         )

@@ -45,7 +45,6 @@ class RecognitionNet(nn.Module):
     width: float = 1.0
     stem: str = "small"
     input_norm: str = "none"
-    im2col: tuple[str, ...] = ()  # `ResNet.im2col`
     embed_dim: int = 256
     use_dream: bool = True
     num_classes: int = 10
@@ -66,7 +65,6 @@ class RecognitionNet(nn.Module):
                 width=self.width,
                 stem=self.stem,
                 input_norm=self.input_norm,
-                im2col=self.im2col,
             ),
             embed_dim=self.embed_dim,
             use_dream=self.use_dream,

@@ -68,44 +68,6 @@ def _pad(k: int) -> tuple[tuple[int, int], tuple[int, int]]:
     return ((p, p), (p, p))
 
 
-def im2col_conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
-    """``k x k`` convolution (padding ``k // 2``, NHWC, HWIO kernel) as one matmul over
-    the ``k * k`` shifted views of ``x`` stacked on the channel axis: the same sums as
-    ``lax.conv_general_dilated`` in another order. On CPUs whose convolution kernels
-    are slow for few channels at a large spatial size (the stem and res2 of a 112 px
-    face ResNet) the matmul can be faster; `benchmarks/step_options.py` measures it."""
-    k = kernel.shape[0]
-    p = k // 2
-    b, h, w, c = x.shape
-    ho = (h + 2 * p - k) // stride + 1
-    wo = (w + 2 * p - k) // stride + 1
-    xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-    views = [
-        xp[:, dy : dy + stride * (ho - 1) + 1 : stride, dx : dx + stride * (wo - 1) + 1 : stride]
-        for dy in range(k)
-        for dx in range(k)
-    ]
-    patches = jnp.concatenate(views, axis=-1).reshape(b * ho * wo, k * k * c)
-    out = patches @ kernel.reshape(k * k * c, kernel.shape[-1])
-    return out.reshape(b, ho, wo, kernel.shape[-1])
-
-
-class _Im2colConv(nn.Module):
-    """`nn.Conv`'s parameters (``kernel`` ``[k, k, Cin, Cout]``, same init) computed by
-    `im2col_conv`: checkpoints load into either lowering."""
-
-    features: int
-    kernel: int
-    stride: int = 1
-    dtype: Any = None
-
-    @nn.compact
-    def __call__(self, x):
-        w = self.param("kernel", conv_init, (self.kernel, self.kernel, x.shape[-1], self.features))
-        x, w = nn.dtypes.promote_dtype(x, w, dtype=self.dtype)
-        return im2col_conv(x, w, self.stride)
-
-
 class _ConvBN(nn.Module):
     features: int
     kernel: int
@@ -113,23 +75,19 @@ class _ConvBN(nn.Module):
     relu: bool = True
     zero_init_scale: bool = False
     dtype: Any = None
-    im2col: bool = False
 
     @nn.compact
     def __call__(self, x, train: bool):
-        if self.im2col and self.kernel > 1:
-            x = _Im2colConv(self.features, self.kernel, self.stride, self.dtype, name="conv")(x)
-        else:
-            x = nn.Conv(
-                self.features,
-                (self.kernel, self.kernel),
-                (self.stride, self.stride),
-                padding=_pad(self.kernel),
-                use_bias=False,
-                kernel_init=conv_init,
-                dtype=self.dtype,
-                name="conv",
-            )(x)
+        x = nn.Conv(
+            self.features,
+            (self.kernel, self.kernel),
+            (self.stride, self.stride),
+            padding=_pad(self.kernel),
+            use_bias=False,
+            kernel_init=conv_init,
+            dtype=self.dtype,
+            name="conv",
+        )(x)
         # torchvision BatchNorm2d: momentum 0.1 (flax 0.9), eps 1e-5.
         x = nn.BatchNorm(
             use_running_average=not train,
@@ -149,14 +107,11 @@ class BasicBlock(nn.Module):
     stride: int = 1
     zero_init_residual: bool = False
     dtype: Any = None
-    im2col: bool = False  # 3x3 convolutions by `im2col_conv`
     expansion = 1
 
     @nn.compact
     def __call__(self, x, train: bool):
-        out = _ConvBN(
-            self.features, 3, self.stride, dtype=self.dtype, im2col=self.im2col, name="conv_bn1"
-        )(x, train)
+        out = _ConvBN(self.features, 3, self.stride, dtype=self.dtype, name="conv_bn1")(x, train)
         out = _ConvBN(
             self.features,
             3,
@@ -164,7 +119,6 @@ class BasicBlock(nn.Module):
             relu=False,
             zero_init_scale=self.zero_init_residual,
             dtype=self.dtype,
-            im2col=self.im2col,
             name="conv_bn2",
         )(out, train)
         if self.stride != 1 or x.shape[-1] != self.features:
@@ -181,16 +135,13 @@ class Bottleneck(nn.Module):
     stride: int = 1
     zero_init_residual: bool = False
     dtype: Any = None
-    im2col: bool = False  # the 3x3 convolution by `im2col_conv`
     expansion = 4
 
     @nn.compact
     def __call__(self, x, train: bool):
         out_features = self.features * self.expansion
         out = _ConvBN(self.features, 1, 1, dtype=self.dtype, name="conv_bn1")(x, train)
-        out = _ConvBN(
-            self.features, 3, self.stride, dtype=self.dtype, im2col=self.im2col, name="conv_bn2"
-        )(out, train)
+        out = _ConvBN(self.features, 3, self.stride, dtype=self.dtype, name="conv_bn2")(out, train)
         out = _ConvBN(
             out_features,
             1,
@@ -225,8 +176,6 @@ class ResNet(nn.Module):
       input_norm: "none" or "imagenet" (a [-1, 1] input mapped to torchvision's ImageNet
         normalisation; for its pretrained weights).
       dtype: computation dtype.
-      im2col: places ("stem", "res2".."res5") whose 3x3 / 7x7 convolutions run as
-        `im2col_conv` matmuls; same parameters, same sums in another order.
 
     Call: ``model.apply(variables, x, train=False)`` with ``x`` ``[B, H, W, 3]``
     (``mutable=["batch_stats"]`` when ``train=True``). Returns a dict:
@@ -245,7 +194,6 @@ class ResNet(nn.Module):
     zero_init_residual: bool = False
     input_norm: str = "none"
     dtype: Any = None
-    im2col: Sequence[str] = ()
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
@@ -261,12 +209,6 @@ class ResNet(nn.Module):
             raise ValueError(
                 f"ResNet.input_norm: expected one of {INPUT_NORMS}, got {self.input_norm!r}"
             )
-        unknown = set(self.im2col) - {"stem", *STAGE_NAMES}
-        if unknown:
-            raise ValueError(
-                f"ResNet.im2col: unknown place(s) {sorted(unknown)}; expected 'stem' or a stage "
-                f"of {STAGE_NAMES}"
-            )
         strides = self.stage_strides
         if strides is None:
             strides = (1, 2, 2, 2) if self.stem == "imagenet" else (2, 2, 2, 2)
@@ -280,14 +222,10 @@ class ResNet(nn.Module):
         if self.dtype is not None:
             x = x.astype(self.dtype)
         if self.stem == "imagenet":
-            x = _ConvBN(base, 7, 2, dtype=self.dtype, im2col="stem" in self.im2col, name="stem")(
-                x, train
-            )
+            x = _ConvBN(base, 7, 2, dtype=self.dtype, name="stem")(x, train)
             x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
         else:
-            x = _ConvBN(base, 3, 1, dtype=self.dtype, im2col="stem" in self.im2col, name="stem")(
-                x, train
-            )
+            x = _ConvBN(base, 3, 1, dtype=self.dtype, name="stem")(x, train)
         out["stem"] = x
         for i, (n_blocks, stride) in enumerate(zip(self.stage_sizes, strides)):
             features = max(1, int(round(64 * (2**i) * self.width)))
@@ -297,7 +235,6 @@ class ResNet(nn.Module):
                     stride if j == 0 else 1,
                     zero_init_residual=self.zero_init_residual,
                     dtype=self.dtype,
-                    im2col=STAGE_NAMES[i] in self.im2col,
                     name=f"{STAGE_NAMES[i]}_block{j}",
                 )(x, train)
             out[STAGE_NAMES[i]] = x

@@ -157,7 +157,6 @@ class RecognitionTask(RecognitionData, Task):
             width=float(c.model.width),
             stem=c.model.stem,
             input_norm="imagenet" if self.pretrained else "none",
-            im2col=tuple(c.model.im2col),
             embed_dim=int(c.model.embed_dim),
             use_dream=bool(c.model.use_dream),
             num_classes=self.num_classes,
