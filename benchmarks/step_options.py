@@ -91,7 +91,7 @@ def worker(args) -> None:
 
         from train_step import torch_twin  # pylint: disable=import-outside-toplevel
 
-        step, describe = torch_twin(args.batch, args.image, args.backbone)
+        step, describe = torch_twin(args.batch, args.image, args.backbone, args.stem)
         step()
         times, loss = [], 0.0
         for _ in range(args.steps):
@@ -119,7 +119,7 @@ def worker(args) -> None:
     from train_step import trainer_step, workload_config  # pylint: disable=import-outside-toplevel
 
     _, dtype, _ = OPTIONS[name]
-    config = workload_config(args.batch, args.image, dtype, args.backbone)
+    config = workload_config(args.batch, args.image, dtype, args.backbone, args.stem)
     t0 = time.perf_counter()
     step, state, batch, rng, flops = trainer_step(config)
     state, m = step(state, batch, rng)
@@ -148,7 +148,13 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=4, help="timed steps per process")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--image", type=int, default=112)
-    p.add_argument("--backbone", default="resnet18", choices=("resnet18", "resnet34"))
+    p.add_argument("--backbone", default="resnet18", choices=("resnet18", "resnet34", "resnet50"))
+    p.add_argument(
+        "--stem",
+        default="small",
+        choices=("small", "imagenet"),
+        help="small: insightface's 3x3/1 (112 px faces); imagenet: 7x7/2 + max-pool",
+    )
     p.add_argument("--markdown", default="", help="also write the table to this file")
     p.add_argument("--worker", default="", help=argparse.SUPPRESS)
     p.add_argument("--cache-dir", default="", help=argparse.SUPPRESS)
@@ -189,6 +195,8 @@ def main(argv=None) -> int:
                 str(args.image),
                 "--backbone",
                 args.backbone,
+                "--stem",
+                args.stem,
             ]
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
             line = [x for x in out.stdout.splitlines() if x.startswith("{")]

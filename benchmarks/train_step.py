@@ -29,12 +29,15 @@ def workload_config(
     image: int = 112,
     compute_dtype: str = "float32",
     backbone: str = "resnet18",
+    stem: str = "small",
 ):
-    """``configs/dream.py:msceleb_naive`` at the benchmark's size (no data is read)."""
+    """``configs/dream.py:msceleb_naive`` at the benchmark's size (no data is read);
+    ``stem="imagenet"`` for torchvision's 7x7/2 stem and max-pool (the 224-px rows)."""
     from jaxface.quickstart import load_config  # pylint: disable=import-outside-toplevel
 
     c = load_config(REPO / "configs" / "dream.py", "msceleb_naive")
     c.model.backbone.name = backbone
+    c.model.stem = stem
     c.model.embed_dim = EMBED
     c.num_classes = CLASSES
     c.image_size = image
@@ -70,43 +73,60 @@ def trainer_step(config):
     return compiled, state, gbatch, rng, flops
 
 
-def torch_twin(batch: int = 16, image: int = 112, backbone: str = "resnet18"):
+def torch_twin(batch: int = 16, image: int = 112, backbone: str = "resnet18", stem: str = "small"):
     """``(step_fn, describe)``: one SGD step of the PyTorch twin on random data."""
     import torch  # pylint: disable=import-outside-toplevel
     from torch import nn  # pylint: disable=import-outside-toplevel
 
-    stages = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}[backbone]
+    stages = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3), "resnet50": (3, 4, 6, 3)}[
+        backbone
+    ]
+    bottleneck = backbone == "resnet50"
+
+    def conv_bn(cin, cout, k, stride):
+        return [nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout)]
 
     class Block(nn.Module):
-        def __init__(self, cin, cout, stride):
+        """torchvision's BasicBlock, or its Bottleneck (v1.5: the stride on the 3x3)."""
+
+        def __init__(self, cin, width, stride):
             super().__init__()
-            self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.b1 = nn.BatchNorm2d(cout)
-            self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-            self.b2 = nn.BatchNorm2d(cout)
+            cout = width * (4 if bottleneck else 1)
+            if bottleneck:
+                self.body = nn.Sequential(
+                    *conv_bn(cin, width, 1, 1),
+                    nn.ReLU(),
+                    *conv_bn(width, width, 3, stride),
+                    nn.ReLU(),
+                    *conv_bn(width, cout, 1, 1),
+                )
+            else:
+                self.body = nn.Sequential(
+                    *conv_bn(cin, width, 3, stride), nn.ReLU(), *conv_bn(width, width, 3, 1)
+                )
             self.down = None
             if stride != 1 or cin != cout:
-                self.down = nn.Sequential(
-                    nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
-                )
+                self.down = nn.Sequential(*conv_bn(cin, cout, 1, stride))
+            self.cout = cout
 
         def forward(self, x):
-            o = torch.relu(self.b1(self.c1(x)))
-            o = self.b2(self.c2(o))
-            return torch.relu(o + (x if self.down is None else self.down(x)))
+            return torch.relu(self.body(x) + (x if self.down is None else self.down(x)))
 
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
-            layers = [nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU()]
+            if stem == "imagenet":  # 7x7/2, max-pool; stage 1 keeps its size
+                layers = [*conv_bn(3, 64, 7, 2), nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
+                strides = (1, 2, 2, 2)
+            else:  # insightface: 3x3/1, no pool; every stage halves
+                layers = [*conv_bn(3, 64, 3, 1), nn.ReLU()]
+                strides = (2, 2, 2, 2)
             cin = 64
             for i, n in enumerate(stages):
-                cout = 64 * 2**i
                 for j in range(n):
-                    layers.append(
-                        Block(cin, cout, 2 if j == 0 else 1)
-                    )  # small stem: every stage halves
-                    cin = cout
+                    block = Block(cin, 64 * 2**i, strides[i] if j == 0 else 1)
+                    layers.append(block)
+                    cin = block.cout
             self.trunk = nn.Sequential(*layers)
             self.embed = nn.Linear(cin, EMBED)
             self.fc = nn.Linear(EMBED, CLASSES)

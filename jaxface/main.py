@@ -19,6 +19,9 @@ Inference with trained workdirs (jaxface/cli/):
 naming it, and every value is checked before anything runs (ranges, positivity,
 divisibility, NaN). "jaxface <command> --help" describes each command.
 
+On CPU, train, eval and quickstart add XLA's YNNPACK fusion flags to XLA_FLAGS (1.3x
+faster training steps; JAXFACE_XLA_CPU=xla keeps XLA's own defaults; see jaxface/xla_cpu.py).
+
 Errors are one line on stderr ("jaxface <command>: <error>"); --debug (anywhere on the
 line) or JAXFACE_DEBUG=1 shows the traceback instead.
 
@@ -337,6 +340,14 @@ def main(argv: list[str] | None = None) -> int:
         problem = precheck_config_args(rest)
         if problem:
             print(f"jaxface {cmd}: {problem}", file=sys.stderr)
+            return 2
+    if cmd in ("train", "eval", "quickstart"):
+        from jaxface import xla_cpu  # pylint: disable=import-outside-toplevel
+
+        try:
+            xla_cpu.apply()  # before JAX starts: XLA reads its flags once
+        except ValueError as err:
+            print(f"jaxface {cmd}: {err}", file=sys.stderr)
             return 2
     _setup_logging(verbose=cmd in ("train", "eval", "quickstart"))
     if debug:

@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "jaxface.progress",
             "jaxface.logs",
             "jaxface.compile_cache",
+            "jaxface.xla_cpu",
         ),
     ),
     ("ops", ("jaxface.ops", "jaxface.losses")),

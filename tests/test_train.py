@@ -163,8 +163,11 @@ def test_resume_from_a_different_model_is_a_clear_error(tfds_dir, tmp_path):
     train.train_and_evaluate(tiny_config(tfds_dir, num_train_steps=1), workdir)
     other = tiny_config(tfds_dir, num_train_steps=2)
     other.model.widths = [8, 32]
-    with pytest.raises(ValueError, match="does not match the train state"):
+    # Found from the checkpoint's metadata before orbax reads an array (no pending reads
+    # are left behind), naming a parameter whose shape differs.
+    with pytest.raises(ValueError, match=r"does not match the train state.*checkpoint \(") as err:
         train.train_and_evaluate(other, workdir)
+    assert "truncated" not in str(err.value)
 
 
 def _fixed_batch(trainer, n):

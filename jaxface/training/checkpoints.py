@@ -4,6 +4,7 @@ non-finite state), restoring a whole train state, or only the weights of another
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import time
@@ -12,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
 
 from jaxface import checkpoint_checks
 
@@ -162,13 +164,78 @@ def abstract_like(tree, sharding):
     )
 
 
+def _key_name(key) -> str:
+    for attr in ("name", "key", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def _shapes_by_path(tree) -> dict[str, tuple]:
+    """``{"a/b/0": shape}`` of the array leaves of ``tree`` (attribute, dict and sequence
+    keys alike, so a dataclass and the nested dict orbax stores of it compare equal)."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {
+        "/".join(_key_name(k) for k in path): tuple(leaf.shape)
+        for path, leaf in leaves
+        if hasattr(leaf, "shape")
+    }
+
+
+def _structure_mismatch(saved: dict, wanted: dict) -> str:
+    """One line describing how the saved shapes differ from the wanted ones, or "" when
+    they agree. Paths that only differ in naming (the same shapes under other keys) are
+    left to orbax."""
+    if saved.keys() == wanted.keys():
+        diffs = [k for k in wanted if saved[k] != wanted[k]]
+        return "; ".join(f"{k}: checkpoint {saved[k]} vs config {wanted[k]}" for k in diffs[:3]) + (
+            f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else ""
+        )
+    if collections.Counter(saved.values()) == collections.Counter(wanted.values()):
+        return ""
+    only_saved = sorted(saved.keys() - wanted.keys())
+    only_wanted = sorted(wanted.keys() - saved.keys())
+    changed = sorted(k for k in saved.keys() & wanted.keys() if saved[k] != wanted[k])
+    parts = [f"{k}: checkpoint {saved[k]} vs config {wanted[k]}" for k in changed[:3]]
+    parts += [f"{k} only in the checkpoint" for k in only_saved[:2]]
+    parts += [f"{k} only in the config" for k in only_wanted[:2]]
+    return "; ".join(parts) or f"{len(saved)} arrays saved vs {len(wanted)} in the config"
+
+
+def _saved_shapes(mngr: ocp.CheckpointManager, step: int, item: str) -> dict | None:
+    """The array shapes of ``item`` in checkpoint ``step`` from its metadata file alone
+    (no array is read), or None when the metadata cannot be read (the restore then says
+    what is wrong)."""
+    try:
+        metadata = ocp.StandardCheckpointHandler().metadata(
+            epath.Path(str(mngr.directory)) / str(step) / item
+        )
+    except Exception:  # pylint: disable=broad-except
+        return None
+    return _shapes_by_path(getattr(metadata, "tree", metadata))
+
+
 def restore_state(
     mngr: ocp.CheckpointManager, abstract, step: int, *, explain_mismatch: bool = False
 ):
     """The train state of checkpoint ``step`` (``abstract``: its shapes and shardings).
     A corrupt checkpoint is a `checkpoint_checks` error naming it; with
-    ``explain_mismatch`` a structure mismatch is a ValueError saying what to do;
-    non-finite parameters are an error."""
+    ``explain_mismatch`` a structure mismatch is a ValueError saying what to do, found
+    from the checkpoint's metadata before any array is read; non-finite parameters are an
+    error."""
+
+    def mismatch_error(details: str) -> ValueError:
+        return ValueError(
+            f"the checkpoint of step {step} in {mngr.directory} does not match the train state "
+            f"of this config (was it written by another model or config?). Use a fresh --workdir "
+            f"or restore the config it was trained with. Details: {details}"
+        )
+
+    if explain_mismatch:
+        saved = _saved_shapes(mngr, step, "state")
+        details = "" if saved is None else _structure_mismatch(saved, _shapes_by_path(abstract))
+        if details:
+            raise mismatch_error(details)
     try:
         restored = mngr.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
@@ -179,10 +246,6 @@ def restore_state(
             raise corrupt from None
         if not explain_mismatch or not isinstance(err, ValueError):
             raise
-        raise ValueError(
-            f"the checkpoint of step {step} in {mngr.directory} does not match the train state "
-            f"of this config (was it written by another model or config?). Use a fresh --workdir "
-            f"or restore the config it was trained with. Details (truncated): {str(err)[:1500]}"
-        ) from None
+        raise mismatch_error(f"(truncated) {str(err)[:1500]}") from None
     checkpoint_checks.check_finite(restored["state"], mngr.directory, step)
     return restored["state"]
