@@ -114,6 +114,13 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=300, help="training steps, every arm")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap replicates")
+    p.add_argument(
+        "--arms",
+        nargs="+",
+        choices=[a[0] for a in ARMS],
+        default=[a[0] for a in ARMS],
+        help="train only these arms (with --train-only: to share the runs between processes)",
+    )
     p.add_argument("--train-only", action="store_true")
     p.add_argument("--smoke", action="store_true", help="tiny scenes and net (tests)")
     args = p.parse_args(argv)
@@ -135,6 +142,8 @@ def main(argv=None) -> int:
     print(f"data ready: {costs['data']}", flush=True)
     for seed in args.seeds:  # seed-major: an interrupted command leaves whole seeds
         for name, variant, _ in ARMS:
+            if name not in args.arms:
+                continue
             c = arm_config(variant, seed, args.steps, data_dir, args.smoke)
             cost = train_arm(c, out / f"{name}_seed{seed}")
             costs[f"{name}_seed{seed}"] = cost
@@ -142,6 +151,8 @@ def main(argv=None) -> int:
     (out / "costs.json").write_text(json.dumps(costs, indent=1))
     if args.train_only:
         return 0
+    if len(args.arms) != len(ARMS):
+        raise SystemExit("the report needs every arm: drop --arms or add --train-only")
     from experiments import scaleface_branches_report as report
 
     report.write(out, args, costs)
