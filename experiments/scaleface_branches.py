@@ -15,7 +15,8 @@ of the WIDER evaluation (`jaxface.evaluation.widerface_bootstrap`).
 
 Finished runs (a ``result.json`` and the detections in their workdir) are not trained
 again, so an interrupted command resumes where it stopped. ``--train-only`` skips the
-report; ``--smoke`` runs the whole pipeline on the tiny scenes in seconds (for tests).
+report; ``--smoke`` runs the whole pipeline on the tiny scenes (a check of the pipeline:
+minutes, mostly compilation).
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="/tmp/jaxface/scaleface_branches", help="runs and data")
     p.add_argument("--report", default="", help="folder for the .md / .png / .json report")
-    p.add_argument("--steps", type=int, default=300, help="training steps, every arm")
+    p.add_argument("--steps", type=int, default=200, help="training steps, every arm")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap replicates")
     p.add_argument(
@@ -122,7 +123,7 @@ def main(argv=None) -> int:
         help="train only these arms (with --train-only: to share the runs between processes)",
     )
     p.add_argument("--train-only", action="store_true")
-    p.add_argument("--smoke", action="store_true", help="tiny scenes and net (tests)")
+    p.add_argument("--smoke", action="store_true", help="tiny scenes and net (a pipeline check)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
