@@ -13,7 +13,7 @@ of the WIDER evaluation (`jaxface.evaluation.widerface_bootstrap`).
     python experiments/scaleface_branches.py --out /tmp/jaxface/scaleface_branches \\
         --report docs/results
 
-Finished runs (a ``result.json`` and the detections in their workdir) are not trained
+Finished runs (``run_cost.json`` and the detections in their workdir) are not trained
 again, so an interrupted command resumes where it stopped. ``--train-only`` skips the
 report; ``--smoke`` runs the whole pipeline on the tiny scenes (a check of the pipeline:
 minutes, mostly compilation).
