@@ -261,6 +261,20 @@ def test_wider_evaluator_writes_its_report_pr_curve_and_samples(task_and_batch, 
         else:
             assert 0.0 <= ap <= 1.0 and saved[k] == ap
     assert saved["num_faces"]["hard"] > 0
+    # The saved detections give the same APs through the plain evaluation.
+    from jaxface.evaluation import widerface as wider_eval
+    from jaxface.tasks import detection_evaluators as de
+    from jaxface.tasks.detection_data import faces_of
+
+    det = np.load(tmp_path / "wider_detections_step3.npz")
+    assert det["boxes"].shape[:2] == det["scores"].shape == det["valid"].shape
+    src, _ = task.data(task.config.eval_split, train=False)
+    faces = [faces_of(src[i]) for i in range(det["boxes"].shape[0])]
+    gt = de.synthetic_ground_truth(faces, size_buckets=task.config.eval_size_buckets)
+    preds = de.predictions_from_arrays(det["boxes"], det["scores"], det["valid"])
+    again = wider_eval.evaluate(gt, preds)
+    for k, ap in got.items():
+        np.testing.assert_equal(again[k.removeprefix("ap_")].ap, ap)
     for name in ("wider_pr_step3.png", "sample_detections_step3.png"):
         with Image.open(tmp_path / name) as im:
             assert im.format == "PNG" and min(im.size) > 100

@@ -8,7 +8,10 @@ original image pixels) over ``config.eval_split`` and return their metrics and a
     the exact WIDER FACE protocol (`jaxface.evaluation.widerface.evaluate`) against the
     split's own faces (`synthetic_ground_truth`): easy / medium / hard from the face
     labels (`jaxface.data.synthetic.render.difficulty_subsets`) plus one AP per face-size
-    bucket (``config.eval_size_buckets``, original pixels).
+    bucket (``config.eval_size_buckets``, original pixels). The detections are written
+    too (``wider_detections_step<N>.npz``: the fixed-shape ``boxes``, ``scores`` and
+    ``valid`` arrays, in split order), so per-image statistics such as the bootstrap of
+    `jaxface.evaluation.widerface_bootstrap` need no second prediction pass.
 ``wider_official``
     real WIDER FACE validation against the official ground truth in
     ``config.wider_gt_dir``, with the standard prediction folder as an artefact.
@@ -27,7 +30,16 @@ from jaxface.evaluation import widerface as wider_eval
 from jaxface.evaluation.draw import draw_detections
 from jaxface.ops.boxes import xyxy_to_xywh
 from jaxface.tasks import common
-from jaxface.tasks.base import Artefacts, EvalContext, Evaluator, Figure, Folder, Images, Json
+from jaxface.tasks.base import (
+    Arrays,
+    Artefacts,
+    EvalContext,
+    Evaluator,
+    Figure,
+    Folder,
+    Images,
+    Json,
+)
 from jaxface.tasks.detection_data import faces_of
 
 
@@ -75,6 +87,9 @@ def evaluate_wider(task, predict_fn, variables, ctx: EvalContext):
                 "num_faces": {k: int(v.num_faces) for k, v in results.items()},
                 "num_images": n,
             }
+        ),
+        "wider_detections_step{step}.npz": Arrays(
+            {k: np.asarray(out[k]) for k in ("boxes", "scores", "valid")}
         ),
         **sample_detections(task, src, out, faces),
     }
