@@ -139,20 +139,61 @@ def restore_weights(
     params_sharding,
     model_state_sharding,
     step: int | None = None,
+    optional: tuple[tuple[str, ...], ...] = (),
 ):
     """``(params, model_state, step)`` from another run's checkpoint, nothing else.
 
     Only the weights and model state (e.g. BatchNorm statistics) are read (orbax
     partial restore), so the source run may have had another optimizer, frozen
     parameters or task state (e.g. end-to-end training -> DREAM stitching). Their
-    structure and shapes must match this config's model; a mismatch is an error.
-    ``workdir`` is a run directory (its ``checkpoints/``) or a checkpoints directory.
+    structure and shapes must match this config's model; a mismatch is an error,
+    unless the checkpoint matches once the sub-trees at the key paths ``optional`` are
+    left out (e.g. a DREAM block stitched onto a naive stem): those then keep the
+    values given here. ``workdir`` is a run directory (its ``checkpoints/``) or a
+    checkpoints directory.
     """
     target = {"params": params, "model_state": model_state}
     shard = {"params": params_sharding, "model_state": model_state_sharding}
-    abstract = abstract_like(target, shard)
-    restored, step = restore_partial(workdir, abstract, step)
+    try:
+        restored, step = restore_partial(workdir, abstract_like(target, shard), step)
+    except ValueError:
+        if not optional:
+            raise
+        pruned_p, pruned_s = _without(params, optional), _without(params_sharding, optional)
+        part = {"params": pruned_p, "model_state": model_state}
+        part_shard = {"params": pruned_s, "model_state": model_state_sharding}
+        restored, step = restore_partial(workdir, abstract_like(part, part_shard), step)
+        restored["params"] = _graft(restored["params"], params, optional)
+        logging.info(
+            "init_from %s: no %s in the checkpoint; kept at initialisation",
+            workdir,
+            ", ".join("/".join(p) for p in optional),
+        )
     return restored["params"], restored["model_state"], step
+
+
+def _without(tree, paths):
+    """``tree`` (nested dicts) without the sub-trees at ``paths``."""
+    out = dict(tree)
+    for path in paths:
+        node = out
+        for k in path[:-1]:
+            node[k] = dict(node[k])
+            node = node[k]
+        node.pop(path[-1], None)
+    return out
+
+
+def _graft(tree, source, paths):
+    """``tree`` with the sub-trees of ``source`` at ``paths`` put back."""
+    out = dict(tree)
+    for path in paths:
+        node, src = out, source
+        for k in path[:-1]:
+            node[k] = dict(node[k])
+            node, src = node[k], src[k]
+        node[path[-1]] = src[path[-1]]
+    return out
 
 
 def abstract_like(tree, sharding):
