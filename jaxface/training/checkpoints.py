@@ -146,30 +146,41 @@ def restore_weights(
     Only the weights and model state (e.g. BatchNorm statistics) are read (orbax
     partial restore), so the source run may have had another optimizer, frozen
     parameters or task state (e.g. end-to-end training -> DREAM stitching). Their
-    structure and shapes must match this config's model; a mismatch is an error,
-    unless the checkpoint matches once the sub-trees at the key paths ``optional`` are
-    left out (e.g. a DREAM block stitched onto a naive stem): those then keep the
-    values given here. ``workdir`` is a run directory (its ``checkpoints/``) or a
+    structure and shapes must match this config's model; a mismatch is an error. The
+    sub-trees of ``params`` at the key paths ``optional`` are read when the checkpoint
+    has them and otherwise keep the values given here (e.g. a DREAM block stitched onto
+    a naive stem). ``workdir`` is a run directory (its ``checkpoints/``) or a
     checkpoints directory.
     """
-    target = {"params": params, "model_state": model_state}
-    shard = {"params": params_sharding, "model_state": model_state_sharding}
-    try:
-        restored, step = restore_partial(workdir, abstract_like(target, shard), step)
-    except ValueError:
-        if not optional:
-            raise
-        pruned_p, pruned_s = _without(params, optional), _without(params_sharding, optional)
-        part = {"params": pruned_p, "model_state": model_state}
-        part_shard = {"params": pruned_s, "model_state": model_state_sharding}
-        restored, step = restore_partial(workdir, abstract_like(part, part_shard), step)
-        restored["params"] = _graft(restored["params"], params, optional)
-        logging.info(
-            "init_from %s: no %s in the checkpoint; kept at initialisation",
-            workdir,
-            ", ".join("/".join(p) for p in optional),
-        )
+    target = {"params": _without(params, optional), "model_state": model_state}
+    shard = {"params": _without(params_sharding, optional), "model_state": model_state_sharding}
+    restored, step = restore_partial(workdir, abstract_like(target, shard), step)
+    for path in optional:
+        sub = {"params": _only(params, path)}
+        try:
+            got, _ = restore_partial(
+                workdir, abstract_like(sub, {"params": _only(params_sharding, path)}), step
+            )
+            source = got["params"]
+        except (TypeError, ValueError):  # not in the checkpoint: keep the given values
+            source = params
+            logging.info(
+                "init_from %s: no %s in the checkpoint; kept at initialisation",
+                workdir,
+                "/".join(path),
+            )
+        restored["params"] = _graft(restored["params"], source, [path])
     return restored["params"], restored["model_state"], step
+
+
+def _only(tree, path):
+    """Nested dicts holding only the sub-tree of ``tree`` at ``path``."""
+    node = tree
+    for k in path:
+        node = node[k]
+    for k in reversed(path):
+        node = {k: node}
+    return node
 
 
 def _without(tree, paths):
