@@ -123,12 +123,15 @@ def cache_features(name, stem, args) -> dict:
     c = stitch_config(stem["workdir"], args)
     task = train.Trainer(c, os.path.join(args.workdir, "unused")).task
     if not os.path.exists(path):
+        t0, cpu0 = time.time(), cpu_seconds()
         variables = task.stem_variables(stem["workdir"])
         phi_train = task.stem_features(variables, "train")
         phi_test = task.stem_features(variables, "test")
-        np.savez(path, phi=phi_train, phi_test=phi_test, init_from=stem["workdir"])
+        cost = np.float64([cpu_seconds() - cpu0, time.time() - t0])
+        np.savez(path, phi=phi_train, phi_test=phi_test, init_from=stem["workdir"], cost=cost)
     with np.load(path) as z:
-        return {"file": path, "phi_test": z["phi_test"], "n_train": len(z["phi"]), "task": task}
+        cost = z["cost"] if "cost" in z else np.float64([np.nan, np.nan])
+        return {"file": path, "phi_test": z["phi_test"], "task": task, "cost": cost}
 
 
 def train_r(name, arm, seed, stem, feats, args) -> dict:
@@ -389,7 +392,7 @@ PAPER_SCALE = (
     "training set (identities with both frontal and profile images) with this same recipe. "
     "Here the stems are 1/4-width ResNet-10s trained for 1,200 steps of batch 64 on 5,600 "
     "(A) or 4,040 (B) images of 400 identities, and R sees 1,600 profile images of 400 "
-    "identities (~1,600 epochs of them in 10,000 × 256 draws), so R can fit those 400 "
+    "identities (the paper's 10,000 × 256 draws are ~1,600 passes over them), so R can fit those 400 "
     "identities' profile-to-frontal offsets rather than a pose mapping that transfers to "
     "unseen identities. The test set is 100 identities (1,400 FP pairs; CIs of several points). "
     "A faithful run is `configs/dream.py:msceleb_naive` (ResNet-50, 150k steps at batch 256, "
@@ -566,9 +569,9 @@ def main():
     stems = {n: train_stem(n, args) for n in names}
     for n in names:  # recorded by the stem's training (in this command or an earlier one)
         timing[f"stem {n} training"] = (stems[n]["cpu_s"], stems[n]["wall_s"])
-    feats = phase(
-        f"feature caches ({len(names)} x 7,000 images)",
-        lambda: {n: cache_features(n, stems[n], args) for n in names},
+    feats = {n: cache_features(n, stems[n], args) for n in names}
+    timing[f"feature caches ({len(names)} x 7,000 images)"] = tuple(
+        sum(feats[n]["cost"][i] for n in names) for i in (0, 1)
     )
     rs = {}
     for n in names:
