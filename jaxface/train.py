@@ -72,7 +72,7 @@ from jaxface import tasks as tasks_lib
 from jaxface import parallel
 from jaxface import progress
 from jaxface import workdir_lock
-from jaxface.data import pipeline
+from jaxface.data import pipeline, step_batches
 from jaxface.tasks.base import EvalContext, Task
 from jaxface.tasks.common import variables_of
 from jaxface.training.checkpoints import (  # noqa: F401  (public names of jaxface.train)
@@ -173,7 +173,16 @@ class Trainer:
         self._tx = None  # `optimizer`: built once
 
     # -- data ------------------------------------------------------------------
-    def train_loader(self) -> pipeline.BatchLoader:
+    def train_loader(self) -> pipeline.BatchLoader | step_batches.StepBatches:
+        whole = self.task.train_batches(
+            self.config.train_split,
+            self.global_batch,
+            int(self.config.seed),
+            jax.process_index(),
+            jax.process_count(),
+        )
+        if whole is not None:
+            return whole
         source, transform = self.task.data(self.config.train_split, train=True)
         sampler = pipeline.IndexSampler(len(source), self.global_batch, seed=int(self.config.seed))
         return pipeline.BatchLoader(
@@ -251,7 +260,12 @@ class Trainer:
         init_from = self.config.init_from
         if init_from:
             params, model_state, step = restore_weights(
-                init_from, state.params, state.model_state, sharding.params, sharding.model_state
+                init_from,
+                state.params,
+                state.model_state,
+                sharding.params,
+                sharding.model_state,
+                optional=self.task.init_from_optional(state.params),
             )
             logging.info("initialised params from %s step %d", init_from, step)
             return state.replace(

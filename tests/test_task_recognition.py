@@ -80,7 +80,9 @@ def test_end_to_end_loss_finite_and_decreasing(trained):
 
 
 def test_stitching_freezes_stem_and_trains_block(data_dir, tmp_path_factory):
-    c = _config("tiny_stitch", data_dir)
+    c = _config(
+        "tiny_stitch", data_dir, **{"stitching.cached": False, "stitching.sampling": "image"}
+    )
     trainer = train.Trainer(c, str(tmp_path_factory.mktemp("wd_st")))
     task = trainer.task
     # Training rows are profile images of identities that also have a frontal image.

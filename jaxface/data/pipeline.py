@@ -20,6 +20,10 @@ a pure function of ``(seed, step)``:
   step's batch is the same bit for bit whatever the threads or processes, and the
   resume state is ``(seed, step)``, nothing else.
 
+* `jaxface.data.step_batches.StepBatches` serves whole global batches from a pure
+  function of the step (rows gathered from arrays in memory): the trainer reads it like
+  a `BatchLoader`, with no per-example work.
+
 A *source* is anything with ``__len__`` and ``__getitem__(int) -> example dict``:
 ``tfds`` array_record data sources (``builder.as_data_source(split)``), or plain
 in-memory arrays via :class:`ArraySource`.

@@ -47,6 +47,7 @@ class RecognitionNet(nn.Module):
     input_norm: str = "none"
     embed_dim: int = 256
     use_dream: bool = True
+    dream_gate: str = "yaw"
     num_classes: int = 10
     #: Classifier columns (``>= num_classes``); the extra ones are zero padding so the
     #: classes split evenly over devices (`RecognitionTask.classifier_columns`).
@@ -68,6 +69,7 @@ class RecognitionNet(nn.Module):
             ),
             embed_dim=self.embed_dim,
             use_dream=self.use_dream,
+            dream_gate=self.dream_gate,
         )
         if self.yaw_head:
             self.yaw_net = YawHead()

@@ -12,6 +12,12 @@ Contract (all arrays are host NumPy on the way in; everything inside `loss` and
 * ``data(split, train)`` -> ``(source, transform)``: a random-access source
   (``len`` + ``__getitem__``) and a per-example ``transform(example, rng)`` that
   returns a dict of fixed-shape NumPy arrays (see `jaxface.data.pipeline`).
+* ``train_batches(split, global_batch, seed, process_index, process_count)``: optional
+  whole training batches (`jaxface.data.step_batches.StepBatches`) instead of ``data``'s
+  per-example pipeline, for a task whose training examples are rows of arrays it holds
+  in memory (e.g. DREAM stitching on cached stem features); default None.
+* ``init_from_optional(params)``: optional parameter paths a ``config.init_from``
+  checkpoint may lack; they then keep their initialisation (default none).
 * ``init_variables(rng, batch)`` -> flax variables ``{"params": ..., <collections>}``.
 * ``loss(params, model_state, batch, rng, task_state)`` ->
   ``(scalar_loss, (new_model_state, metrics))`` with ``metrics`` a dict of scalars
@@ -174,6 +180,20 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def data(self, split: str, *, train: bool):
         """(source, transform) for a split."""
+
+    def train_batches(
+        self, split: str, global_batch: int, seed: int, process_index: int, process_count: int
+    ):
+        """Whole training batches (a `jaxface.data.step_batches.StepBatches`) or None (the
+        trainer then reads ``data(split, train=True)`` per example)."""
+        del split, global_batch, seed, process_index, process_count
+        return None
+
+    def init_from_optional(self, params) -> tuple[tuple[str, ...], ...]:
+        """Top-level-first key paths into ``params`` that a ``config.init_from`` checkpoint
+        may lack (kept at their initialisation then)."""
+        del params
+        return ()
 
     # -- model ----------------------------------------------------------------
     def example_batch(self, batch_size: int = 1) -> dict[str, np.ndarray]:

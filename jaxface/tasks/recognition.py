@@ -45,10 +45,21 @@ Training modes (``config.mode``):
                   statistics. Per identity of the training split: frontal =
                   ``|yaw| <= config.stitching.frontal_max_yaw`` (20), profile =
                   ``|yaw| >= config.stitching.profile_min_yaw`` (50); identities without
-                  both are dropped. A start hook computes each identity's mean frontal
-                  ``phi`` (over the image and its mirror) once; training batches are
-                  profile images only, loss = `jaxface.losses.dream_stitching_mse`
-                  of ``phi(x_p) + Y R(phi(x_p))`` against that mean.
+                  both are dropped. Each training example is a profile image (drawn as
+                  ``config.stitching.sampling`` says: ``identity``, the paper's, an
+                  identity first and then one of its profiles; ``image``, uniformly over
+                  the profiles), loss = `jaxface.losses.dream_stitching_mse` of
+                  ``phi(x_p) + Y R(phi(x_p))`` against the identity's mean frontal
+                  ``phi`` (over each image and its mirror). With
+                  ``config.stitching.cached`` (default) R trains on the flip-fused stem
+                  features, computed once from the stem of ``config.init_from`` (or
+                  read from ``config.stitching.features_file``) and served as whole
+                  batches (`jaxface.tasks.recognition_stitching`); otherwise each batch
+                  runs the frozen stem on the images, and a start hook computes the
+                  frontal means. ``config.init_from`` may be a naive run (no block): R
+                  then starts from its initialisation. ``config.model.dream_gate``:
+                  ``yaw`` (the paper's gate), ``none`` (ungated MLP, same size) or ``off``
+                  (R multiplied by 0: the stem; evaluation only).
   The paper's best is end-to-end, then stitching started from it: the second run's
   weights come from the first run's workdir via the trainer's ``config.init_from``
   (which reads only params and model state, so the optimizer may differ). Commands in
@@ -74,7 +85,6 @@ embeddings, yaw and gate). Evaluators (``config.evals``,
 from __future__ import annotations
 
 import functools
-import logging
 from typing import Any
 
 import jax
@@ -82,13 +92,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxface import losses
-from jaxface.data.sources import Subset
+from jaxface.models.dream import GATES
 from jaxface.models.recognition import STAGES, RecognitionNet
-from jaxface.ops.norm import flip_mean
 from jaxface.tasks import common
 from jaxface.tasks import recognition_evaluators as evaluators
-from jaxface.tasks.base import EvalContext, Hook, Task
+from jaxface.tasks.base import EvalContext, Task
 from jaxface.tasks.recognition_data import CROPS, RecognitionData
+from jaxface.tasks.recognition_stitching import StitchingMixin
 
 MODES = ("end_to_end", "stitching")
 YAW_SOURCES = ("metadata", "landmarks", "profile_flag", "learned")
@@ -100,7 +110,7 @@ HEADS = ("softmax", "cosface", "arcface")
 # ---------------------------------------------------------------------------------
 
 
-class RecognitionTask(RecognitionData, Task):
+class RecognitionTask(RecognitionData, StitchingMixin, Task):
     name = "recognition"
     compute_fields = ("image",)
     backbone_path = ("embedder", "backbone")
@@ -135,6 +145,11 @@ class RecognitionTask(RecognitionData, Task):
             raise ValueError(
                 "config.mode='stitching' trains the DREAM block: set config.model.use_dream=True"
             )
+        if c.model.get("dream_gate", "yaw") not in GATES:
+            raise ValueError(
+                f"config.model.dream_gate: unknown {c.model.dream_gate!r} (expected one of {GATES})"
+            )
+        self.check_stitching_config()
         self.num_classes = int(c.num_classes)
         self.model_parallel = int(c.model_parallel)
         self.sample_rate = float(c.head.get("sample_rate", 1.0))
@@ -159,6 +174,7 @@ class RecognitionTask(RecognitionData, Task):
             input_norm="imagenet" if self.pretrained else "none",
             embed_dim=int(c.model.embed_dim),
             use_dream=bool(c.model.use_dream),
+            dream_gate=str(c.model.get("dream_gate", "yaw")),
             num_classes=self.num_classes,
             padded_classes=self.classifier_columns,
             head_type=c.head.type,
@@ -196,11 +212,13 @@ class RecognitionTask(RecognitionData, Task):
         return batch
 
     def init_variables(self, rng, batch):
+        if "image" not in batch:  # cached stitching features: the model's input shapes
+            batch = self.example_batch(len(batch["phi"]))
         return self.model.init(rng, batch["image"], self.gate_yaw(batch), train=False)
 
     def init_task_state(self, rng, variables):
         del rng, variables
-        if self.config.mode != "stitching":
+        if self.config.mode != "stitching" or self.stitching_cached:
             return {}
         d = int(self.config.model.embed_dim)
         return {
@@ -306,7 +324,7 @@ class RecognitionTask(RecognitionData, Task):
     def loss(self, params, model_state, batch, rng, task_state):
         variables = {"params": params, **model_state}
         if self.config.mode == "stitching":
-            return self._stitching_loss(variables, model_state, batch, task_state)
+            return self.stitching_loss(variables, model_state, batch, task_state)
         out, new_state = self.model.apply(
             variables,
             batch["image"],
@@ -338,69 +356,6 @@ class RecognitionTask(RecognitionData, Task):
             loss = loss + float(self.config.yaw_head_weight) * jnp.mean(jnp.square(err / 90.0))
             metrics["yaw_mae"] = jnp.mean(jnp.abs(err))
         return loss, (new_state, metrics)
-
-    def _stitching_loss(self, variables, model_state, batch, task_state):
-        phi = jax.lax.stop_gradient(
-            self.model.apply(variables, batch["image"], False, method=RecognitionNet.features)
-        )
-        yaw = self.gate_yaw(batch)
-        if yaw is None:  # learned head (frozen in stitching)
-            yaw = self.model.apply(variables, phi, method=lambda m, x: m.yaw_net(x))
-        out = self.model.apply(variables, phi, yaw, method=RecognitionNet.head)
-        labels = batch["label"]
-        target = jax.lax.stop_gradient(task_state["frontal_mean"][labels])
-        valid = task_state["has_target"][labels]
-        per = losses.dream_stitching_mse(out["embedding"].astype(jnp.float32), target, where=valid)
-        loss = jnp.sum(per) / jnp.maximum(jnp.sum(valid), 1)
-        return loss, (model_state, {"stitch_mse": loss, "gate_mean": jnp.mean(out["gate"])})
-
-    # -- stitching start: weights from the end-to-end run, frontal means -------------
-    def hooks(self):
-        if self.config.mode != "stitching":
-            return []
-        return [
-            Hook(
-                "stitching_targets",
-                every_steps=0,
-                fn=self._stitching_start,
-                at_start=True,
-            )
-        ]
-
-    def _stitching_start(self, state, ctx: EvalContext):
-        split = self.config.train_split
-        _, frontal_rows, keep = self.stitching_rows(split)
-        src = Subset(self.source(split), frontal_rows)
-        transform = functools.partial(self.transform, train=False)
-        out = common.predict_split(
-            ctx,
-            self.predict_phi,
-            common.variables_of(state),
-            src,
-            transform,
-            int(self.config.eval_batch_size),
-            keep=("label",),
-        )
-        feats = flip_mean(out["phi"].astype(np.float64), out["phi_flip"])
-        d = feats.shape[1]
-        sums = np.zeros((self.num_classes, d))
-        counts = np.zeros(self.num_classes)
-        np.add.at(sums, out["label"], feats)
-        np.add.at(counts, out["label"], 1)
-        has = counts > 0
-        means = np.where(has[:, None], sums / np.maximum(counts, 1)[:, None], 0.0).astype(
-            np.float32
-        )
-        logging.info(
-            "stitching: %d identities with frontal and profile images, %d frontal images",
-            int(has.sum()),
-            len(frontal_rows),
-        )
-        task_state = {
-            "frontal_mean": jax.device_put(means, ctx.replicated),
-            "has_target": jax.device_put(has, ctx.replicated),
-        }
-        return state.replace(task_state=task_state)
 
     # -- prediction ------------------------------------------------------------------
     def predict(self, variables, batch):

@@ -167,8 +167,34 @@ class RecognitionData:
         self._meta[key] = meta
         return meta
 
+    def training_rows(self, split) -> np.ndarray | None:
+        """The rows of the training split that training reads, or None (all of them).
+
+        ``config.data.max_profile_fraction`` = f < 1 keeps every non-profile image and
+        ``floor(f * n_nonprofile / (1 - f))`` profile images (``|yaw| >=
+        config.stitching.profile_min_yaw``), drawn by a fixed permutation (seed 0), so
+        that profiles are at most a fraction f of the images read: a stem trained on
+        mostly frontal faces. Other splits are never capped."""
+        f = float(self.config.data.get("max_profile_fraction", 1.0))
+        if not 0.0 <= f <= 1.0:
+            raise ValueError(f"config.data.max_profile_fraction={f}: expected a value in [0, 1]")
+        if f >= 1.0 or split != self.config.train_split:
+            return None
+        meta = self.metadata(split)
+        if "abs_yaw" not in meta:
+            raise ValueError(
+                f"config.data.max_profile_fraction needs pose metadata (yaw, is_profile or "
+                f"landmarks) in split {split!r}"
+            )
+        profile = meta["abs_yaw"] >= float(self.config.stitching.profile_min_yaw)
+        rest, prof = np.flatnonzero(~profile), np.flatnonzero(profile)
+        k = min(len(prof), int(np.floor(f * len(rest) / (1.0 - f) + 1e-9)))
+        kept = np.random.default_rng(0).permutation(prof)[:k]
+        return np.sort(np.concatenate([rest, kept]))
+
     def stitching_rows(self, split) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(profile rows, frontal rows, identities kept) of a split for stitching."""
+        """(profile rows, frontal rows, identities kept) of a split for stitching (within
+        `training_rows`)."""
         meta = self.metadata(split)
         if "abs_yaw" not in meta:
             raise ValueError(
@@ -177,6 +203,11 @@ class RecognitionData:
         s = self.config.stitching
         fr = meta["abs_yaw"] <= float(s.frontal_max_yaw)
         pr = meta["abs_yaw"] >= float(s.profile_min_yaw)
+        allowed = self.training_rows(split)
+        if allowed is not None:
+            inside = np.zeros(len(fr), bool)
+            inside[allowed] = True
+            fr, pr = fr & inside, pr & inside
         lab = meta["label"]
         keep = np.intersect1d(np.unique(lab[fr]), np.unique(lab[pr]))
         if not len(keep):
@@ -277,9 +308,11 @@ class RecognitionData:
         return out
 
     def data(self, split, *, train):
-        src = self.source(split)
         if train and self.config.mode == "stitching":
-            rows, _, _ = self.stitching_rows(split)
+            return self.stitching_data(split)
+        src = self.source(split)
+        rows = self.training_rows(split) if train else None
+        if rows is not None:
             src = Subset(src, rows)
         return src, functools.partial(self.transform, train=train)
 

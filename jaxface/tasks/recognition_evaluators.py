@@ -128,6 +128,17 @@ def evaluate_cfp(task, predict_fn, variables, ctx: EvalContext):
     out = task.embed_split(predict_fn, variables, ctx, split, data_cfg)
     meta = task.metadata(split, data_cfg)
     n = len(out["label"])
+    pairs = cfp_pairs(meta, root, c.cfp.eval_splits, split, n)
+    report = face_pairs.verification_report(out["embedding"], out["embedding_flip"], pairs)
+    title = f"CFP splits {list(c.cfp.eval_splits)} ({'DREAM' if c.model.use_dream else 'naive'})"
+    return face_pairs.flatten_report(report), report_artefacts("cfp", report, title)
+
+
+def cfp_pairs(meta, root, eval_splits, split: str, n: int | None = None) -> dict:
+    """CFP's FF and FP protocol pairs of ``eval_splits`` as rows of a split:
+    ``{"FF" | "FP": (rows_a, rows_b, same, protocol_split)}``; ``meta`` is the split's
+    metadata (``is_profile``, ``index``), ``n`` the rows embedded (default all)."""
+    n = len(meta["index"]) if n is None else n
     proto = verification.parse_cfp_protocol(root, check_exists=False)
     row_of = {
         (bool(p), int(i)): r
@@ -136,7 +147,7 @@ def evaluate_cfp(task, predict_fn, variables, ctx: EvalContext):
     pairs = {}
     for name in ("FF", "FP"):
         ii, jj, ss, ff = [], [], [], []
-        for k in c.cfp.eval_splits:
+        for k in eval_splits:
             a, b, same = proto.splits[name][int(k) - 1]
             try:
                 ii.append([row_of[(False, int(x))] for x in a])
@@ -149,9 +160,7 @@ def evaluate_cfp(task, predict_fn, variables, ctx: EvalContext):
             ss.append(same)
             ff.append(np.full(len(same), int(k)))
         pairs[name] = tuple(np.concatenate(x) for x in (ii, jj, ss, ff))
-    report = face_pairs.verification_report(out["embedding"], out["embedding_flip"], pairs)
-    title = f"CFP splits {list(c.cfp.eval_splits)} ({'DREAM' if c.model.use_dream else 'naive'})"
-    return face_pairs.flatten_report(report), report_artefacts("cfp", report, title)
+    return pairs
 
 
 def evaluate_identification(task, predict_fn, variables, ctx: EvalContext):

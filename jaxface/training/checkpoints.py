@@ -141,20 +141,72 @@ def restore_weights(
     params_sharding,
     model_state_sharding,
     step: int | None = None,
+    optional: tuple[tuple[str, ...], ...] = (),
 ):
     """``(params, model_state, step)`` from another run's checkpoint, nothing else.
 
     Only the weights and model state (e.g. BatchNorm statistics) are read (orbax
     partial restore), so the source run may have had another optimizer, frozen
     parameters or task state (e.g. end-to-end training -> DREAM stitching). Their
-    structure and shapes must match this config's model; a mismatch is an error.
-    ``workdir`` is a run directory (its ``checkpoints/``) or a checkpoints directory.
+    structure and shapes must match this config's model; a mismatch is an error. The
+    sub-trees of ``params`` at the key paths ``optional`` are read when the checkpoint
+    has them and otherwise keep the values given here (e.g. a DREAM block stitched onto
+    a naive stem). ``workdir`` is a run directory (its ``checkpoints/``) or a
+    checkpoints directory.
     """
-    target = {"params": params, "model_state": model_state}
-    shard = {"params": params_sharding, "model_state": model_state_sharding}
-    abstract = abstract_like(target, shard)
-    restored, step = restore_partial(workdir, abstract, step)
+    target = {"params": _without(params, optional), "model_state": model_state}
+    shard = {"params": _without(params_sharding, optional), "model_state": model_state_sharding}
+    restored, step = restore_partial(workdir, abstract_like(target, shard), step)
+    for path in optional:
+        sub = {"params": _only(params, path)}
+        try:
+            got, _ = restore_partial(
+                workdir, abstract_like(sub, {"params": _only(params_sharding, path)}), step
+            )
+            source = got["params"]
+        except (TypeError, ValueError):  # not in the checkpoint: keep the given values
+            source = params
+            logging.info(
+                "init_from %s: no %s in the checkpoint; kept at initialisation",
+                workdir,
+                "/".join(path),
+            )
+        restored["params"] = _graft(restored["params"], source, [path])
     return restored["params"], restored["model_state"], step
+
+
+def _only(tree, path):
+    """Nested dicts holding only the sub-tree of ``tree`` at ``path``."""
+    node = tree
+    for k in path:
+        node = node[k]
+    for k in reversed(path):
+        node = {k: node}
+    return node
+
+
+def _without(tree, paths):
+    """``tree`` (nested dicts) without the sub-trees at ``paths``."""
+    out = dict(tree)
+    for path in paths:
+        node = out
+        for k in path[:-1]:
+            node[k] = dict(node[k])
+            node = node[k]
+        node.pop(path[-1], None)
+    return out
+
+
+def _graft(tree, source, paths):
+    """``tree`` with the sub-trees of ``source`` at ``paths`` put back."""
+    out = dict(tree)
+    for path in paths:
+        node, src = out, source
+        for k in path[:-1]:
+            node[k] = dict(node[k])
+            node, src = node[k], src[k]
+        node[path[-1]] = src[path[-1]]
+    return out
 
 
 def abstract_like(tree, sharding):
