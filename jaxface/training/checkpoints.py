@@ -93,15 +93,21 @@ def _install_sleep_before_commit(workdir: str) -> None:
     cls.finalize = finalize
 
 
+def _checkpoints_dir(workdir: str) -> str:
+    """A run directory's ``checkpoints/``, or ``workdir`` itself when it is one."""
+    path = os.path.abspath(workdir)
+    if os.path.isdir(os.path.join(path, "checkpoints")):
+        path = os.path.join(path, "checkpoints")
+    return path
+
+
 def restore_partial(workdir: str, abstract, step: int | None = None, *, what: str = "init_from"):
     """``(restored, step)``: the parts of a checkpoint named by ``abstract`` (a pytree of
     ``jax.ShapeDtypeStruct`` with shardings, e.g. ``{"params": ..., "model_state": ...}``),
     nothing else (orbax partial restore). ``workdir`` is a run directory (its
     ``checkpoints/``) or a checkpoints directory; ``step`` defaults to the latest. A
     structure or shape mismatch is a ValueError naming ``what`` and the step."""
-    path = os.path.abspath(workdir)
-    if os.path.isdir(os.path.join(path, "checkpoints")):
-        path = os.path.join(path, "checkpoints")
+    path = _checkpoints_dir(workdir)
     src = ocp.CheckpointManager(path)
     try:
         step = src.latest_step() if step is None else step
@@ -157,20 +163,22 @@ def restore_weights(
     target = {"params": _without(params, optional), "model_state": model_state}
     shard = {"params": _without(params_sharding, optional), "model_state": model_state_sharding}
     restored, step = restore_partial(workdir, abstract_like(target, shard), step)
+    saved = _saved_shapes(_checkpoints_dir(workdir), step, "state") if optional else None
     for path in optional:
-        sub = {"params": _only(params, path)}
-        try:
-            got, _ = restore_partial(
-                workdir, abstract_like(sub, {"params": _only(params_sharding, path)}), step
-            )
-            source = got["params"]
-        except (TypeError, ValueError):  # not in the checkpoint: keep the given values
-            source = params
+        prefix = "/".join(("params", *path)) + "/"
+        if saved is not None and not any(k.startswith(prefix) for k in saved):
+            source = params  # not in the checkpoint: keep the given values
             logging.info(
                 "init_from %s: no %s in the checkpoint; kept at initialisation",
                 workdir,
                 "/".join(path),
             )
+        else:  # present: read it (a shape mismatch is an error, never skipped)
+            sub = {"params": _only(params, path)}
+            got, _ = restore_partial(
+                workdir, abstract_like(sub, {"params": _only(params_sharding, path)}), step
+            )
+            source = got["params"]
         restored["params"] = _graft(restored["params"], source, [path])
     return restored["params"], restored["model_state"], step
 
@@ -254,13 +262,13 @@ def _structure_mismatch(saved: dict, wanted: dict) -> str:
     return "; ".join(parts) or f"{len(saved)} arrays saved vs {len(wanted)} in the config"
 
 
-def _saved_shapes(mngr: ocp.CheckpointManager, step: int, item: str) -> dict | None:
-    """The array shapes of ``item`` in checkpoint ``step`` from its metadata file alone
-    (no array is read), or None when the metadata cannot be read (the restore then says
-    what is wrong)."""
+def _saved_shapes(directory, step: int, item: str) -> dict | None:
+    """The array shapes of ``item`` in checkpoint ``step`` of a checkpoints ``directory``
+    from its metadata file alone (no array is read), or None when the metadata cannot be
+    read (the restore then says what is wrong)."""
     try:
         metadata = ocp.StandardCheckpointHandler().metadata(
-            epath.Path(str(mngr.directory)) / str(step) / item
+            epath.Path(str(directory)) / str(step) / item
         )
     except Exception:  # pylint: disable=broad-except
         return None
@@ -284,7 +292,7 @@ def restore_state(
         )
 
     if explain_mismatch:
-        saved = _saved_shapes(mngr, step, "state")
+        saved = _saved_shapes(mngr.directory, step, "state")
         details = "" if saved is None else _structure_mismatch(saved, _shapes_by_path(abstract))
         if details:
             raise mismatch_error(details)
