@@ -183,12 +183,12 @@ def _head(loss: str, name: str):
         # A linear head on fixed features: a larger step than the trunk's (a choice).
         c.optimizer.learning_rate = 5e-3
         c.optimizer.warmup_steps = 50
-        # 450 steps: 30 balanced steps for each of 15 metric_attributes (sized for a
-        # 2-core CPU; docs/results/lmle_heads.md).
-        c.num_train_steps = 450
+        # 300 steps: 20 balanced steps for each of 15 metric_attributes (sized for a
+        # shared 2-core CPU; docs/results/lmle_heads.md).
+        c.num_train_steps = 300
         c.recluster_every = 150
-        c.eval_every = 450
-        c.checkpoint_every = 450
+        c.eval_every = 300
+        c.checkpoint_every = 300
 
     return overlay
 

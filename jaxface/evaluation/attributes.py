@@ -9,6 +9,8 @@ Per attribute, with ``Np``/``Nn`` the positive/negative ground-truth counts:
 Means are plain averages over the attributes. Counts can be accumulated on device, batch
 by batch, with the jit-able `confusion_counts` (sum the results) and turned into metrics
 on the host with `metrics_from_counts`; `attribute_metrics` does both for arrays in memory.
+`mean_balanced_accuracy_fn` gives the mean balanced accuracy of resampled images, for
+the bootstrap intervals of `jaxface.evaluation.stats` (images are the units).
 `plot_gain_vs_imbalance` draws the talk's figure (gain in balanced accuracy over a
 baseline, attributes sorted by imbalance level) to a PNG with matplotlib's Agg backend.
 

@@ -18,6 +18,10 @@ representation, and the extra cost is one ``Dense(F -> A*D)`` on the pooled feat
 an ``A``-fold larger (but tiny: ``A*B*B``) mining distance tensor, not 40 forward
 passes. The shared variant (``per_attribute_embedding=False``) is kept for comparison;
 the task then uses the same embedding for every attribute.
+
+``frozen_trunk=True`` makes the trunk a fixed feature extractor for heads trained on top
+of it: running BatchNorm statistics in training too, and no gradient past its pooled
+feature (returned as ``feature``).
 """
 
 from __future__ import annotations

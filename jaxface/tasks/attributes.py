@@ -51,7 +51,12 @@ record carries ``balanced_for``; a per-step batch trains one attribute's embeddi
 points, ``config.clusters_per_class`` then being the cap (`ops.clusters_for_sizes`);
 ``config.model.embedding_bn`` (False: no BatchNorm on the embedding); ``config.mining_pool``
 mines the partners from the batch plus a pool of the last P training embeddings, kept in
-the model-state collection ``mining_pool`` (newest first; constants).
+the model-state collection ``mining_pool`` (newest first; constants; a buffer that
+``config.init_from`` leaves empty). ``config.metric_attributes`` restricts the sampler's
+round-robin (and so, with ``metric_loss_balanced_only``, the trained metric losses) to
+the attributes listed. ``config.model.frozen_trunk`` trains the heads on a fixed trunk
+(`trainable_mask`; the model stops its gradient and runs its BatchNorm on running
+statistics).
 
 Inference: the ``attributes`` predict function (`AttributesTask.predict`). Evaluation
 (``config.evals``): ``balanced_accuracy`` and ``cluster_knn``
