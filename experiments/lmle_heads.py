@@ -273,6 +273,7 @@ def main(argv=None):
     p.add_argument("--trunk_steps", type=int, default=1000)
     p.add_argument("--head_steps", type=int, default=0, help="0: the head configs' own")
     p.add_argument("--n_boot", type=int, default=2000)
+    p.add_argument("--heads", default="e,d", help="the trained heads to run, in this order")
     p.add_argument(
         "--reverse_seeds",
         action="store_true",
@@ -401,7 +402,9 @@ def main(argv=None):
         batch = [transform(src[i], None) for i in range(16)]
         check_batch = {"image": jnp.asarray(np.stack([b["image"] for b in batch]))}
     # The claim's head first: with a deadline, (e) is complete before (d) starts.
-    for h, variant in (("e", "lmle_head"), ("d", "triplet_head")):
+    variants = {"e": "lmle_head", "d": "triplet_head"}
+    for h in args.heads.split(","):
+        variant = variants[h]
         for seed in seeds:
 
             def trained(variant=variant, seed=seed):
@@ -411,7 +414,6 @@ def main(argv=None):
                 return knn_predictions(jax.random.key(seed), e_tr, y_tr, e_te, head_cfg)
 
             preds[h].append(saved(h, seed, trained))
-            logging.warning("head %s seed %d done", h, seed)
         since = mark(f"head {h}", since)
     preds = {h: [p for p in v if p is not None] for h, v in preds.items()}
 
