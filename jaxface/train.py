@@ -259,14 +259,20 @@ class Trainer:
             return restored, f"resumed from step {latest}"
         init_from = self.config.init_from
         if init_from:
+            fresh = set(self.task.fresh_collections)
+
+            def weights(tree):
+                return {k: v for k, v in tree.items() if k not in fresh}
+
             params, model_state, step = restore_weights(
                 init_from,
                 state.params,
-                state.model_state,
+                weights(state.model_state),
                 sharding.params,
-                sharding.model_state,
+                weights(sharding.model_state),
                 optional=self.task.init_from_optional(state.params),
             )
+            model_state = {**state.model_state, **model_state}
             logging.info("initialised params from %s step %d", init_from, step)
             return state.replace(
                 params=params, model_state=model_state

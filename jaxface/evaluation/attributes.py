@@ -9,6 +9,8 @@ Per attribute, with ``Np``/``Nn`` the positive/negative ground-truth counts:
 Means are plain averages over the attributes. Counts can be accumulated on device, batch
 by batch, with the jit-able `confusion_counts` (sum the results) and turned into metrics
 on the host with `metrics_from_counts`; `attribute_metrics` does both for arrays in memory.
+`mean_balanced_accuracy_fn` gives the mean balanced accuracy of resampled images, for
+the bootstrap intervals of `jaxface.evaluation.stats` (images are the units).
 `plot_gain_vs_imbalance` draws the talk's figure (gain in balanced accuracy over a
 baseline, attributes sorted by imbalance level) to a PNG with matplotlib's Agg backend.
 
@@ -29,6 +31,7 @@ __all__ = [
     "confusion_counts",
     "format_metrics_table",
     "imbalance_level",
+    "mean_balanced_accuracy_fn",
     "metrics_from_counts",
     "plot_gain_vs_imbalance",
 ]
@@ -154,6 +157,46 @@ def attribute_metrics(
     """
     counts = confusion_counts(jnp.asarray(predictions), jnp.asarray(labels), where=where)
     return metrics_from_counts(np.asarray(counts), names=names, positive_rate=positive_rate)
+
+
+def mean_balanced_accuracy_fn(predictions, labels):
+    """The mean balanced accuracy over attributes as a function of resampled images, for
+    `jaxface.evaluation.stats.bootstrap_ci` / ``paired_bootstrap`` with ``vectorized=True``
+    (images are the units).
+
+    Args:
+      predictions: ``[N, A]``, or ``[S, N, A]`` for ``S`` runs (seeds) of one method: the
+        metric is then the mean over runs of each run's mean balanced accuracy (the runs'
+        correctness is averaged per image, which gives the same value since the class
+        counts do not depend on the run).
+      labels: ``[N, A]`` (``> 0`` is positive).
+
+    Returns:
+      ``fn(indices [rows, N]) -> [rows]``: the metric on each row's images (with repeats);
+      an attribute whose resample lacks a class gets the recall of the class present, as
+      in `metrics_from_counts`.
+    """
+    p = np.asarray(predictions) > 0
+    if p.ndim == 2:
+        p = p[None]
+    y = np.asarray(labels) > 0
+    if p.shape[1:] != y.shape or y.ndim != 2:
+        raise ValueError(f"predictions {p.shape} do not match labels [N, A] {y.shape}")
+    n, a = y.shape
+    correct = (p == y[None]).mean(axis=0)  # [N, A]
+    columns = np.concatenate([correct * y, correct * ~y, y, ~y], axis=1).astype(np.float64)
+
+    def fn(indices):
+        idx = np.asarray(indices)
+        rows = idx.shape[0]
+        flat = (idx + n * np.arange(rows)[:, None]).ravel()
+        weights = np.bincount(flat, minlength=rows * n).reshape(rows, n).astype(np.float64)
+        s = weights @ columns  # [rows, 4A]: correct positives, correct negatives, Np, Nn
+        with np.errstate(invalid="ignore", divide="ignore"):
+            recalls = np.stack([s[:, :a] / s[:, 2 * a : 3 * a], s[:, a : 2 * a] / s[:, 3 * a :]])
+        return np.nanmean(recalls, axis=0).mean(axis=1)
+
+    return fn
 
 
 def format_metrics_table(

@@ -18,6 +18,10 @@ representation, and the extra cost is one ``Dense(F -> A*D)`` on the pooled feat
 an ``A``-fold larger (but tiny: ``A*B*B``) mining distance tensor, not 40 forward
 passes. The shared variant (``per_attribute_embedding=False``) is kept for comparison;
 the task then uses the same embedding for every attribute.
+
+``frozen_trunk=True`` makes the trunk a fixed feature extractor for heads trained on top
+of it: running BatchNorm statistics in training too, and no gradient past its pooled
+feature (returned as ``feature``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 
 from jaxface.models.cnn import ConvTrunk
 from jaxface.ops.norm import l2_normalize
@@ -40,6 +45,10 @@ class AttributeNet(nn.Module):
     # see the same function of the image; with it, batch statistics in the step and
     # running statistics at clustering time).
     embedding_bn: bool = True
+    # True: the trunk is a fixed feature extractor (heads trained on a frozen trunk): its
+    # BatchNorm runs on its running statistics in training too, and no gradient flows
+    # into it (the task also masks its parameters out of the optimizer).
+    frozen_trunk: bool = False
     dtype: Any = None
 
     @nn.compact
@@ -47,8 +56,10 @@ class AttributeNet(nn.Module):
         """images ``[B, H, W, 3]`` float in [-1, 1] -> dict(logits ``[B, A]``, embedding
         ``[B, A, D]`` (or ``[B, D]`` when shared), feature ``[B, F]``)."""
         feat = ConvTrunk(self.widths, self.convs_per_stage, dtype=self.dtype, name="trunk")(
-            images, train=train
+            images, train=train and not self.frozen_trunk
         )
+        if self.frozen_trunk:
+            feat = jax.lax.stop_gradient(feat)
         width = (
             self.num_attributes * self.embedding_dim
             if self.per_attribute_embedding

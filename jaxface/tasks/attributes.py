@@ -51,7 +51,12 @@ record carries ``balanced_for``; a per-step batch trains one attribute's embeddi
 points, ``config.clusters_per_class`` then being the cap (`ops.clusters_for_sizes`);
 ``config.model.embedding_bn`` (False: no BatchNorm on the embedding); ``config.mining_pool``
 mines the partners from the batch plus a pool of the last P training embeddings, kept in
-the model-state collection ``mining_pool`` (newest first; constants).
+the model-state collection ``mining_pool`` (newest first; constants; a buffer that
+``config.init_from`` leaves empty). ``config.metric_attributes`` restricts the sampler's
+round-robin (and so, with ``metric_loss_balanced_only``, the trained metric losses) to
+the attributes listed. ``config.model.frozen_trunk`` trains the heads on a fixed trunk
+(`trainable_mask`; the model stops its gradient and runs its BatchNorm on running
+statistics).
 
 Inference: the ``attributes`` predict function (`AttributesTask.predict`). Evaluation
 (``config.evals``): ``balanced_accuracy`` and ``cluster_knn``
@@ -94,6 +99,7 @@ class AttributesTask(Task):
     name = "attributes"
     compute_fields = ("image",)
     predictors = {"attributes": "predict"}
+    fresh_collections = (POOL,)
 
     def __init__(self, config):
         super().__init__(config)
@@ -106,6 +112,7 @@ class AttributesTask(Task):
             convs_per_stage=int(m.convs_per_stage),
             per_attribute_embedding=bool(m.get("per_attribute_embedding", True)),
             embedding_bn=bool(m.get("embedding_bn", True)),
+            frozen_trunk=bool(m.get("frozen_trunk", False)),
         )
         if config.loss not in LOSSES:
             raise ValueError(
@@ -137,6 +144,7 @@ class AttributesTask(Task):
                     "config.metric_loss_balanced_only needs config.balanced_sampling: only "
                     "the balanced sampler says which attribute a batch is balanced for"
                 )
+            self.metric_attributes = self._attribute_indices(config.get("metric_attributes", []))
             if len(config.lmle_margins) != 3 or min(config.lmle_margins) < 0:
                 raise ValueError(
                     f"config.lmle_margins={list(config.lmle_margins)} must be 3 "
@@ -145,6 +153,27 @@ class AttributesTask(Task):
         self._sources = {}
         self._labels = {}
         self._rates = None
+
+    def _attribute_indices(self, names) -> tuple[int, ...] | None:
+        """Indices of ``config.metric_attributes`` (names or indices; empty: None, all)."""
+        names = list(names or [])
+        if not names:
+            return None
+        known = list(self.config.get("attribute_names", []) or [])
+        out = []
+        for n in names:
+            if isinstance(n, str) and not n.isdigit():
+                if n not in known:
+                    raise ValueError(f"config.metric_attributes: unknown attribute {n!r}")
+                out.append(known.index(n))
+            else:
+                out.append(int(n))
+        if len(set(out)) != len(out) or not all(0 <= i < self.num_attributes for i in out):
+            raise ValueError(
+                f"config.metric_attributes={names}: expected distinct attributes of the "
+                f"{self.num_attributes}"
+            )
+        return tuple(out)
 
     # -- data -------------------------------------------------------------------
     def source(self, split):
@@ -210,6 +239,7 @@ class AttributesTask(Task):
                 seed=int(self.config.seed),
                 num_steps=int(self.config.num_train_steps),
                 tag_attribute=self.balanced_only,
+                attributes=self.metric_attributes,
             )
         return src, functools.partial(self.transform, train=train)
 
@@ -340,15 +370,29 @@ class AttributesTask(Task):
             },
         )
 
+    def trainable_mask(self, params):
+        """All True; with ``config.model.frozen_trunk`` the ``trunk`` is frozen."""
+        frozen = bool(self.config.model.get("frozen_trunk", False))
+
+        def mark(path, _):
+            return not (frozen and getattr(path[0], "key", None) == "trunk")
+
+        return jax.tree_util.tree_map_with_path(mark, params)
+
     def metric_names(self):
         return ("complete_partners", "violating_anchors") if self.metric else ("accuracy",)
 
     # -- inference and clustering -----------------------------------------------------
     def predict(self, variables, batch):
-        """``logits [B, A]`` of the linear heads, ``embedding [B, A, D]`` per attribute."""
+        """``logits [B, A]`` of the linear heads, ``embedding [B, A, D]`` per attribute,
+        ``feature [B, F]`` the trunk's pooled feature (what the heads read)."""
         variables = {k: v for k, v in variables.items() if k != POOL}
         out = self.model.apply(variables, batch["image"], train=False)
-        return {"logits": out["logits"], "embedding": self._embeddings(out)}
+        return {
+            "logits": out["logits"],
+            "embedding": self._embeddings(out),
+            "feature": out["feature"],
+        }
 
     def embed(self, predict_fn, variables, ctx: EvalContext, source, *, limit=None):
         """``predict_split`` of the ``attributes`` predict function over a source with

@@ -47,6 +47,8 @@ class ClassBalancedSource:
       batch_size: the global batch size. seed: the run's seed. num_steps: the run length.
       tag_attribute: add ``balanced_for`` (the attribute the record's batch is balanced
         for) to every record, for losses that apply only on their own balanced batches.
+      attributes: optional attribute indices: the round-robin visits only these
+        (attribute ``attributes[step mod len(attributes)]`` at a step); None: all.
     """
 
     def __init__(
@@ -58,8 +60,19 @@ class ClassBalancedSource:
         seed: int,
         num_steps: int,
         tag_attribute: bool = False,
+        attributes=None,
     ):
         labels = np.asarray(labels)
+        self.attributes = (
+            np.arange(labels.shape[1]) if attributes is None else np.asarray(attributes, int)
+        )
+        if (
+            self.attributes.size == 0
+            or not ((self.attributes >= 0) & (self.attributes < labels.shape[1])).all()
+        ):
+            raise ValueError(
+                f"attributes={list(self.attributes)}: expected indices in [0, {labels.shape[1]})"
+            )
         if labels.shape[0] != len(source):
             raise ValueError(f"labels for {labels.shape[0]} records, source has {len(source)}")
         self.source, self.batch_size = source, int(batch_size)
@@ -78,8 +91,9 @@ class ClassBalancedSource:
         perm = pipeline.IndexSampler(self.length, self.length, seed=int(seed)).indices(0)
         self.position = np.empty(self.length, np.int64)
         self.position[perm] = np.arange(self.length)
+        sub = labels[:, self.attributes]
         self.sampler = ops.BalancedQuintupletSampler(
-            labels, np.zeros_like(labels), batch_size=self.batch_size, seed=int(seed)
+            sub, np.zeros_like(sub), batch_size=self.batch_size, seed=int(seed)
         )
         self._cache: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
@@ -103,7 +117,7 @@ class ClassBalancedSource:
     def balanced_for(self, v: int) -> int:
         """The attribute the batch of virtual record ``v`` is balanced for."""
         step = int(self.position[int(v)]) // self.batch_size
-        return step % self.sampler.num_attributes
+        return int(self.attributes[step % self.sampler.num_attributes])
 
     def __getitem__(self, v):
         record = self.source[self.record_index(v)]

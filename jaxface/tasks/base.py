@@ -38,7 +38,8 @@ Contract (all arrays are host NumPy on the way in; everything inside `loss` and
   (`jaxface.training.eval_writer`). An evaluator writes no file itself.
 * ``load_pretrained(params, model_state)``: optional pretrained weights (e.g. a
   torchvision backbone) that the trainer puts into a run that starts with neither a
-  checkpoint nor ``config.init_from``.
+  checkpoint nor ``config.init_from``; ``fresh_collections``: model-state collections
+  that ``config.init_from`` leaves at their initial value (buffers, not weights).
 * ``init_task_state(...)`` / ``hooks()``: optional non-gradient state (e.g. LMLE's
   cluster assignments) and periodic host-side hooks ``(state, ctx) -> state`` run
   every ``every_steps`` (e.g. re-clustering), each timed and reported. Like
@@ -167,6 +168,9 @@ class Task(abc.ABC):
     #: image inputs); every other field keeps its dtype. See `jaxface.train`'s precision
     #: contract.
     compute_fields: tuple[str, ...] = ()
+    #: Model-state collections that are buffers, not weights (e.g. LMLE's mining pool):
+    #: ``config.init_from`` does not read them, a run starts them fresh.
+    fresh_collections: tuple[str, ...] = ()
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
