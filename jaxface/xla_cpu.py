@@ -6,7 +6,7 @@ kernels) ran the trainer's ResNet-18 112-px step 1.31x faster than XLA's default
 2-core AMD EPYC (0.81x of hand-written PyTorch instead of 0.62x), the best of the
 options measured side by side by ``benchmarks/step_options.py`` (oneDNN, its custom
 calls and fusions, XNNPACK fusions, YNNPACK with convolutions, bf16; table in
-``benchmarks/README.md``). So the training commands add
+``benchmarks/README.md``), and 2.07x on ResNet-50 at 224 px. So the training commands add
 
     --xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce --xla_cpu_use_xnnpack=false
 
