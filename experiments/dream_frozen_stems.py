@@ -71,12 +71,7 @@ def _config(variant, args, **overrides):
     c = load_config(CONFIG, variant)
     c.data.manual_dir = args.cfp
     c.data.data_dir = os.path.join(args.workdir, "tfds")
-    for k, v in overrides.items():
-        node = c
-        *path, last = k.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = v
+    c.update_from_flattened_dict(overrides)  # "a.b": v sets c.a.b
     return c
 
 

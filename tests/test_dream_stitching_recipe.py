@@ -26,12 +26,7 @@ CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 def _config(variant, data_dir, **overrides):
     c = load_config(CONFIGS / "dream.py", variant)
     c.data.data_dir = str(data_dir)
-    for k, v in overrides.items():
-        node = c
-        *path, last = k.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = v
+    c.update_from_flattened_dict(overrides)  # "a.b": v sets c.a.b
     return c
 
 

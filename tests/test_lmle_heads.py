@@ -2,8 +2,6 @@
 ``metric_attributes``, ``init_from`` of a BCE run into a head with a mining pool, and the
 resampled mean balanced accuracy used for the paired bootstrap."""
 
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,11 +10,9 @@ import pytest
 from jaxface import train
 from jaxface.data import pipeline
 from jaxface.evaluation import attributes as attr_eval
-from jaxface.quickstart import load_config
 from jaxface.tasks import attributes as task_lib
 from jaxface.tasks import common
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from test_task_attributes import tiny as attributes_tiny
 
 
 @pytest.fixture(scope="module")
@@ -25,14 +21,8 @@ def tfds_dir(tmp_path_factory):
 
 
 def tiny(tfds_dir, loss="lmle", **overrides):
-    c = load_config(REPO / "configs" / "lmle.py", "tiny")
-    c.data.data_dir = tfds_dir
-    c.async_checkpointing = False
-    c.loss = loss
-    c.evals = []
-    for k, v in overrides.items():
-        c[k] = v
-    return c
+    """`test_task_attributes.tiny` without evaluators."""
+    return attributes_tiny(tfds_dir, loss, evals=[], **overrides)
 
 
 def _batch(task, n=16):
