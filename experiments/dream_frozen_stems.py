@@ -92,6 +92,13 @@ def train_stem(name, args) -> dict:
         over.update(num_train_steps=args.stem_steps, eval_every=args.stem_steps)
         over.update(checkpoint_every=args.stem_steps, **{"optimizer.warmup_steps": 0})
     c = _config(STEMS[name], args, **over)
+    r, cpu = _train_once(c, wd)
+    return {"workdir": wd, "config": c, "result": r, **cpu}
+
+
+def _train_once(c, wd) -> tuple[dict, dict]:
+    """``(result, {"cpu_s", "wall_s"})`` of training ``c`` in ``wd``; a finished run is
+    read back instead of trained again."""
     r = _finished(wd)
     if r is None:
         t0, cpu0 = time.time(), cpu_seconds()
@@ -99,8 +106,7 @@ def train_stem(name, args) -> dict:
         with open(os.path.join(wd, "cpu.json"), "w") as f:
             json.dump({"cpu_s": cpu_seconds() - cpu0, "wall_s": time.time() - t0}, f)
     with open(os.path.join(wd, "cpu.json")) as f:
-        cpu = json.load(f)
-    return {"workdir": wd, "config": c, "result": r, **cpu}
+        return r, json.load(f)
 
 
 def stitch_config(stem_wd, args, **extra):
@@ -137,14 +143,7 @@ def train_r(name, arm, seed, stem, feats, args) -> dict:
         seed=seed,
         **{"model.dream_gate": ARMS[arm], "stitching.features_file": feats["file"]},
     )
-    r = _finished(wd)
-    if r is None:
-        t0, cpu0 = time.time(), cpu_seconds()
-        r = train.train_and_evaluate(c, wd).__dict__
-        with open(os.path.join(wd, "cpu.json"), "w") as f:
-            json.dump({"cpu_s": cpu_seconds() - cpu0, "wall_s": time.time() - t0}, f)
-    with open(os.path.join(wd, "cpu.json")) as f:
-        cost = json.load(f)
+    r, cost = _train_once(c, wd)
     _, state, _ = train.load_state(c, wd)
     return {"workdir": wd, "params": jax.device_get(state.params), "result": r, **cost}
 

@@ -15,19 +15,10 @@ import pytest
 from jaxface import train
 from jaxface.data import pipeline, step_batches
 from jaxface.models.dream import DreamBlock
-from jaxface.quickstart import load_config
 from jaxface.tasks import recognition_stitching as rs
 from jaxface.tasks.recognition_data import RecognitionData
 from jaxface.training.checkpoints import make_checkpoint_manager
-
-CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
-
-
-def _config(variant, data_dir, **overrides):
-    c = load_config(CONFIGS / "dream.py", variant)
-    c.data.data_dir = str(data_dir)
-    c.update_from_flattened_dict(overrides)  # "a.b": v sets c.a.b
-    return c
+from test_task_recognition import _config
 
 
 def _np_gate(yaw):
