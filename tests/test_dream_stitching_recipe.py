@@ -5,7 +5,6 @@ batches of cached stem features, and stitching onto a naive stem.
 The trained-model tests run the tiny synthetic config (8 CPU devices) for a few steps."""
 
 import functools
-import pathlib
 
 import jax
 import ml_collections
