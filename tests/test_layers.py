@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "jaxface.logs",
             "jaxface.compile_cache",
             "jaxface.xla_cpu",
+            "jaxface.checkpoint_weights",
         ),
     ),
     ("ops", ("jaxface.ops", "jaxface.losses")),

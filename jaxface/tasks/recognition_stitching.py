@@ -209,7 +209,7 @@ class StitchingMixin:
     def stem_variables(self, init_from: str):
         """Flax variables of this config's model with the weights of ``init_from`` (R, when
         the checkpoint has none, at its initialisation), replicated over the mesh."""
-        from jaxface.training.checkpoints import restore_weights  # pylint: disable=import-outside-toplevel
+        from jaxface.checkpoint_weights import restore_weights  # pylint: disable=import-outside-toplevel
 
         rep = jax.sharding.NamedSharding(self._mesh(), jax.sharding.PartitionSpec())
         fresh = jax.jit(
