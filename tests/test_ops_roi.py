@@ -98,9 +98,12 @@ def data():
     return feat, rois, bidx
 
 
-@pytest.mark.parametrize("impl", ["gather", "window"])
-@pytest.mark.parametrize("sampling,aligned", [(2, False), (2, True), (-1, False), (-1, True)])
-def test_roi_align_matches_reference(data, sampling, aligned, impl):
+@pytest.mark.parametrize(
+    "sampling,aligned", [(2, False), (2, True), (-1, False), (-1, True), (5, True)]
+)
+def test_roi_align_matches_reference(data, sampling, aligned):
+    """Fixed grids (2x2: the unrolled sum; 5x5 = 25 samples: the loop over sample
+    rows) and adaptive grids (here capped at 4x4 by the 12x15 map)."""
     feat, rois, bidx = data
     scale = 0.25
     f = jax.jit(
@@ -112,8 +115,6 @@ def test_roi_align_matches_reference(data, sampling, aligned, impl):
             spatial_scale=scale,
             sampling_ratio=sampling,
             aligned=aligned,
-            impl=impl,
-            window=5,  # small: some RoIs need the whole-map fallback
         )
     )
     got = np.asarray(f(feat, rois, bidx))
@@ -135,12 +136,6 @@ def test_roi_align_constant_map_and_grad(data):
     fn = lambda x: ops.roi_align(x, rois, bidx, (2, 2), spatial_scale=0.25, sampling_ratio=2).sum()  # noqa: E731
     check_grads(
         fn, (jnp.asarray(feat, jnp.float32),), order=1, modes=("rev",), atol=1e-2, rtol=1e-2
-    )
-    fw = lambda x: ops.roi_align(  # noqa: E731
-        x, rois, bidx, (2, 2), spatial_scale=0.25, sampling_ratio=2, impl="window", window=4
-    ).sum()
-    check_grads(
-        fw, (jnp.asarray(feat, jnp.float32),), order=1, modes=("rev",), atol=1e-2, rtol=1e-2
     )
 
 
@@ -166,13 +161,11 @@ def test_roi_shape_errors(data):
 
 
 @pytest.mark.parametrize("sampling,aligned", [(2, True), (-1, False)])
-@pytest.mark.parametrize("window", [3, 6, 24])
-def test_roi_align_window_form_equals_gather_form_bit_for_bit(sampling, aligned, window):
-    """The per-RoI window form (CPU default) against the batched gather (the previous
-    implementation), for RoIs that fit the window, that need the whole-map fallback,
-    that lie partly or wholly outside the map; and the gradients. Same products and
-    sums in the same order, but XLA fuses the two programs differently, so the last
-    bit may differ (float32 tolerance)."""
+def test_roi_align_hostile_rois_and_bf16(sampling, aligned):
+    """RoIs wholly outside the map, covering all of it and beyond, sub-pixel, and
+    batch indices of every image: against the NumPy reference; a bfloat16 map gives
+    the float32 result of its bfloat16 values, in bfloat16; the gradient is the
+    reference's adjoint (a linear map: <grad, x> = <cotangent, f(x)>)."""
     rng = np.random.default_rng(1)
     feat = rng.normal(size=(3, 20, 17, 5)).astype(np.float32)
     xy = rng.uniform(-8, 18, (40, 2))
@@ -180,30 +173,49 @@ def test_roi_align_window_form_equals_gather_form_bit_for_bit(sampling, aligned,
     rois = np.concatenate([xy, xy + wh], 1).astype(np.float32)
     rois[0] = [-30, -30, -20, -20]  # outside the map
     rois[1] = [-2, -2, 22, 25]  # the whole map and beyond
+    rois[2] = [4.1, 4.2, 4.15, 4.3]  # sub-pixel
     bidx = rng.integers(0, 3, 40).astype(np.int32)
 
-    def run(impl):
-        return jax.jit(
-            lambda x: ops.roi_align(
-                x,
-                rois,
-                bidx,
-                (4, 3),
-                sampling_ratio=sampling,
-                aligned=aligned,
-                impl=impl,
-                window=window,
-            )
+    def run(x):
+        # Adaptive: a cap of 8 covers the largest RoI (27 px / 4 bins), exact.
+        return ops.roi_align(
+            x, rois, bidx, (4, 3), sampling_ratio=sampling, aligned=aligned, max_sampling_ratio=8
         )
 
-    f = jnp.asarray(feat)
-    np.testing.assert_allclose(
-        np.asarray(run("window")(f)), np.asarray(run("gather")(f)), rtol=1e-5, atol=1e-6
+    ref = roi_align_reference(
+        feat.astype(np.float64), rois.astype(np.float64), bidx, (4, 3), 1.0, sampling, aligned
     )
-    cot = jnp.asarray(rng.normal(size=(40, 4, 3, 5)).astype(np.float32))
-    grads = [
-        np.asarray(jax.grad(lambda x, impl=impl: (run(impl)(x) * cot).sum())(f))
-        for impl in ("window", "gather")
-    ]
-    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-6, atol=1e-6)
-    assert np.abs(grads[0]).sum() > 0
+    got = np.asarray(jax.jit(run)(jnp.asarray(feat)))
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(got[0], 0.0)
+
+    fb = jnp.asarray(feat, jnp.bfloat16)
+    got_b = jax.jit(run)(fb)
+    assert got_b.dtype == jnp.bfloat16
+    ref_b = roi_align_reference(
+        np.asarray(fb.astype(jnp.float32), np.float64),
+        rois.astype(np.float64),
+        bidx,
+        (4, 3),
+        1.0,
+        sampling,
+        aligned,
+    )
+    np.testing.assert_allclose(np.asarray(got_b, np.float64), ref_b, rtol=1e-2, atol=1e-2)
+
+    cot = rng.normal(size=(40, 4, 3, 5))
+    grad = np.asarray(
+        jax.grad(lambda x: (run(x) * jnp.asarray(cot, jnp.float32)).sum())(jnp.asarray(feat))
+    )
+    probe = rng.normal(size=feat.shape)
+    lhs = float((grad * probe).sum())
+    rhs = float(
+        (
+            cot
+            * roi_align_reference(
+                probe, rois.astype(np.float64), bidx, (4, 3), 1.0, sampling, aligned
+            )
+        ).sum()
+    )
+    assert abs(lhs - rhs) <= 1e-4 * max(1.0, abs(rhs))
+    assert np.abs(grad).sum() > 0

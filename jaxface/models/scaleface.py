@@ -135,6 +135,7 @@ class BranchHead(nn.Module):
     landmarks: bool
     backbone_strides: Mapping[str, int]
     roi_size: int = 5
+    num_head_convs: int = 2
 
     def setup(self):
         self.lateral = [nn.Conv(self.merge_channels, (1, 1)) for _ in self.spec.stages]
@@ -148,7 +149,9 @@ class BranchHead(nn.Module):
             kernel_init=nn.initializers.normal(0.001),
             bias_init=nn.initializers.zeros,
         )
-        self.head_convs = [nn.Conv(self.head_conv_channels, (3, 3)) for _ in range(2)]
+        self.head_convs = [
+            nn.Conv(self.head_conv_channels, (3, 3)) for _ in range(self.num_head_convs)
+        ]
         self.head_dense = [nn.Dense(f) for f in self.head_fc]
         self.cls = nn.Dense(1, kernel_init=nn.initializers.normal(0.01))
         self.box = nn.Dense(4, kernel_init=nn.initializers.normal(0.001))
@@ -241,6 +244,8 @@ class ScaleFace(nn.Module):
       branches: tuple of `BranchSpec`.
       backbone: dict of `ResNet` fields (stage_sizes, block, width, stem, input_norm).
       merge_channels, rpn_channels, head_conv_channels, head_fc: widths.
+      num_head_convs: 3x3 convolutions of the RoI head before its FC layers (0: the
+        two-FC head of Faster R-CNN with FPN, Lin et al. 2017).
       roi_size: RoI template side; roi_op: "align" | "pool"; roi_sampling_ratio.
       landmarks: add the 5-landmark output.
     """
@@ -250,6 +255,7 @@ class ScaleFace(nn.Module):
     merge_channels: int = 256
     rpn_channels: int = 512
     head_conv_channels: int = 512
+    num_head_convs: int = 2
     head_fc: tuple = (1024, 512)
     roi_size: int = 5
     roi_op: str = "align"
@@ -277,6 +283,7 @@ class ScaleFace(nn.Module):
                 merge_channels=self.merge_channels,
                 rpn_channels=self.rpn_channels,
                 head_conv_channels=self.head_conv_channels,
+                num_head_convs=self.num_head_convs,
                 head_fc=tuple(self.head_fc),
                 landmarks=self.landmarks,
                 backbone_strides=strides,
@@ -303,10 +310,8 @@ class ScaleFace(nn.Module):
         """Head outputs for ``rois`` ``[B, R, 4]`` on branch ``i``'s features ``[B, H, W, C]``."""
         spec = self.branches[i]
         pool = roi_align if self.roi_op == "align" else roi_pool
-        # RoIAlign under vmap: the batched gather (the window form's per-RoI branch
-        # would become a select that also reads the whole map for every RoI).
         kw = (
-            {"sampling_ratio": self.roi_sampling_ratio, "aligned": True, "impl": "gather"}
+            {"sampling_ratio": self.roi_sampling_ratio, "aligned": True}
             if self.roi_op == "align"
             else {}
         )

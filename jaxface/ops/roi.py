@@ -60,8 +60,6 @@ def roi_align(
     sampling_ratio: int = -1,
     aligned: bool = False,
     max_sampling_ratio: Optional[int] = None,
-    impl: str = "auto",
-    window: Union[int, Sequence[int]] = 24,
 ) -> jax.Array:
     """RoIAlign (Mask R-CNN) with torchvision semantics, NHWC.
 
@@ -69,10 +67,18 @@ def roi_align(
     a regular grid inside the bin; samples farther than one pixel outside the map
     contribute 0 but still count in the average.
 
+    How it is computed: the sum over a bin's samples and their four neighbours is
+    written as a sum of ``4 * gh * gw`` arrays of the output's shape ``[R, PH, PW, C]``,
+    each one gather of whole channel vectors times its weight. XLA fuses that sum
+    into one elementwise loop over the output, vectorised along the channels, with no
+    intermediate of the samples' size (a gather followed by a reduction over sample
+    axes compiles, on CPU, to a scalar loop several times slower). Grids of more than
+    16 samples per bin run their rows in a ``fori_loop``, the columns fused.
+
     Args:
       features: ``[B, H, W, C]``.
       rois: ``[R, 4]`` ``(x1, y1, x2, y2)`` in input-image coordinates.
-      batch_indices: ``[R]`` int, the image of each RoI.
+      batch_indices: ``[R]`` int, the image of each RoI (clamped to ``[0, B)``).
       output_size: ``(PH, PW)`` or an int.
       spatial_scale: feature stride reciprocal (e.g. 1/16).
       sampling_ratio: samples per bin along each axis; ``<= 0`` means adaptive,
@@ -83,27 +89,13 @@ def roi_align(
         per axis (shapes must be fixed under jit). Default ``ceil(H / PH)`` and
         ``ceil(W / PW)``, exact for every RoI that lies inside the feature map;
         a RoI needing more samples uses the cap (a documented difference).
-        Memory is ``R * PH * gh * PW * gw * C`` per corner.
-      impl: how the four neighbours of every sample are read; all compute the same
-        products and sums in the same order (XLA may still fuse them differently,
-        so the last bit can differ). ``"gather"``: one batched
-        gather from the whole map, the fast form on accelerators. ``"window"``: a
-        loop over RoIs that copies each RoI's ``window`` of the map and gathers
-        from that small, cache-resident copy (XLA's CPU gather is several times
-        faster there); a RoI whose samples need more rows or columns than the
-        window reads the whole map instead. ``"auto"`` (default): ``"window"`` on
-        CPU, ``"gather"`` elsewhere. Under ``jax.vmap`` pass ``"gather"``: vmap turns
-        the window form's per-RoI branch into a select that computes both sides.
-      window: static ``(KH, KW)`` (or an int) of the ``"window"`` form, clipped to
-        the map. Only speed depends on it.
+        The work is proportional to the cap's square.
     Returns:
       ``[R, PH, PW, C]`` pooled features, dtype of ``features``.
     """
-    if impl not in ("auto", "gather", "window"):
-        raise ValueError(f"impl must be 'auto', 'gather' or 'window', got {impl!r}")
     _check(features, rois, batch_indices)
     ph, pw = _pair(output_size)
-    _, height, width, _ = features.shape
+    nb, height, width, channels = features.shape
     dtype = jnp.promote_types(features.dtype, jnp.float32)
     rois = rois.astype(dtype)
     off = 0.5 if aligned else 0.0
@@ -149,103 +141,42 @@ def roi_align(
     x_lo, x_hi, wx_lo, wx_hi, okx = _bilinear_axis(xs, width)
     my = (oky & (iy[None, None, :] < gh[:, None, None])).astype(dtype)
     mx = (okx & (ix[None, None, :] < gw[:, None, None])).astype(dtype)
-    wy_lo, wy_hi = wy_lo * my, wy_hi * my
-    wx_lo, wx_hi = wx_lo * mx, wx_hi * mx
+    # Per axis, the two neighbours stacked last: rows as flat offsets into the
+    # [B * H * W, C] map, columns as offsets within a row.
+    b = jnp.clip(batch_indices.astype(jnp.int32), 0, nb - 1)
+    rows = (b[:, None, None, None] * height + jnp.stack([y_lo, y_hi], -1)) * width
+    cols = jnp.stack([x_lo, x_hi], -1)
+    wy = jnp.stack([wy_lo * my, wy_hi * my], -1)  # [R, PH, SY, 2]
+    wx = jnp.stack([wx_lo * mx, wx_hi * mx], -1)  # [R, PW, SX, 2]
+    flat = jnp.asarray(features).reshape(nb * height * width, channels)
 
-    f = features.astype(dtype)
-    if impl == "auto":
-        impl = "window" if jax.default_backend() == "cpu" else "gather"
-    if impl == "gather":
-        b = batch_indices.astype(jnp.int32)[:, None, None, None, None]
-        out = _bilinear_sum(
-            lambda yy, xx: f[b, yy, xx],
-            (y_lo[:, :, :, None, None], y_hi[:, :, :, None, None]),
-            (x_lo[:, None, None, :, :], x_hi[:, None, None, :, :]),
-            (wy_lo[:, :, :, None, None, None], wy_hi[:, :, :, None, None, None]),
-            (wx_lo[:, None, None, :, :, None], wx_hi[:, None, None, :, :, None]),
-            count[:, None, None, None],
-            axes=(2, 4),
+    def sample_row(acc, rows_s, wy_s):
+        """``acc`` plus the contributions of one row of samples: ``rows_s`` / ``wy_s``
+        are ``[R, PH, 2]``; every column of samples, both neighbours each way."""
+        for j in range(sx):
+            for a in range(2):
+                for c in range(2):
+                    idx = rows_s[:, :, None, a] + cols[:, None, :, j, c]  # [R, PH, PW]
+                    w = wy_s[:, :, None, a] * wx[:, None, :, j, c]
+                    acc = acc + w[..., None] * flat.at[idx].get(mode="clip")
+        return acc
+
+    acc = jnp.zeros((rois.shape[0], ph, pw, channels), dtype)
+    if sy * sx <= 16:
+        for i in range(sy):
+            acc = sample_row(acc, rows[:, :, i], wy[:, :, i])
+    else:
+        acc = jax.lax.fori_loop(
+            0,
+            sy,
+            lambda i, a: sample_row(
+                a,
+                jax.lax.dynamic_index_in_dim(rows, i, 2, keepdims=False),
+                jax.lax.dynamic_index_in_dim(wy, i, 2, keepdims=False),
+            ),
+            acc,
         )
-        return out.astype(features.dtype)
-
-    kh, kw = _pair(window)
-    kh, kw = max(1, min(kh, height)), max(1, min(kw, width))
-
-    # Each RoI's window: from its first used row/column (samples that count), shifted
-    # back so it stays inside the map; it fits if the last used row/column is inside.
-    def band(lo, hi, m, size, k):
-        used = m > 0
-        first = jnp.min(jnp.where(used, lo, size), axis=(1, 2))
-        last = jnp.max(jnp.where(used, hi, -1), axis=(1, 2))
-        start = jnp.clip(first, 0, size - k)
-        return start, last - start < k
-
-    y0, fit_y = band(y_lo, y_hi, my, height, kh)
-    x0, fit_x = band(x_lo, x_hi, mx, width, kw)
-    channels = f.shape[-1]
-
-    def one(args):
-        b, ys, xs, fits, yl, yh, wyl, wyh, xl, xh, wxl, wxh, cnt = args
-
-        def pool(src, yl, yh, xl, xh):
-            return _bilinear_sum(
-                lambda yy, xx: src[yy, xx],
-                (yl[:, :, None, None], yh[:, :, None, None]),
-                (xl[None, None], xh[None, None]),
-                (wyl[:, :, None, None, None], wyh[:, :, None, None, None]),
-                (wxl[None, None, :, :, None], wxh[None, None, :, :, None]),
-                cnt,
-                axes=(1, 3),
-            )
-
-        def in_window(_):
-            src = jax.lax.dynamic_slice(f, (b, ys, xs, 0), (1, kh, kw, channels))[0]
-            return pool(src, yl - ys, yh - ys, xl - xs, xh - xs)
-
-        def whole_map(_):
-            return pool(jax.lax.dynamic_index_in_dim(f, b, 0, keepdims=False), yl, yh, xl, xh)
-
-        return jax.lax.cond(fits, in_window, whole_map, None)
-
-    def step(carry, args):
-        return carry, one(args)
-
-    # A few RoIs per loop iteration: the per-iteration cost of XLA's CPU loop counts
-    # at this size.
-    _, out = jax.lax.scan(
-        step,
-        None,
-        (
-            batch_indices.astype(jnp.int32),
-            y0,
-            x0,
-            fit_y & fit_x,
-            y_lo,
-            y_hi,
-            wy_lo,
-            wy_hi,
-            x_lo,
-            x_hi,
-            wx_lo,
-            wx_hi,
-            count,
-        ),
-        unroll=4,
-    )
-    return out.astype(features.dtype)
-
-
-def _bilinear_sum(read, ys, xs, wys, wxs, count, *, axes):
-    """``sum over samples of the four weighted neighbours / count``, in one fixed
-    expression order shared by every `roi_align` form."""
-    (yl, yh), (xl, xh), (w_yl, w_yh), (w_xl, w_xh) = ys, xs, wys, wxs
-    val = (
-        w_yl * w_xl * read(yl, xl)
-        + w_yl * w_xh * read(yl, xh)
-        + w_yh * w_xl * read(yh, xl)
-        + w_yh * w_xh * read(yh, xh)
-    )  # [..., PH, SY, PW, SX, C]
-    return val.sum(axis=axes) / count
+    return (acc / count[:, None, None, None]).astype(features.dtype)
 
 
 def _c_round(x):
