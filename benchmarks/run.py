@@ -559,8 +559,8 @@ def bench_detect(args):
 
     note = (
         f"jaxface trunk alone {b / t_trunk:.2f} img/s; per image {gflop(run, variables, x, hw):.0f} "
-        f"GFLOP in all vs {gflop(trunk, variables, x):.0f} in the trunk (XLA cost analysis): "
-        "the per-branch RoI heads dominate; peer runs the trunk only"
+        f"GFLOP in all vs {gflop(trunk, variables, x):.0f} in the trunk (XLA cost analysis; "
+        "benchmarks/detector_flops.py splits it); peer runs the trunk only"
     )
     if not have("torch"):
         tj, _ = alternate(jax_fn, None, args.repeats)

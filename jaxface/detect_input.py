@@ -9,9 +9,10 @@ and by `jaxface.export`. `DetectOptions` says how a photo is fed to the detector
   ``max_side``. The scaled image is placed top-left on a zero canvas whose sides are
   rounded up to a multiple of `BUCKET` (a multiple of the backbone's largest stride),
   so photos of many sizes share a bounded set of compiled shapes.
-* ``canvas=N``: the training-time evaluation input: the longer side scaled to ``N`` on
-  an ``N x N`` canvas (`jaxface.tasks.detection.DetectionTask.prepare` with
-  ``image_size = N``, pixel for pixel).
+* ``canvas=N``: the longer side scaled to ``N`` on an ``N x N`` canvas: the
+  training-time evaluation input of a detector whose ``augment.scale_reference`` is
+  ``"fit"`` (`jaxface.tasks.detection.DetectionTask.prepare` with ``image_size = N``,
+  pixel for pixel).
 * ``scales=(0.5, 1, 2)``: a pyramid: the detector runs at each multiple of the default
   scale (each capped by ``max_side``) and the detections of all levels, mapped to
   original pixels, are merged by one NMS at the detector's ``config.nms_iou``.

@@ -191,6 +191,27 @@ def test_recipe_options_default_to_the_paper_except_on_the_cpu_variants():
     assert s8.ohem_rois == one.ohem_rois and s8.targets.rpn_batch == one.targets.rpn_batch
 
 
+def test_wider_head_is_two_fc_layers_and_cpu_variants_keep_two_convs():
+    """`wider`'s RoI head: no 3x3 convolution, FC 1,024 -> 1,024 on the RoIAlign template;
+    the CPU variants (published numbers) keep their two convolutions."""
+    for variant, convs in (("wider", 0), ("synthetic", 2), ("cfp_scenes", 2)):
+        config = load_config(CONFIGS / "scaleface.py", variant)
+        config.model.backbone.pretrained = ""
+        task = det.DetectionTask(config)
+        x = jnp.zeros((1, 128, 128, 3))
+        params = jax.eval_shape(lambda k, x: task.model.init(k, x), jax.random.key(0), x)["params"]
+        head = params["heads_0"]
+        assert sorted(k for k in head if k.startswith("head_convs_")) == [
+            f"head_convs_{i}" for i in range(convs)
+        ], variant
+        m = config.model
+        width = m.head_conv_channels if convs else m.merge_channels
+        assert head["head_dense_0"]["kernel"].shape == (
+            m.roi_size * m.roi_size * width,
+            m.head_fc[0],
+        ), variant
+
+
 def test_augmentation_keeps_boxes_on_the_pixels():
     from jaxface.data import detection_aug as aug
 
@@ -278,3 +299,37 @@ def test_wider_evaluator_writes_its_report_pr_curve_and_samples(task_and_batch, 
     for name in ("wider_pr_step3.png", "sample_detections_step3.png"):
         with Image.open(tmp_path / name) as im:
             assert im.format == "PNG" and min(im.size) > 100
+
+
+def test_native_scale_training_crops_and_evaluation_canvas():
+    """`augment.scale_reference = "native"`: training crops the image at its own scale
+    (x the factor), evaluation shows it unscaled on the `eval_image_size` canvas."""
+    from jaxface.tasks import detection_data
+
+    config = load_config(CONFIGS / "scaleface.py", "tiny")
+    config.augment.scale_reference = "native"
+    config.augment.scale_range = [1.0, 1.0]
+    config.augment.photometric = False
+    config.eval_image_size = 256
+    image = np.zeros((150, 200, 3), np.uint8)
+    image[40:80, 60:100] = 255
+    faces = {
+        "boxes": np.array([[60, 40, 100, 80]], np.float32),
+        "invalid": np.zeros((1,), np.int32),
+        "landmarks": np.zeros((1, 5, 2), np.float32),
+        "has_landmarks": np.zeros((1,), bool),
+    }
+    ev = detection_data.prepare(config, image, faces, None, train=False)
+    assert ev["image"].shape == (256, 256, 3) and ev["scale"] == 1.0
+    np.testing.assert_allclose(ev["gt_boxes"][0], [60, 40, 100, 80])
+    np.testing.assert_allclose(ev["image_hw"], [150, 200])
+    rng = np.random.default_rng(0)
+    whole = 0
+    for _ in range(20):
+        tr = detection_data.prepare(config, image, faces, rng, train=True)
+        assert tr["image"].shape == (128, 128, 3) and tr["scale"] == 1.0
+        b = tr["gt_boxes"][0]
+        if tr["gt_valid"][0] and b[0] > 0 and b[1] > 0 and b[2] < 128 and b[3] < 128:
+            whole += 1
+            assert (b[2] - b[0], b[3] - b[1]) == pytest.approx((40, 40), abs=1e-3)  # not shrunk
+    assert whole >= 3

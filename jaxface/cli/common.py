@@ -198,8 +198,8 @@ def add_detect_options(p: argparse.ArgumentParser, *, pyramid: bool = True) -> N
         type=positive_int,
         default=None,
         metavar="N",
-        help="instead: the longer side scaled to N on an N x N canvas (the detector's "
-        "training-time evaluation input when N is its config.image_size)",
+        help="instead: the longer side scaled to N on an N x N canvas (the training-time "
+        "evaluation input of a detector that fits images to its config.image_size = N)",
     )
     if pyramid:
         g.add_argument(

@@ -50,19 +50,40 @@ class Placement:
     out_size: int
 
 
-def fit_placement(height: int, width: int, out_size: int) -> Placement:
-    """Evaluation placement: the whole image scaled so its longer side is ``out_size``,
-    at the top-left corner (padding right / bottom)."""
-    return Placement(scale=out_size / max(height, width), offset=(0.0, 0.0), out_size=out_size)
+SCALE_REFERENCES = ("fit", "native")
+
+
+def fit_placement(height: int, width: int, out_size: int, *, reference: str = "fit") -> Placement:
+    """Evaluation placement at the top-left corner (padding right / bottom): the whole
+    image scaled so its longer side is ``out_size`` (``reference="fit"``), or at its own
+    resolution, shrunk only to fit (``"native"``)."""
+    scale = out_size / max(height, width)
+    if _reference(reference) == "native":
+        scale = min(1.0, scale)
+    return Placement(scale=scale, offset=(0.0, 0.0), out_size=out_size)
+
+
+def _reference(reference: str) -> str:
+    if reference not in SCALE_REFERENCES:
+        raise ValueError(f"scale reference must be one of {SCALE_REFERENCES}, got {reference!r}")
+    return reference
 
 
 def random_placement(
-    rng: np.random.Generator, height: int, width: int, out_size: int, *, scale_range=(0.5, 2.0)
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    out_size: int,
+    *,
+    scale_range=(0.5, 2.0),
+    reference: str = "fit",
 ) -> Placement:
-    """A random scale (log-uniform factor in ``scale_range`` of the fit scale) and a
-    uniformly random crop/position of the scaled image on the canvas."""
+    """A random scale, log-uniform in ``scale_range`` times the fit scale
+    (``reference="fit"``: the longer side on the canvas) or times 1 (``"native"``: the
+    image's own pixels, so its faces keep their sizes up to the factor and a large image
+    is cropped), and a uniformly random crop/position of the scaled image on the canvas."""
     lo, hi = (float(v) for v in scale_range)
-    base = out_size / max(height, width)
+    base = out_size / max(height, width) if _reference(reference) == "fit" else 1.0
     s = base * math.exp(rng.uniform(math.log(lo), math.log(hi)))
     offs = []
     for n in (width, height):

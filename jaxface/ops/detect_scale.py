@@ -19,9 +19,9 @@ resolution (scale 1) the small end is covered; the large end is covered iff
 ``0.9 x min(H, W) <= hi``. When it is not, no single scale covers both ends, and the
 scale is the geometric middle between 1 (every small face kept) and ``hi / (0.9 x
 min(H, W))`` (every large face kept): ``sqrt(hi / (0.9 x min(H, W)))``, which misses
-the same factor at both ends. Example: the ``cfp_scenes`` detector (faces 10-288 px) on
-a 1,280 x 886 group photo: scale 0.60, so its 100-140 px faces are seen at 60-84 px, in
-the middle of the trained range (the 320 px canvas showed them at 25-35 px).
+the same factor at both ends. Example: a detector trained for faces of 10-300 px on
+a 1,280 x 886 group photo: scale 0.61, so its 100-140 px faces are seen at 61-86 px, in
+the middle of the trained range (a fixed 320 px canvas would show them at 25-35 px).
 """
 
 from __future__ import annotations

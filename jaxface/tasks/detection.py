@@ -94,6 +94,8 @@ class DetectionTask(Task):
             merge_channels=int(m.merge_channels),
             rpn_channels=int(m.rpn_channels),
             head_conv_channels=int(m.head_conv_channels),
+            # Run directories written before the option existed had two.
+            num_head_convs=int(m.get("num_head_convs", 2)),
             head_fc=tuple(int(v) for v in m.head_fc),
             roi_size=int(m.roi_size),
             roi_op=str(m.roi_op),

@@ -51,7 +51,10 @@ def prepare(
     the detection task with ``config``: training places it at a random scale and
     position with flip and photometric jitter (``rng``), evaluation fits and pads it."""
     c = config
-    size, max_faces = int(c.image_size), int(c.max_faces)
+    max_faces = int(c.max_faces)
+    # Training crops the ``image_size`` canvas; evaluation may use a larger one.
+    size = int(c.image_size if train or not c.get("eval_image_size") else c.eval_image_size)
+    reference = str(c.augment.get("scale_reference", "fit"))
     image = np.asarray(image, np.uint8)
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=-1)
@@ -72,10 +75,10 @@ def prepare(
         if aug.photometric:
             image = detection_aug.photometric_jitter(rng, image)
         placement = detection_aug.random_placement(
-            rng, h, w, size, scale_range=tuple(aug.scale_range)
+            rng, h, w, size, scale_range=tuple(aug.scale_range), reference=reference
         )
     else:
-        placement = detection_aug.fit_placement(h, w, size)
+        placement = detection_aug.fit_placement(h, w, size, reference=reference)
     placed = detection_aug.place(
         image, boxes, placement, landmarks=landmarks, min_visible=float(aug.min_visible)
     )
