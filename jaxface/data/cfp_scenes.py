@@ -181,6 +181,11 @@ def face_pool(root, splits) -> FacePool:
     )
 
 
+@functools.lru_cache(maxsize=None)
+def _is_grey(name: str) -> bool:
+    return scene_distractors.is_greyscale(load_background(name))
+
+
 def _background(
     rng: np.random.Generator, h: int, w: int, tint: float = 0.0
 ) -> tuple[np.ndarray, int]:
@@ -200,7 +205,7 @@ def _background(
     out = np.asarray(im, np.uint8)
     if rng.random() < 0.5:
         out = out[:, ::-1]
-    if tint > 0 and scene_distractors.is_greyscale(photo) and rng.random() < tint:
+    if tint > 0 and _is_grey(BACKGROUNDS[k]) and rng.random() < tint:
         out = scene_distractors.tint(rng, out)
     return np.ascontiguousarray(out), k
 
